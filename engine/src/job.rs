@@ -1,0 +1,290 @@
+//! Jobs: what a job declares ([`JobSpec`]), its resolved parameters ([`Params`]), the plan of one
+//! run ([`RunPlan`]) and the [`JobBuilder`] a job function receives on every worker.
+//!
+//! A job function is called once per worker thread, each time building the same dataflow. It is
+//! also called once, in a dry run, before the workers start, so that a bad parameter or an unknown
+//! source name is reported once, clearly, before anything runs.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail};
+use timely::dataflow::Scope;
+
+use crate::metrics::Metrics;
+use crate::record::{CsvRecord, DeadLetter};
+use crate::source::Generate;
+use crate::stream::{SourceStage, Stream, TStream};
+use crate::uri::{parse_sink, parse_source, SinkUri, SourceUri};
+use crate::{Data, Result};
+
+/// The sink name under which unreadable records are written. A job may not declare it; a run may
+/// redirect it with `--sink dead_letters=URI`.
+pub const DEAD_LETTERS: &str = "dead_letters";
+
+/// A source a job reads.
+#[derive(Clone, Copy, Debug)]
+pub struct SourceSpec {
+    /// The job's name for it (`payments`): the key of `--source NAME=URI`.
+    pub name: &'static str,
+    /// The record type it carries, for `paystream jobs`.
+    pub record: &'static str,
+    /// One line on what it is.
+    pub about: &'static str,
+}
+
+/// A sink a job writes.
+#[derive(Clone, Copy, Debug)]
+pub struct SinkSpec {
+    /// The job's name for it (`windows`): the key of `--sink NAME=URI`.
+    pub name: &'static str,
+    /// One line on what it receives, including its columns.
+    pub about: &'static str,
+}
+
+/// A parameter a job takes (`--set NAME=VALUE`).
+#[derive(Clone, Copy, Debug)]
+pub struct ParamSpec {
+    /// Its name.
+    pub name: &'static str,
+    /// Its default value, as text.
+    pub default: &'static str,
+    /// One line on what it does, with its unit.
+    pub about: &'static str,
+}
+
+/// The function that builds a job's dataflow.
+pub type BuildFn = fn(&mut JobBuilder<'_>, &Params) -> Result<()>;
+
+/// Everything the engine and the CLI need to know about a job.
+#[derive(Clone, Copy, Debug)]
+pub struct JobSpec {
+    /// The job's name (`throughput-windows`), as given to `paystream run`.
+    pub name: &'static str,
+    /// One paragraph on what it computes.
+    pub about: &'static str,
+    /// Its sources.
+    pub sources: &'static [SourceSpec],
+    /// Its sinks.
+    pub sinks: &'static [SinkSpec],
+    /// Its parameters.
+    pub params: &'static [ParamSpec],
+    /// Builds its dataflow.
+    pub build: BuildFn,
+}
+
+/// A job's parameters, resolved: declared defaults overridden by `--config` and `--set`.
+#[derive(Clone, Debug, Default)]
+pub struct Params {
+    job: String,
+    values: BTreeMap<String, String>,
+}
+
+impl Params {
+    /// Resolves `overrides` against the job's declared parameters; an unknown name is an error.
+    pub fn resolve(spec: &JobSpec, overrides: &BTreeMap<String, String>) -> Result<Params> {
+        let mut values: BTreeMap<String, String> = spec.params.iter().map(|p| (p.name.to_string(), p.default.to_string())).collect();
+        for (k, v) in overrides {
+            if !values.contains_key(k) {
+                let known: Vec<&str> = spec.params.iter().map(|p| p.name).collect();
+                bail!(
+                    "job {} has no parameter {k:?}; its parameters are: {} (see `paystream jobs`)",
+                    spec.name,
+                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                );
+            }
+            values.insert(k.clone(), v.clone());
+        }
+        Ok(Params { job: spec.name.to_string(), values })
+    }
+
+    /// The value of parameter `name`, parsed as `T`.
+    pub fn get<T: FromStr>(&self, name: &str) -> Result<T>
+    where
+        T::Err: std::fmt::Display,
+    {
+        let text = self.values.get(name).ok_or_else(|| anyhow!("job {} reads parameter {name:?} but does not declare it", self.job))?;
+        text.parse::<T>().map_err(|e| anyhow!("parameter {name}={text:?} of job {}: {e}; set it with --set {name}=VALUE", self.job))
+    }
+
+    /// All resolved values, by name.
+    pub fn values(&self) -> &BTreeMap<String, String> {
+        &self.values
+    }
+}
+
+/// One run of a job, with every source, sink and parameter resolved and checked.
+#[derive(Clone, Debug)]
+pub struct RunPlan {
+    /// The job.
+    pub spec: JobSpec,
+    /// Its parameters.
+    pub params: Params,
+    /// Each declared source's URI.
+    pub sources: BTreeMap<String, SourceUri>,
+    /// Each declared sink's URI, plus [`DEAD_LETTERS`].
+    pub sinks: BTreeMap<String, SinkUri>,
+}
+
+impl RunPlan {
+    /// Resolves a run: URIs given on the command line override the defaults (the generator, and
+    /// `./out/JOB/NAME.csv`); dead letters default to `dead_letters.csv` beside the first file sink.
+    pub fn resolve(
+        spec: &JobSpec,
+        sources: &BTreeMap<String, String>,
+        sinks: &BTreeMap<String, String>,
+        params: &BTreeMap<String, String>,
+    ) -> Result<RunPlan> {
+        for name in sources.keys() {
+            if !spec.sources.iter().any(|s| s.name == name) {
+                let known: Vec<&str> = spec.sources.iter().map(|s| s.name).collect();
+                bail!("job {} has no source {name:?}; its sources are: {}", spec.name, known.join(", "));
+            }
+        }
+        for name in sinks.keys() {
+            if name != DEAD_LETTERS && !spec.sinks.iter().any(|s| s.name == name) {
+                let known: Vec<&str> = spec.sinks.iter().map(|s| s.name).chain([DEAD_LETTERS]).collect();
+                bail!("job {} has no sink {name:?}; its sinks are: {}", spec.name, known.join(", "));
+            }
+        }
+        let mut resolved_sources = BTreeMap::new();
+        for s in spec.sources {
+            let uri = sources.get(s.name).map(String::as_str).unwrap_or("gen:");
+            resolved_sources.insert(s.name.to_string(), parse_source(uri)?);
+        }
+        let mut resolved_sinks = BTreeMap::new();
+        for s in spec.sinks {
+            let uri = match sinks.get(s.name) {
+                Some(u) => u.clone(),
+                None => format!("file:out/{}/{}.csv", spec.name, s.name),
+            };
+            resolved_sinks.insert(s.name.to_string(), parse_sink(&uri)?);
+        }
+        let dead = match sinks.get(DEAD_LETTERS) {
+            Some(u) => parse_sink(u)?,
+            None => {
+                let dir = spec
+                    .sinks
+                    .iter()
+                    .find_map(|s| resolved_sinks[s.name].directory())
+                    .unwrap_or_else(|| format!("out/{}", spec.name).into());
+                SinkUri::File(dir.join("dead_letters.csv"), crate::uri::Format::Csv)
+            }
+        };
+        resolved_sinks.insert(DEAD_LETTERS.to_string(), dead);
+        Ok(RunPlan { spec: *spec, params: Params::resolve(spec, params)?, sources: resolved_sources, sinks: resolved_sinks })
+    }
+}
+
+/// Per-worker state shared by the streams of one dataflow under construction.
+pub(crate) struct BuildContext {
+    pub(crate) plan: Arc<RunPlan>,
+    pub(crate) metrics: Arc<Metrics>,
+    /// In a dry run sources produce nothing and sinks write nothing.
+    pub(crate) dry_run: bool,
+    step_names: RefCell<BTreeSet<String>>,
+    used_sources: RefCell<BTreeSet<String>>,
+    used_sinks: RefCell<BTreeSet<String>>,
+    errors: RefCell<Vec<String>>,
+}
+
+impl BuildContext {
+    pub(crate) fn new(plan: Arc<RunPlan>, metrics: Arc<Metrics>, dry_run: bool) -> Self {
+        BuildContext {
+            plan,
+            metrics,
+            dry_run,
+            step_names: Default::default(),
+            used_sources: Default::default(),
+            used_sinks: Default::default(),
+            errors: Default::default(),
+        }
+    }
+
+    pub(crate) fn report_error(&self, message: String) {
+        self.errors.borrow_mut().push(message);
+    }
+
+    /// Registers a step name; a second step with the same name is an error (state is found by it).
+    pub(crate) fn register_step(&self, name: &str) {
+        if !self.step_names.borrow_mut().insert(name.to_string()) {
+            self.errors.borrow_mut().push(format!("two steps are named {name:?}; every step needs its own name"));
+        }
+    }
+}
+
+/// What a job function receives: the place to declare sources, and the context every stream
+/// carries. Streams returned by [`JobBuilder::source`] are chained into operators and sinks.
+pub struct JobBuilder<'scope> {
+    pub(crate) scope: Scope<'scope, u64>,
+    pub(crate) ctx: Rc<BuildContext>,
+    pub(crate) dead_letters: Rc<RefCell<Vec<TStream<'scope, DeadLetter>>>>,
+}
+
+impl<'scope> JobBuilder<'scope> {
+    pub(crate) fn new(scope: Scope<'scope, u64>, plan: Arc<RunPlan>, metrics: Arc<Metrics>, dry_run: bool) -> Self {
+        JobBuilder { scope, ctx: Rc::new(BuildContext::new(plan, metrics, dry_run)), dead_letters: Default::default() }
+    }
+
+    /// Reads the declared source `name`, with records of type `T`. Give it event time next, with
+    /// [`SourceStage::assign_timestamps`].
+    pub fn source<T: Data + CsvRecord + Generate>(&mut self, name: &str) -> Result<SourceStage<'scope, T>> {
+        let Some(uri) = self.ctx.plan.sources.get(name).cloned() else {
+            bail!("job {} reads source {name:?} but does not declare it in its JobSpec", self.ctx.plan.spec.name);
+        };
+        if !self.ctx.used_sources.borrow_mut().insert(name.to_string()) {
+            bail!("source {name:?} is read twice; read it once and reuse the stream");
+        }
+        self.ctx.register_step(name);
+        Ok(SourceStage::new(self.scope, self.ctx.clone(), self.dead_letters.clone(), name.to_string(), uri))
+    }
+
+    /// The job's parameters.
+    pub fn params(&self) -> &Params {
+        &self.ctx.plan.params
+    }
+
+    /// This worker's index and the number of workers in the whole run.
+    pub fn worker(&self) -> (usize, usize) {
+        (self.scope.index(), self.scope.peers())
+    }
+
+    /// Called by the runtime after the job function: wires dead letters to their sink and reports
+    /// structural errors (duplicate names, declared but unused sinks).
+    pub(crate) fn finish(self) -> Result<()> {
+        let dead: Vec<_> = self.dead_letters.borrow_mut().drain(..).collect();
+        if !dead.is_empty() {
+            let merged = timely::dataflow::operators::Concatenate::concatenate(&self.scope, dead);
+            Stream::from_parts(merged, self.ctx.clone()).sink(DEAD_LETTERS)?;
+        }
+        let spec = &self.ctx.plan.spec;
+        for s in spec.sources {
+            if !self.ctx.used_sources.borrow().contains(s.name) {
+                self.ctx.errors.borrow_mut().push(format!("source {:?} is declared but never read", s.name));
+            }
+        }
+        for s in spec.sinks {
+            if !self.ctx.used_sinks.borrow().contains(s.name) {
+                self.ctx.errors.borrow_mut().push(format!("sink {:?} is declared but never written", s.name));
+            }
+        }
+        let errors = self.ctx.errors.borrow();
+        if !errors.is_empty() {
+            bail!("job {} is malformed: {}", spec.name, errors.join("; "));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn mark_sink_used(ctx: &BuildContext, name: &str) -> Result<SinkUri> {
+        let Some(uri) = ctx.plan.sinks.get(name).cloned() else {
+            bail!("job {} writes sink {name:?} but does not declare it in its JobSpec", ctx.plan.spec.name);
+        };
+        if !ctx.used_sinks.borrow_mut().insert(name.to_string()) {
+            bail!("sink {name:?} is written twice; union the streams first");
+        }
+        Ok(uri)
+    }
+}

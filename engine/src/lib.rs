@@ -1,0 +1,51 @@
+//! paystream's engine: the typed stream API and its execution on timely dataflow.
+//!
+//! Only this crate names timely types. Everything above it (operators, jobs, the CLI) composes
+//! [`Stream`]s and [`KeyedStream`]s and implements the small traits defined here.
+//!
+//! * [`time`]: event time, watermarks and durations.
+//! * [`record`]: how records are read from and written to CSV and JSON lines.
+//! * [`job`]: job specifications, parameters and the [`JobBuilder`] a job function receives.
+//! * [`stream`]: [`Stream`] and [`KeyedStream`] with the stateless operators.
+//! * [`keyed`]: the event-time keyed operator primitive windows and joins are built on.
+//! * [`source`] and [`sink`]: connectors addressed by URI (`gen:`, `file:`, `stdout:`).
+//! * [`runtime`]: running a job on threads or processes, with progress and a summary.
+
+pub mod job;
+pub mod keyed;
+pub mod keygroup;
+pub mod metrics;
+pub mod record;
+pub mod runtime;
+pub mod sink;
+pub mod source;
+pub mod stream;
+pub mod testing;
+pub mod time;
+pub mod uri;
+
+pub use job::{JobBuilder, JobSpec, ParamSpec, Params, SinkSpec, SourceSpec};
+pub use keyed::KeyedLogic;
+pub use record::{CsvField, CsvRecord, DeadLetter};
+pub use source::{GenOptions, Generate};
+pub use stream::{KeyedStream, SourceStage, Stream};
+pub use time::{millis, minutes, secs, Duration, OutOfOrder};
+
+/// The error type used across paystream: a message with context, printed as one line.
+pub type Error = anyhow::Error;
+/// `Result` with paystream's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What every record flowing between operators must be: sendable between threads and
+/// processes (serde), cloneable and debuggable.
+pub trait Data: Clone + std::fmt::Debug + Send + serde::Serialize + serde::de::DeserializeOwned + 'static {}
+impl<T: Clone + std::fmt::Debug + Send + serde::Serialize + serde::de::DeserializeOwned + 'static> Data for T {}
+
+/// What a key must be: [`Data`] plus equality and a stable hash (see [`keygroup`]).
+pub trait Key: Data + Eq + std::hash::Hash + Ord {}
+impl<T: Data + Eq + std::hash::Hash + Ord> Key for T {}
+
+#[doc(hidden)]
+pub mod __private {
+    pub use serde;
+}

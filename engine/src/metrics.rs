@@ -1,0 +1,65 @@
+//! Counters shared by the workers of one process: events read, watermarks, and named counts such
+//! as `late_dropped` and `dead_lettered`. The progress line and the end-of-run summary read them.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// Counters of one process.
+#[derive(Debug)]
+pub struct Metrics {
+    events_read: AtomicU64,
+    /// Each local worker's source watermark (ms), `u64::MAX` once its sources are done.
+    watermarks: Vec<AtomicU64>,
+    counters: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Metrics {
+    /// Counters for `workers` local worker threads.
+    pub fn new(workers: usize) -> Self {
+        Metrics {
+            events_read: AtomicU64::new(0),
+            watermarks: (0..workers).map(|_| AtomicU64::new(0)).collect(),
+            counters: Mutex::new(BTreeMap::new()),
+        }
+    }
+    /// Adds to the count of events read by sources.
+    pub fn add_events_read(&self, n: u64) {
+        self.events_read.fetch_add(n, Ordering::Relaxed);
+    }
+    /// Events read by this process's sources so far.
+    pub fn events_read(&self) -> u64 {
+        self.events_read.load(Ordering::Relaxed)
+    }
+    /// Records a local worker's source watermark.
+    pub fn set_watermark(&self, local_worker: usize, watermark: u64) {
+        if let Some(w) = self.watermarks.get(local_worker) {
+            w.store(watermark, Ordering::Relaxed);
+        }
+    }
+    /// The least source watermark over this process's workers.
+    pub fn watermark(&self) -> u64 {
+        self.watermarks.iter().map(|w| w.load(Ordering::Relaxed)).min().unwrap_or(u64::MAX)
+    }
+    /// Adds `n` to the named counter (created at zero).
+    pub fn add(&self, name: &str, n: u64) {
+        let mut c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        match c.get_mut(name) {
+            Some(v) => *v += n,
+            None => {
+                c.insert(name.to_string(), n);
+            }
+        }
+    }
+    /// A snapshot of the named counters.
+    pub fn counters(&self) -> BTreeMap<String, u64> {
+        self.counters.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl Metrics {
+    /// The number of local worker threads these counters were made for.
+    pub fn local_workers(&self) -> usize {
+        self.watermarks.len()
+    }
+}

@@ -1,0 +1,256 @@
+//! The typed stream API: [`Stream`] and [`KeyedStream`] and their stateless operators.
+//!
+//! Every record travels with its event time (`ts_ms`), like a Flink `StreamRecord`: operators that
+//! change a record's type keep its event time. Underneath, a stream is a timely stream whose
+//! message timestamps are watermarks; a record's message time is never above its event time unless
+//! the record is behind its partition's watermark (see [`crate::source`]).
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::{Operator, OutputBuilder};
+use timely::dataflow::operators::Concat;
+use timely::dataflow::Scope;
+
+use crate::job::{BuildContext, JobBuilder};
+use crate::keygroup::{key_group, worker_for_key_group};
+use crate::metrics::Metrics;
+use crate::record::{CsvRecord, DeadLetter};
+use crate::source::Generate;
+use crate::time::OutOfOrder;
+use crate::uri::SourceUri;
+use crate::{Data, Key, Result};
+
+/// A timely stream of `(event time, record)` pairs, at watermark timestamps.
+pub(crate) type TStream<'scope, T> = timely::dataflow::Stream<'scope, u64, Vec<(u64, T)>>;
+type Builder<T> = CapacityContainerBuilder<Vec<(u64, T)>>;
+
+/// A source that has been named but not yet given event time.
+pub struct SourceStage<'scope, T> {
+    scope: Scope<'scope, u64>,
+    ctx: Rc<BuildContext>,
+    dead_letters: Rc<RefCell<Vec<TStream<'scope, DeadLetter>>>>,
+    name: String,
+    uri: SourceUri,
+    _record: std::marker::PhantomData<T>,
+}
+
+impl<'scope, T: Data + CsvRecord + Generate> SourceStage<'scope, T> {
+    pub(crate) fn new(
+        scope: Scope<'scope, u64>,
+        ctx: Rc<BuildContext>,
+        dead_letters: Rc<RefCell<Vec<TStream<'scope, DeadLetter>>>>,
+        name: String,
+        uri: SourceUri,
+    ) -> Self {
+        SourceStage { scope, ctx, dead_letters, name, uri, _record: std::marker::PhantomData }
+    }
+
+    /// Gives the source event time: `event_time` reads a record's time (ms since the epoch), and
+    /// `strategy` sets how far out of order records may arrive before they count as late.
+    pub fn assign_timestamps(self, event_time: impl Fn(&T) -> u64 + 'static, strategy: OutOfOrder) -> Result<Stream<'scope, T>> {
+        let (records, dead) = crate::source::build_source(self.scope, &self.ctx, &self.name, &self.uri, Box::new(event_time), strategy)?;
+        self.dead_letters.borrow_mut().push(dead);
+        Ok(Stream::from_parts(records, self.ctx))
+    }
+}
+
+/// A stream of records of type `T`, each with its event time.
+pub struct Stream<'scope, T> {
+    pub(crate) inner: TStream<'scope, T>,
+    pub(crate) ctx: Rc<BuildContext>,
+}
+
+impl<'scope, T: Data> Stream<'scope, T> {
+    pub(crate) fn from_parts(inner: TStream<'scope, T>, ctx: Rc<BuildContext>) -> Self {
+        Stream { inner, ctx }
+    }
+
+    fn unary_step<U: Data>(self, name: &str, mut logic: impl FnMut(&mut Vec<(u64, T)>, &mut Vec<(u64, U)>) + 'static) -> Stream<'scope, U> {
+        self.ctx.register_step(name);
+        let mut out = Vec::new();
+        let inner = self.inner.unary::<Builder<U>, _, _, _>(Pipeline, name, move |_, _| {
+            move |input, output| {
+                input.for_each(|cap, data| {
+                    logic(data, &mut out);
+                    output.session(&cap).give_container(&mut out);
+                    out.clear();
+                });
+            }
+        });
+        Stream { inner, ctx: self.ctx }
+    }
+
+    /// Transforms each record; the event time is kept.
+    ///
+    /// ```
+    /// # use paystream_engine::testing::run_collect;
+    /// let out = run_collect(vec![(1_000, 2u64), (2_000, 3)], |s| s.map("double", |x| x * 2));
+    /// assert_eq!(out, vec![(1_000, 4), (2_000, 6)]);
+    /// ```
+    pub fn map<U: Data>(self, name: &str, f: impl Fn(T) -> U + 'static) -> Stream<'scope, U> {
+        self.unary_step(name, move |data, out| out.extend(data.drain(..).map(|(ts, x)| (ts, f(x)))))
+    }
+
+    /// Keeps the records for which `predicate` holds.
+    ///
+    /// ```
+    /// # use paystream_engine::testing::run_collect;
+    /// let out = run_collect(vec![(1, 5u64), (2, 50), (3, 500)], |s| s.filter("large", |x| *x >= 50));
+    /// assert_eq!(out, vec![(2, 50), (3, 500)]);
+    /// ```
+    pub fn filter(self, name: &str, predicate: impl Fn(&T) -> bool + 'static) -> Stream<'scope, T> {
+        self.unary_step(name, move |data, out| out.extend(data.drain(..).filter(|(_, x)| predicate(x))))
+    }
+
+    /// Replaces each record by zero or more records, all with its event time.
+    ///
+    /// ```
+    /// # use paystream_engine::testing::run_collect;
+    /// let out = run_collect(vec![(7, 3u64)], |s| s.flat_map("repeat", |x| vec![x; x as usize]));
+    /// assert_eq!(out, vec![(7, 3), (7, 3), (7, 3)]);
+    /// ```
+    pub fn flat_map<U: Data, I: IntoIterator<Item = U>>(self, name: &str, f: impl Fn(T) -> I + 'static) -> Stream<'scope, U> {
+        self.unary_step(name, move |data, out| {
+            for (ts, x) in data.drain(..) {
+                out.extend(f(x).into_iter().map(|y| (ts, y)));
+            }
+        })
+    }
+
+    /// Merges two streams of the same type.
+    pub fn union(self, other: Stream<'scope, T>) -> Stream<'scope, T> {
+        Stream { inner: self.inner.concat(other.inner), ctx: self.ctx }
+    }
+
+    /// Partitions the stream by a key: records with equal keys meet on one worker. Keys are hashed
+    /// into a fixed number of key groups ([`crate::keygroup`]), and key groups to workers.
+    pub fn key_by<K: Key>(self, name: &str, key: impl Fn(&T) -> K + 'static) -> KeyedStream<'scope, K, T> {
+        KeyedStream { inner: self.map(name, move |x| (key(&x), x)) }
+    }
+
+    /// Writes the stream to the declared sink `name`.
+    pub fn sink(self, name: &str) -> Result<()>
+    where
+        T: CsvRecord,
+    {
+        let uri = JobBuilder::mark_sink_used(&self.ctx, name)?;
+        self.ctx.register_step(&format!("sink:{name}"));
+        crate::sink::build_sink(self, name, uri);
+        Ok(())
+    }
+
+    /// Splits the stream in two by a predicate on the message time (the watermark the record was
+    /// sent at), its event time and the record: `(kept, diverted)`. This is the primitive behind
+    /// late-record handling: a record is late for a window when the window's end is at or below
+    /// the watermark it travels at.
+    #[doc(hidden)]
+    pub fn divert(self, name: &str, divert: impl Fn(u64, u64, &T) -> bool + 'static) -> (Stream<'scope, T>, Stream<'scope, T>) {
+        self.ctx.register_step(name);
+        let mut builder = OperatorBuilder::new(name.to_string(), self.inner.scope());
+        let mut input = builder.new_input(self.inner, Pipeline);
+        let (kept_out, kept) = builder.new_output::<Vec<(u64, T)>>();
+        let (diverted_out, diverted) = builder.new_output::<Vec<(u64, T)>>();
+        let mut kept_out = OutputBuilder::<_, Builder<T>>::from(kept_out);
+        let mut diverted_out = OutputBuilder::<_, Builder<T>>::from(diverted_out);
+        builder.build(move |_capabilities| {
+            let (mut keep, mut away) = (Vec::new(), Vec::new());
+            move |_frontiers| {
+                let mut kept_handle = kept_out.activate();
+                let mut diverted_handle = diverted_out.activate();
+                input.for_each(|cap, data| {
+                    let Some(&time) = cap.least() else { return };
+                    for (ts, x) in data.drain(..) {
+                        if divert(time, ts, &x) {
+                            away.push((ts, x));
+                        } else {
+                            keep.push((ts, x));
+                        }
+                    }
+                    if !keep.is_empty() {
+                        let c = cap.delayed(&time, 0);
+                        kept_handle.session(&c).give_container(&mut keep);
+                        keep.clear();
+                    }
+                    if !away.is_empty() {
+                        let c = cap.delayed(&time, 1);
+                        diverted_handle.session(&c).give_container(&mut away);
+                        away.clear();
+                    }
+                });
+            }
+        });
+        (Stream { inner: kept, ctx: self.ctx.clone() }, Stream { inner: diverted, ctx: self.ctx })
+    }
+
+    /// Counts the records that pass into the process counter `counter` (shown in the run summary).
+    pub fn count_as(self, name: &str, counter: &str) -> Stream<'scope, T> {
+        let (metrics, counter) = (self.ctx.metrics.clone(), counter.to_string());
+        metrics.add(&counter, 0);
+        self.unary_step(name, move |data, out| {
+            metrics.add(&counter, data.len() as u64);
+            out.append(data);
+        })
+    }
+
+    /// Reports a mistake in the job's structure; the job fails to start, naming it.
+    #[doc(hidden)]
+    pub fn report_error(&self, message: String) {
+        self.ctx.report_error(message)
+    }
+
+    /// This process's counters, for operators that count what they drop.
+    pub fn metrics(&self) -> std::sync::Arc<Metrics> {
+        self.ctx.metrics.clone()
+    }
+
+    /// Registers a step name, for operators built outside the engine; a duplicate is reported when
+    /// the job is built.
+    pub fn register_step(&self, name: &str) {
+        self.ctx.register_step(name)
+    }
+}
+
+/// A stream partitioned by key: the input of windows, joins and process functions.
+pub struct KeyedStream<'scope, K, T> {
+    pub(crate) inner: Stream<'scope, (K, T)>,
+}
+
+impl<'scope, K: Key, T: Data> KeyedStream<'scope, K, T> {
+    /// Splits off the records for which `divert(message_time, event_time, record)` holds, as
+    /// [`Stream::divert`] does, before the records are exchanged between workers.
+    #[doc(hidden)]
+    pub fn divert(self, name: &str, divert: impl Fn(u64, u64, &T) -> bool + 'static) -> (KeyedStream<'scope, K, T>, Stream<'scope, T>) {
+        let (kept, diverted) = self.inner.divert(name, move |time, ts, (_, x)| divert(time, ts, x));
+        let dropped_keys = diverted.map(&format!("{name}:records"), |(_, x)| x);
+        (KeyedStream { inner: kept }, dropped_keys)
+    }
+
+    /// Runs keyed, event-time logic (see [`crate::keyed`]) on the worker that owns each key.
+    pub fn process<L: crate::keyed::KeyedLogic<K, T>>(self, name: &str, logic: L) -> Stream<'scope, L::Out> {
+        self.inner.ctx.register_step(name);
+        let peers = self.inner.inner.scope().peers();
+        let pact = Exchange::new(move |(_, (k, _)): &(u64, (K, T))| worker_for_key_group(key_group(k), peers));
+        let inner = crate::keyed::build_keyed(self.inner.inner, pact, name, logic);
+        Stream { inner, ctx: self.inner.ctx }
+    }
+
+    /// This process's counters.
+    pub fn metrics(&self) -> std::sync::Arc<Metrics> {
+        self.inner.metrics()
+    }
+
+    /// Reports a mistake in the job's structure (see [`Stream::report_error`]).
+    #[doc(hidden)]
+    pub fn report_error(&self, message: String) {
+        self.inner.report_error(message)
+    }
+
+    /// Registers a step name (see [`Stream::register_step`]).
+    pub fn register_step(&self, name: &str) {
+        self.inner.register_step(name)
+    }
+}

@@ -1,0 +1,77 @@
+//! Running streams over in-memory input, for tests and doctests of operators.
+
+use std::sync::{Arc, Mutex};
+
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
+
+use crate::job::{BuildContext, JobSpec, Params, RunPlan};
+use crate::metrics::Metrics;
+use crate::source::{build_partitioned_source, Partition, VecPartition};
+use crate::stream::Stream;
+use crate::time::OutOfOrder;
+use crate::Data;
+
+fn test_plan() -> RunPlan {
+    const SPEC: JobSpec = JobSpec { name: "test", about: "", sources: &[], sinks: &[], params: &[], build: |_, _| Ok(()) };
+    RunPlan { spec: SPEC, params: Params::default(), sources: Default::default(), sinks: Default::default() }
+}
+
+/// Runs `build` on `workers` threads over `partitions` of records (partition `p` read by worker
+/// `p % workers`, in order, with the real source's watermark logic) and returns what the built
+/// stream emitted as `(event time, record)`, sorted, with this process's counters.
+pub fn run_partitions<T, U, F>(
+    workers: usize,
+    partitions: Vec<Vec<T>>,
+    event_time: fn(&T) -> u64,
+    strategy: OutOfOrder,
+    build: F,
+) -> (Vec<(u64, U)>, std::collections::BTreeMap<String, u64>)
+where
+    T: Data + Sync,
+    U: Data + Ord,
+    F: for<'s> Fn(Stream<'s, T>) -> Stream<'s, U> + Send + Sync + 'static,
+{
+    let partitions = Arc::new(partitions);
+    let collected = Arc::new(Mutex::new(Vec::new()));
+    let metrics = Arc::new(Metrics::new(workers));
+    let plan = Arc::new(test_plan());
+    let (out, m) = (collected.clone(), metrics.clone());
+    timely::execute(timely::Config::process(workers), move |worker| {
+        let (index, peers) = (worker.index(), worker.peers());
+        let mine: Vec<Box<dyn Partition<T>>> = partitions
+            .iter()
+            .enumerate()
+            .filter(|(p, _)| p % peers == index)
+            .map(|(_, records)| Box::new(VecPartition(records.clone().into_iter())) as Box<dyn Partition<T>>)
+            .collect();
+        let out = out.clone();
+        let ctx = std::rc::Rc::new(BuildContext::new(plan.clone(), m.clone(), false));
+        worker.dataflow::<u64, _, _>(|scope| {
+            let (records, _dead) = build_partitioned_source(scope, &ctx, "input", mine, Box::new(event_time), strategy);
+            let built = build(Stream::from_parts(records, ctx.clone()));
+            built.inner.sink(Pipeline, "collect", move |(input, _)| {
+                input.for_each(|_, data| out.lock().unwrap().extend(data.drain(..)));
+            });
+        });
+    })
+    .expect("timely starts")
+    .join()
+    .into_iter()
+    .for_each(|r| r.expect("worker ran"));
+    let mut results = std::mem::take(&mut *collected.lock().unwrap());
+    results.sort();
+    (results, metrics.counters())
+}
+
+/// Runs `build` on one worker over `records` given as `(event time, record)`, in order and with no
+/// disorder allowed, and returns the output sorted.
+pub fn run_collect<T, U, F>(records: Vec<(u64, T)>, build: F) -> Vec<(u64, U)>
+where
+    T: Data + Sync,
+    U: Data + Ord,
+    F: for<'s> Fn(Stream<'s, T>) -> Stream<'s, U> + Send + Sync + 'static,
+{
+    let (out, _) = run_partitions(1, vec![records], |(ts, _)| *ts, OutOfOrder::ordered(), move |s| build(s.map("strip-time", |(_, x)| x)));
+    out
+}

@@ -1,0 +1,115 @@
+//! Event time, watermarks and durations.
+//!
+//! Event time is milliseconds since the Unix epoch (`ts_ms`, a `u64`), as in Flink. A watermark `W`
+//! says "no more records with event time below `W` are expected"; it is the maximum event time seen
+//! minus the allowed out-of-orderness ([`OutOfOrder`]). Internally the watermark *is* timely's
+//! frontier: sources hold a capability at their watermark, so every operator sees the minimum
+//! watermark over all sources and workers as its input frontier.
+
+/// A span of event or processing time, in milliseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Duration {
+    ms: u64,
+}
+
+impl Duration {
+    /// A duration of `ms` milliseconds.
+    pub const fn from_millis(ms: u64) -> Self {
+        Duration { ms }
+    }
+    /// The duration in milliseconds.
+    pub const fn as_millis(self) -> u64 {
+        self.ms
+    }
+    /// As a `std::time::Duration`, for processing-time uses.
+    pub fn to_std(self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.ms)
+    }
+}
+
+/// `n` milliseconds.
+pub const fn millis(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+/// `n` seconds.
+pub const fn secs(n: u64) -> Duration {
+    Duration::from_millis(n * 1_000)
+}
+/// `n` minutes.
+pub const fn minutes(n: u64) -> Duration {
+    Duration::from_millis(n * 60_000)
+}
+
+/// The watermark strategy of a source: bounded out-of-orderness, as Flink's
+/// `WatermarkStrategy.forBoundedOutOfOrderness`, with an optional idleness timeout
+/// (`withIdleness`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutOfOrder {
+    /// How far behind the maximum event time seen a record may be and still count as on time.
+    pub bound_ms: u64,
+    /// A source partition that yields nothing for this long (processing time) stops holding back
+    /// the watermark until it yields again. `None`: partitions never count as idle.
+    pub idle_timeout: Option<std::time::Duration>,
+}
+
+impl OutOfOrder {
+    /// Records may arrive up to `ms` milliseconds behind the maximum event time seen.
+    pub const fn millis(ms: u64) -> Self {
+        OutOfOrder { bound_ms: ms, idle_timeout: None }
+    }
+    /// Records arrive in event-time order (a bound of zero).
+    pub const fn ordered() -> Self {
+        OutOfOrder::millis(0)
+    }
+    /// Marks a partition idle after `timeout` without data, so it does not stall the watermark.
+    pub fn idle_after(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = Some(timeout.to_std());
+        self
+    }
+    /// The watermark that follows from a maximum event time seen.
+    pub fn watermark(&self, max_event_time_ms: u64) -> u64 {
+        max_event_time_ms.saturating_sub(self.bound_ms)
+    }
+}
+
+/// The watermark after the end of a bounded input: every window fires.
+pub const END_OF_TIME: u64 = u64::MAX;
+
+/// Formats an event time (ms since the epoch) as an RFC 3339 UTC timestamp, for progress output.
+pub fn format_ts_ms(ts_ms: u64) -> String {
+    if ts_ms == END_OF_TIME {
+        return "end".to_string();
+    }
+    let secs = ts_ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mth = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + if mth <= 2 { 1 } else { 0 };
+    format!("{y:04}-{mth:02}-{d:02}T{h:02}:{m:02}:{s:02}Z")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_timestamps() {
+        assert_eq!(format_ts_ms(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_ts_ms(1_767_225_600_000), "2026-01-01T00:00:00Z");
+        assert_eq!(format_ts_ms(951_782_400_000 + 86_399_999), "2000-02-29T23:59:59Z");
+    }
+
+    #[test]
+    fn watermark_saturates() {
+        assert_eq!(OutOfOrder::millis(2_000).watermark(1_500), 0);
+        assert_eq!(OutOfOrder::millis(2_000).watermark(10_000), 8_000);
+    }
+}

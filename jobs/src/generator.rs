@@ -1,0 +1,222 @@
+//! The deterministic payment generator behind `gen:` sources.
+//!
+//! Record `i` is a pure function of the options and `i`, so the same seed gives the same events
+//! for any worker count. The sequence is dealt round-robin into `partitions` partitions; each
+//! partition moves forward in event time at the same pace, so the watermark advances evenly.
+//!
+//! Options (`gen:count=100000,seed=7,...`):
+//!
+//! | option | default | meaning |
+//! |---|---|---|
+//! | `count` | 1000000 | events in all (the source ends after them) |
+//! | `seed` | 42 | changes every random choice |
+//! | `partitions` | 16 | partitions the sequence is dealt into |
+//! | `events_per_sec` | 10000 | events per second of event time |
+//! | `start_ms` | 1767225600000 | event time of the first event (2026-01-01T00:00:00Z) |
+//! | `cards` | 100000 | distinct cards, chosen uniformly |
+//! | `merchants` | 1000 | distinct merchants |
+//! | `skew` | 1.0 | Zipf exponent of merchant popularity (0: uniform) |
+//! | `disorder_ms` | 1000 | each event's time is moved back by up to this much (bounded disorder) |
+//! | `late_every` | 0 | every N-th event is moved back a further `late_by_ms` (0: none) |
+//! | `late_by_ms` | 30000 | how far those events are moved back |
+//! | `auth_delay_ms` | 4000 | authorizations follow their payment by up to this much |
+
+use std::sync::Arc;
+
+use paystream_engine::source::Generator;
+use paystream_engine::{GenOptions, Generate, Result};
+
+use crate::payment::{Authorization, Payment, Status};
+
+const COUNTRIES: [(&str, &str); 8] =
+    [("US", "USD"), ("GB", "GBP"), ("DE", "EUR"), ("FR", "EUR"), ("NL", "EUR"), ("JP", "JPY"), ("BR", "BRL"), ("CA", "CAD")];
+
+/// SplitMix64: a fast, well-mixed hash of a 64-bit counter.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The shared shape of generated streams.
+#[derive(Clone, Debug)]
+pub struct Shape {
+    count: u64,
+    seed: u64,
+    partitions: u64,
+    events_per_sec: u64,
+    start_ms: u64,
+    cards: u64,
+    /// Cumulative merchant weights, for Zipf sampling.
+    merchant_cdf: Arc<Vec<f64>>,
+    disorder_ms: u64,
+    late_every: u64,
+    late_by_ms: u64,
+    auth_delay_ms: u64,
+}
+
+impl Shape {
+    /// Reads the options.
+    pub fn from_options(o: &mut GenOptions) -> Result<Shape> {
+        let shape = Shape {
+            count: o.get("count", 1_000_000)?,
+            seed: o.get("seed", 42)?,
+            partitions: o.get("partitions", 16)?,
+            events_per_sec: o.get("events_per_sec", 10_000)?,
+            start_ms: o.get("start_ms", 1_767_225_600_000)?,
+            cards: o.get("cards", 100_000)?,
+            merchant_cdf: Arc::new(Vec::new()),
+            disorder_ms: o.get("disorder_ms", 1_000)?,
+            late_every: o.get("late_every", 0)?,
+            late_by_ms: o.get("late_by_ms", 30_000)?,
+            auth_delay_ms: o.get("auth_delay_ms", 4_000)?,
+        };
+        let merchants: u64 = o.get("merchants", 1_000)?;
+        let skew: f64 = o.get("skew", 1.0)?;
+        for (name, value) in
+            [("partitions", shape.partitions), ("events_per_sec", shape.events_per_sec), ("cards", shape.cards), ("merchants", merchants)]
+        {
+            if value == 0 {
+                return Err(paystream_engine::Error::msg(format!("generator option {name} must be at least 1")));
+            }
+        }
+        if !(0.0..=10.0).contains(&skew) {
+            return Err(paystream_engine::Error::msg(format!("generator option skew={skew} must be between 0 and 10")));
+        }
+        let mut cdf = Vec::with_capacity(merchants as usize);
+        let mut total = 0.0;
+        for rank in 0..merchants {
+            total += 1.0 / ((rank + 1) as f64).powf(skew);
+            cdf.push(total);
+        }
+        cdf.iter_mut().for_each(|c| *c /= total);
+        Ok(Shape { merchant_cdf: Arc::new(cdf), ..shape })
+    }
+
+    fn random(&self, index: u64, stream: u64) -> u64 {
+        mix(self.seed ^ mix(index.wrapping_mul(8).wrapping_add(stream)))
+    }
+
+    /// The event time of payment `index`: its place in the sequence, moved back by its disorder.
+    pub fn payment_ts_ms(&self, index: u64) -> u64 {
+        let base = self.start_ms + index.saturating_mul(1_000) / self.events_per_sec;
+        let disorder = if self.disorder_ms == 0 { 0 } else { self.random(index, 1) % (self.disorder_ms + 1) };
+        let late = if self.late_every > 0 && index % self.late_every == self.late_every - 1 { self.late_by_ms } else { 0 };
+        base.saturating_sub(disorder + late)
+    }
+
+    /// Payment `index`.
+    pub fn payment(&self, index: u64) -> Payment {
+        let card_id = 1 + self.random(index, 2) % self.cards;
+        let u = (self.random(index, 3) >> 11) as f64 / (1u64 << 53) as f64;
+        let merchant_id = 1 + self.merchant_cdf.partition_point(|c| *c < u).min(self.merchant_cdf.len() - 1) as u64;
+        let home = (mix(card_id ^ self.seed) % COUNTRIES.len() as u64) as usize;
+        let r = self.random(index, 4);
+        // 3% of payments are made abroad.
+        let country = if r % 100 < 3 { (home + 1 + (r / 100) as usize % (COUNTRIES.len() - 1)) % COUNTRIES.len() } else { home };
+        let amount = self.random(index, 5);
+        // Mostly everyday amounts, with a long tail of large ones.
+        let amount_cents = 100 + (amount % 9_900) as i64 + if amount.is_multiple_of(50) { ((amount >> 16) % 500_000) as i64 } else { 0 };
+        let status = match self.random(index, 6) % 1000 {
+            0..=899 => Status::Approved,
+            900..=969 => Status::Declined,
+            970..=984 => Status::Reversed,
+            _ => Status::Pending,
+        };
+        Payment {
+            ts_ms: self.payment_ts_ms(index),
+            txn_id: format!("t{index}"),
+            card_id,
+            merchant_id,
+            amount_cents,
+            currency: COUNTRIES[country].1.to_string(),
+            country: COUNTRIES[country].0.to_string(),
+            status,
+        }
+    }
+
+    /// The authorization of payment `index`, a little after it.
+    pub fn authorization(&self, index: u64) -> Authorization {
+        let delay = self.random(index, 7) % (self.auth_delay_ms + 1);
+        Authorization {
+            txn_id: format!("t{index}"),
+            ts_ms: self.payment_ts_ms(index) + delay,
+            auth_code: format!("{:06}", self.random(index, 8) % 1_000_000),
+        }
+    }
+}
+
+impl Generate for Payment {
+    fn generator(options: &mut GenOptions) -> Result<Generator<Self>> {
+        let shape = Shape::from_options(options)?;
+        Ok(Generator { count: shape.count, partitions: shape.partitions, record: Arc::new(move |i| shape.payment(i)) })
+    }
+}
+
+impl Generate for Authorization {
+    fn generator(options: &mut GenOptions) -> Result<Generator<Self>> {
+        let shape = Shape::from_options(options)?;
+        Ok(Generator { count: shape.count, partitions: shape.partitions, record: Arc::new(move |i| shape.authorization(i)) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn shape(options: &[(&str, &str)]) -> Shape {
+        let map: BTreeMap<String, String> = options.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut o = GenOptions::new(map);
+        let s = Shape::from_options(&mut o).unwrap();
+        o.finish().unwrap();
+        s
+    }
+
+    #[test]
+    fn same_seed_same_events() {
+        let (a, b, c) = (shape(&[]), shape(&[]), shape(&[("seed", "7")]));
+        for i in 0..1000 {
+            assert_eq!(a.payment(i), b.payment(i));
+        }
+        assert!((0..1000).any(|i| a.payment(i) != c.payment(i)));
+    }
+
+    #[test]
+    fn disorder_is_bounded_and_late_events_are_injected() {
+        let s = shape(&[("disorder_ms", "500"), ("late_every", "10"), ("late_by_ms", "20000")]);
+        for i in 0..10_000u64 {
+            let base = 1_767_225_600_000 + i * 1000 / 10_000;
+            let ts = s.payment_ts_ms(i);
+            if i % 10 == 9 {
+                assert!(base - ts >= 20_000 && base - ts <= 20_500);
+            } else {
+                assert!(base - ts <= 500);
+            }
+        }
+    }
+
+    #[test]
+    fn merchants_are_skewed() {
+        let s = shape(&[("merchants", "100")]);
+        let mut counts = vec![0u32; 101];
+        for i in 0..100_000 {
+            counts[s.payment(i).merchant_id as usize] += 1;
+        }
+        assert_eq!(counts[0], 0);
+        assert!(counts[1] > 5 * counts[50], "{} vs {}", counts[1], counts[50]);
+        let uniform = shape(&[("merchants", "100"), ("skew", "0")]);
+        let top = (0..100_000).filter(|i| uniform.payment(*i).merchant_id == 1).count();
+        assert!((700..1300).contains(&top), "{top}");
+    }
+
+    #[test]
+    fn unknown_options_are_rejected() {
+        let map: BTreeMap<String, String> = [("cout".to_string(), "5".to_string())].into();
+        let mut o = GenOptions::new(map);
+        Shape::from_options(&mut o).unwrap();
+        let e = o.finish().unwrap_err().to_string();
+        assert!(e.contains("cout"), "{e}");
+    }
+}

@@ -1,0 +1,14 @@
+//! Payment event types, their deterministic generators, and the jobs paystream ships.
+//!
+//! * [`payment`]: `Payment`, `Authorization` and `Status`, with CSV and JSON forms.
+//! * [`generator`]: the `gen:` source for payments and authorizations.
+//! * [`throughput`]: `throughput-windows`, per-merchant volume per 10 s window.
+//! * [`registry`]: every job, for the CLI.
+
+pub mod generator;
+pub mod payment;
+pub mod registry;
+pub mod throughput;
+
+pub use payment::{Authorization, Payment, Status};
+pub use registry::all_jobs;

@@ -1,0 +1,129 @@
+//! The payment events jobs consume.
+//!
+//! CSV columns, in order:
+//! * `Payment`: `ts_ms,txn_id,card_id,merchant_id,amount_cents,currency,country,status`
+//! * `Authorization`: `txn_id,ts_ms,auth_code`
+
+use paystream_engine::{csv_record, CsvField};
+use serde::{Deserialize, Serialize};
+
+/// The outcome of a payment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Status {
+    /// Accepted by the issuer.
+    Approved,
+    /// Refused by the issuer.
+    Declined,
+    /// Approved, then reversed.
+    Reversed,
+    /// Not yet decided.
+    Pending,
+}
+
+impl Status {
+    /// The name used in CSV and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Approved => "APPROVED",
+            Status::Declined => "DECLINED",
+            Status::Reversed => "REVERSED",
+            Status::Pending => "PENDING",
+        }
+    }
+}
+
+impl CsvField for Status {
+    fn parse_field(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "APPROVED" => Ok(Status::Approved),
+            "DECLINED" => Ok(Status::Declined),
+            "REVERSED" => Ok(Status::Reversed),
+            "PENDING" => Ok(Status::Pending),
+            other => Err(format!("unknown status {other:?}; expected APPROVED, DECLINED, REVERSED or PENDING")),
+        }
+    }
+    fn write_field(&self, out: &mut String) {
+        out.push_str(self.as_str())
+    }
+}
+
+csv_record! {
+    /// A card payment.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub struct Payment {
+        /// Event time: when the payment happened, ms since the Unix epoch.
+        pub ts_ms: u64,
+        /// Transaction id, such as `t42`.
+        pub txn_id: String,
+        /// The card.
+        pub card_id: u64,
+        /// The merchant.
+        pub merchant_id: u64,
+        /// Amount in the currency's minor unit.
+        pub amount_cents: i64,
+        /// ISO 4217 currency code.
+        pub currency: String,
+        /// ISO 3166 country code of where the payment was made.
+        pub country: String,
+        /// Outcome.
+        pub status: Status,
+    }
+}
+
+csv_record! {
+    /// An issuer's authorization of a payment.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub struct Authorization {
+        /// The payment's transaction id.
+        pub txn_id: String,
+        /// Event time of the authorization, ms since the Unix epoch.
+        pub ts_ms: u64,
+        /// The issuer's authorization code.
+        pub auth_code: String,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use paystream_engine::source::parse_csv_line;
+    use paystream_engine::CsvRecord;
+
+    #[test]
+    fn payment_csv_round_trip() {
+        let p = Payment {
+            ts_ms: 1_767_225_600_123,
+            txn_id: "t42".into(),
+            card_id: 9,
+            merchant_id: 3,
+            amount_cents: 1_250,
+            currency: "EUR".into(),
+            country: "DE".into(),
+            status: Status::Declined,
+        };
+        let mut line = String::new();
+        p.write_csv(&mut line);
+        assert_eq!(line, "1767225600123,t42,9,3,1250,EUR,DE,DECLINED");
+        assert_eq!(parse_csv_line::<Payment>(&line).unwrap(), p);
+        assert_eq!(Payment::csv_header(), "ts_ms,txn_id,card_id,merchant_id,amount_cents,currency,country,status");
+    }
+
+    #[test]
+    fn payment_json_uses_status_names() {
+        let line =
+            r#"{"ts_ms":5,"txn_id":"t1","card_id":1,"merchant_id":2,"amount_cents":3,"currency":"USD","country":"US","status":"PENDING"}"#;
+        let p: Payment = serde_json::from_str(line).unwrap();
+        assert_eq!(p.status, Status::Pending);
+    }
+
+    #[test]
+    fn bad_lines_name_the_column() {
+        let e = parse_csv_line::<Payment>("5,t1,1,2,abc,USD,US,APPROVED").unwrap_err();
+        assert!(e.contains("amount_cents"), "{e}");
+        let e = parse_csv_line::<Payment>("5,t1,1,2,3,USD,US,MAYBE").unwrap_err();
+        assert!(e.contains("unknown status"), "{e}");
+        let e = parse_csv_line::<Payment>("5,t1,1").unwrap_err();
+        assert!(e.contains("expected 8 columns"), "{e}");
+    }
+}

@@ -1,0 +1,8 @@
+//! Every job paystream ships, in the order `paystream jobs` lists them.
+
+use paystream_engine::JobSpec;
+
+/// The registered jobs.
+pub fn all_jobs() -> Vec<JobSpec> {
+    vec![crate::throughput::SPEC]
+}

@@ -1,0 +1,322 @@
+//! Aggregates: how a window (or any group of records) is folded into one result.
+//!
+//! An [`Aggregate`] creates an accumulator, adds records to it, merges two accumulators and turns
+//! one into a result, as Flink's `AggregateFunction`. Tuples of aggregates are aggregates, so one
+//! pass computes several: `(Count, Sum::of(|p: &Payment| p.amount_cents))`.
+
+use std::marker::PhantomData;
+
+use paystream_engine::Data;
+use serde::{Deserialize, Serialize};
+
+/// A fold over records of type `V`.
+pub trait Aggregate<V>: 'static {
+    /// The running state.
+    type Acc: Clone + 'static;
+    /// The result.
+    type Out: Data;
+    /// A new, empty accumulator.
+    fn init(&self) -> Self::Acc;
+    /// Adds one record.
+    fn add(&self, acc: &mut Self::Acc, value: &V);
+    /// Merges `other` into `acc` (used by windows that combine partial results).
+    fn merge(&self, acc: &mut Self::Acc, other: &Self::Acc);
+    /// The result of an accumulator.
+    fn result(&self, acc: &Self::Acc) -> Self::Out;
+}
+
+/// Counts records.
+///
+/// ```
+/// use paystream_operators::{Aggregate, Count};
+/// let mut acc = Aggregate::<&str>::init(&Count);
+/// Count.add(&mut acc, &"a");
+/// Count.add(&mut acc, &"b");
+/// assert_eq!(Aggregate::<&str>::result(&Count, &acc), 2);
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Count;
+
+impl<V> Aggregate<V> for Count {
+    type Acc = u64;
+    type Out = u64;
+    fn init(&self) -> u64 {
+        0
+    }
+    fn add(&self, acc: &mut u64, _value: &V) {
+        *acc += 1;
+    }
+    fn merge(&self, acc: &mut u64, other: &u64) {
+        *acc += other;
+    }
+    fn result(&self, acc: &u64) -> u64 {
+        *acc
+    }
+}
+
+/// Sums a field of the records.
+///
+/// ```
+/// use paystream_operators::{Aggregate, Sum};
+/// let total = Sum::of(|x: &(u64, i64)| x.1);
+/// let mut acc = total.init();
+/// total.add(&mut acc, &(1, 250));
+/// total.add(&mut acc, &(2, -50));
+/// assert_eq!(total.result(&acc), 200);
+/// ```
+pub struct Sum<V, F: Fn(&V) -> i64> {
+    field: F,
+    _v: PhantomData<fn(&V)>,
+}
+
+impl<V, F: Fn(&V) -> i64> Sum<V, F> {
+    /// The sum of `field` over the records.
+    pub fn of(field: F) -> Self {
+        Sum { field, _v: PhantomData }
+    }
+}
+
+impl<V: 'static, F: Fn(&V) -> i64 + 'static> Aggregate<V> for Sum<V, F> {
+    type Acc = i64;
+    type Out = i64;
+    fn init(&self) -> i64 {
+        0
+    }
+    fn add(&self, acc: &mut i64, value: &V) {
+        *acc += (self.field)(value);
+    }
+    fn merge(&self, acc: &mut i64, other: &i64) {
+        *acc += other;
+    }
+    fn result(&self, acc: &i64) -> i64 {
+        *acc
+    }
+}
+
+/// The maximum of a field (`None` for no records).
+///
+/// ```
+/// use paystream_operators::{Aggregate, Max};
+/// let max = Max::of(|x: &i64| *x);
+/// let mut acc = max.init();
+/// for x in [3, 9, 4] { max.add(&mut acc, &x); }
+/// assert_eq!(max.result(&acc), Some(9));
+/// ```
+pub struct Max<V, F: Fn(&V) -> i64> {
+    field: F,
+    _v: PhantomData<fn(&V)>,
+}
+
+impl<V, F: Fn(&V) -> i64> Max<V, F> {
+    /// The maximum of `field` over the records.
+    pub fn of(field: F) -> Self {
+        Max { field, _v: PhantomData }
+    }
+}
+
+impl<V: 'static, F: Fn(&V) -> i64 + 'static> Aggregate<V> for Max<V, F> {
+    type Acc = Option<i64>;
+    type Out = Option<i64>;
+    fn init(&self) -> Option<i64> {
+        None
+    }
+    fn add(&self, acc: &mut Option<i64>, value: &V) {
+        let x = (self.field)(value);
+        *acc = Some(acc.map_or(x, |a| a.max(x)));
+    }
+    fn merge(&self, acc: &mut Option<i64>, other: &Option<i64>) {
+        *acc = match (*acc, *other) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    fn result(&self, acc: &Option<i64>) -> Option<i64> {
+        *acc
+    }
+}
+
+/// The minimum of a field (`None` for no records).
+///
+/// ```
+/// use paystream_operators::{Aggregate, Min};
+/// let min = Min::of(|x: &i64| *x);
+/// let mut acc = min.init();
+/// for x in [3, 9, -4] { min.add(&mut acc, &x); }
+/// assert_eq!(min.result(&acc), Some(-4));
+/// ```
+pub struct Min<V, F: Fn(&V) -> i64> {
+    field: F,
+    _v: PhantomData<fn(&V)>,
+}
+
+impl<V, F: Fn(&V) -> i64> Min<V, F> {
+    /// The minimum of `field` over the records.
+    pub fn of(field: F) -> Self {
+        Min { field, _v: PhantomData }
+    }
+}
+
+impl<V: 'static, F: Fn(&V) -> i64 + 'static> Aggregate<V> for Min<V, F> {
+    type Acc = Option<i64>;
+    type Out = Option<i64>;
+    fn init(&self) -> Option<i64> {
+        None
+    }
+    fn add(&self, acc: &mut Option<i64>, value: &V) {
+        let x = (self.field)(value);
+        *acc = Some(acc.map_or(x, |a| a.min(x)));
+    }
+    fn merge(&self, acc: &mut Option<i64>, other: &Option<i64>) {
+        *acc = match (*acc, *other) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    fn result(&self, acc: &Option<i64>) -> Option<i64> {
+        *acc
+    }
+}
+
+/// The count and the sum of a field, the most common pair in payment windows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct CountSum {
+    /// Number of records.
+    pub count: u64,
+    /// Sum of the field.
+    pub sum: i64,
+}
+
+/// Counts records and sums a field.
+///
+/// ```
+/// use paystream_operators::{Aggregate, CountAndSum, CountSum};
+/// let cs = CountAndSum::of(|x: &i64| *x);
+/// let mut acc = cs.init();
+/// for x in [100, 250] { cs.add(&mut acc, &x); }
+/// assert_eq!(cs.result(&acc), CountSum { count: 2, sum: 350 });
+/// ```
+pub struct CountAndSum<V, F: Fn(&V) -> i64> {
+    field: F,
+    _v: PhantomData<fn(&V)>,
+}
+
+impl<V, F: Fn(&V) -> i64> CountAndSum<V, F> {
+    /// Count and sum of `field` over the records.
+    pub fn of(field: F) -> Self {
+        CountAndSum { field, _v: PhantomData }
+    }
+}
+
+impl<V: 'static, F: Fn(&V) -> i64 + 'static> Aggregate<V> for CountAndSum<V, F> {
+    type Acc = CountSum;
+    type Out = CountSum;
+    fn init(&self) -> CountSum {
+        CountSum::default()
+    }
+    fn add(&self, acc: &mut CountSum, value: &V) {
+        acc.count += 1;
+        acc.sum += (self.field)(value);
+    }
+    fn merge(&self, acc: &mut CountSum, other: &CountSum) {
+        acc.count += other.count;
+        acc.sum += other.sum;
+    }
+    fn result(&self, acc: &CountSum) -> CountSum {
+        *acc
+    }
+}
+
+/// A user-supplied fold: a starting value, a step that adds one record, and a merge of two
+/// partial results. The result must not depend on the order records arrive in (records of one
+/// window may come from several partitions), as with Flink's `AggregateFunction`.
+///
+/// ```
+/// use paystream_operators::{Aggregate, Fold};
+/// // Largest and smallest amount in one pass.
+/// let range = Fold::new(
+///     (i64::MAX, i64::MIN),
+///     |acc: &mut (i64, i64), x: &i64| { acc.0 = acc.0.min(*x); acc.1 = acc.1.max(*x); },
+///     |acc, other| { acc.0 = acc.0.min(other.0); acc.1 = acc.1.max(other.1); },
+/// );
+/// let mut acc = range.init();
+/// for x in [5, 1, 8] { range.add(&mut acc, &x); }
+/// assert_eq!(range.result(&acc), (1, 8));
+/// ```
+pub struct Fold<V, S, A, M> {
+    init: S,
+    add: A,
+    merge: M,
+    _v: PhantomData<fn(&V)>,
+}
+
+impl<V, S, A, M> Fold<V, S, A, M>
+where
+    S: Data,
+    A: Fn(&mut S, &V),
+    M: Fn(&mut S, &S),
+{
+    /// A fold from `init`, adding records with `add` and combining partial folds with `merge`.
+    pub fn new(init: S, add: A, merge: M) -> Self {
+        Fold { init, add, merge, _v: PhantomData }
+    }
+}
+
+impl<V: 'static, S: Data, A: Fn(&mut S, &V) + 'static, M: Fn(&mut S, &S) + 'static> Aggregate<V> for Fold<V, S, A, M> {
+    type Acc = S;
+    type Out = S;
+    fn init(&self) -> S {
+        self.init.clone()
+    }
+    fn add(&self, acc: &mut S, value: &V) {
+        (self.add)(acc, value)
+    }
+    fn merge(&self, acc: &mut S, other: &S) {
+        (self.merge)(acc, other)
+    }
+    fn result(&self, acc: &S) -> S {
+        acc.clone()
+    }
+}
+
+macro_rules! tuple_aggregate {
+    ($($a:ident $i:tt),+) => {
+        impl<V, $($a: Aggregate<V>),+> Aggregate<V> for ($($a,)+) {
+            type Acc = ($($a::Acc,)+);
+            type Out = ($($a::Out,)+);
+            fn init(&self) -> Self::Acc {
+                ($(self.$i.init(),)+)
+            }
+            fn add(&self, acc: &mut Self::Acc, value: &V) {
+                $(self.$i.add(&mut acc.$i, value);)+
+            }
+            fn merge(&self, acc: &mut Self::Acc, other: &Self::Acc) {
+                $(self.$i.merge(&mut acc.$i, &other.$i);)+
+            }
+            fn result(&self, acc: &Self::Acc) -> Self::Out {
+                ($(self.$i.result(&acc.$i),)+)
+            }
+        }
+    };
+}
+tuple_aggregate!(A 0, B 1);
+tuple_aggregate!(A 0, B 1, C 2);
+tuple_aggregate!(A 0, B 1, C 2, D 3);
+tuple_aggregate!(A 0, B 1, C 2, D 3, E 4);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tuples_aggregate_in_one_pass() {
+        let agg = (Count, Sum::of(|x: &i64| *x), Max::of(|x: &i64| *x));
+        let mut a = agg.init();
+        let mut b = agg.init();
+        for x in [4, 7] {
+            agg.add(&mut a, &x);
+        }
+        agg.add(&mut b, &10);
+        agg.merge(&mut a, &b);
+        assert_eq!(agg.result(&a), (3, 21, Some(10)));
+    }
+}

@@ -1,0 +1,48 @@
+//! paystream: event-time stream processing for payments, on timely dataflow.
+//!
+//! Write a job as a function over a [`JobBuilder`](prelude::JobBuilder), describe it with a
+//! [`JobSpec`](prelude::JobSpec), and run it through the same CLI the built-in jobs use:
+//!
+//! ```no_run
+//! use paystream::prelude::*;
+//!
+//! fn main() -> std::process::ExitCode {
+//!     // Your jobs next to the built-in ones; every subcommand comes for free.
+//!     let mut jobs = paystream::jobs::all_jobs();
+//!     // jobs.push(my_job::SPEC);
+//!     paystream::cli::main(jobs)
+//! }
+//! ```
+
+pub mod cli;
+
+pub use paystream_engine as engine;
+pub use paystream_jobs as jobs;
+pub use paystream_operators as operators;
+
+/// Everything a job needs, in one import.
+pub mod prelude {
+    pub use paystream_engine::{
+        millis, minutes, secs, CsvField, CsvRecord, Data, Duration, JobBuilder, JobSpec, Key, KeyedStream, OutOfOrder, ParamSpec, Params,
+        Result, SinkSpec, SourceSpec, Stream,
+    };
+    pub use paystream_jobs::{Authorization, Payment, Status};
+    pub use paystream_operators::{Aggregate, Count, CountAndSum, CountSum, Fold, Max, Min, Sum, Tumbling, WindowExt, WindowResult};
+}
+
+/// Declares a record struct that can be read from and written to CSV and JSON lines.
+///
+/// ```
+/// paystream::csv_record! {
+///     #[derive(Clone, Debug, PartialEq)]
+///     pub struct CardCount { pub card_id: u64, pub count: u64 }
+/// }
+/// use paystream::prelude::CsvRecord;
+/// assert_eq!(CardCount::csv_header(), "card_id,count");
+/// ```
+#[macro_export]
+macro_rules! csv_record {
+    ($($body:tt)*) => {
+        $crate::engine::__csv_record_with_serde! { "paystream::engine::__private::serde", $($body)* }
+    };
+}
