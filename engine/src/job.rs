@@ -7,6 +7,7 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use crate::metrics::Metrics;
 use crate::record::{CsvRecord, DeadLetter};
 use crate::source::Generate;
 use crate::stream::{SourceStage, Stream, TStream};
-use crate::uri::{parse_sink, parse_source, SinkUri, SourceUri};
+use crate::uri::{parse_sink, parse_source, Format, SinkUri, SourceUri};
 use crate::{Data, Result};
 
 /// The sink name under which unreadable records are written. A job may not declare it; a run may
@@ -131,7 +132,8 @@ pub struct RunPlan {
 
 impl RunPlan {
     /// Resolves a run: URIs given on the command line override the defaults (the generator, and
-    /// `./out/JOB/NAME.csv`); dead letters default to `dead_letters.csv` beside the first file sink.
+    /// `NAME.csv` in the directory of the first sink given as a file, else in `./out/JOB/`); dead
+    /// letters go to `dead_letters.csv` in that same directory.
     pub fn resolve(
         spec: &JobSpec,
         sources: &BTreeMap<String, String>,
@@ -155,24 +157,25 @@ impl RunPlan {
             let uri = sources.get(s.name).map(String::as_str).unwrap_or("gen:");
             resolved_sources.insert(s.name.to_string(), parse_source(uri)?);
         }
+        // Sinks not given on the command line go beside the first one that was given as a file,
+        // else under out/JOB/: side outputs (late records, dead letters) land beside the results.
+        let base_dir = spec
+            .sinks
+            .iter()
+            .filter_map(|s| sinks.get(s.name))
+            .find_map(|uri| parse_sink(uri).ok().and_then(|u| u.directory()))
+            .unwrap_or_else(|| PathBuf::from(format!("out/{}", spec.name)));
         let mut resolved_sinks = BTreeMap::new();
         for s in spec.sinks {
             let uri = match sinks.get(s.name) {
-                Some(u) => u.clone(),
-                None => format!("file:out/{}/{}.csv", spec.name, s.name),
+                Some(u) => parse_sink(u)?,
+                None => SinkUri::File(base_dir.join(format!("{}.csv", s.name)), Format::Csv),
             };
-            resolved_sinks.insert(s.name.to_string(), parse_sink(&uri)?);
+            resolved_sinks.insert(s.name.to_string(), uri);
         }
         let dead = match sinks.get(DEAD_LETTERS) {
             Some(u) => parse_sink(u)?,
-            None => {
-                let dir = spec
-                    .sinks
-                    .iter()
-                    .find_map(|s| resolved_sinks[s.name].directory())
-                    .unwrap_or_else(|| format!("out/{}", spec.name).into());
-                SinkUri::File(dir.join("dead_letters.csv"), crate::uri::Format::Csv)
-            }
+            None => SinkUri::File(base_dir.join("dead_letters.csv"), Format::Csv),
         };
         resolved_sinks.insert(DEAD_LETTERS.to_string(), dead);
         Ok(RunPlan { spec: *spec, params: Params::resolve(spec, params)?, sources: resolved_sources, sinks: resolved_sinks })

@@ -3,8 +3,10 @@
 //! * [`payment`]: `Payment`, `Authorization` and `Status`, with CSV and JSON forms.
 //! * [`generator`]: the `gen:` source for payments and authorizations.
 //! * [`throughput`]: `throughput-windows`, per-merchant volume per 10 s window.
+//! * [`generate`]: `generate-payments`, sample input as CSV or JSON lines.
 //! * [`registry`]: every job, for the CLI.
 
+pub mod generate;
 pub mod generator;
 pub mod payment;
 pub mod registry;
