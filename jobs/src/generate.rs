@@ -13,7 +13,10 @@ pub const SPEC: JobSpec = JobSpec {
     name: "generate-payments",
     about: "Copies a payment source (by default the generator) to a sink: sample data for the other jobs.",
     sources: &[SourceSpec { name: "payments", record: "Payment", about: "the payments to copy" }],
-    sinks: &[SinkSpec { name: "payments", about: "the same payments: ts_ms,txn_id,card_id,merchant_id,amount_cents,currency,country,status" }],
+    sinks: &[SinkSpec {
+        name: "payments",
+        about: "the same payments: ts_ms,txn_id,card_id,merchant_id,amount_cents,currency,country,status",
+    }],
     params: &[ParamSpec {
         name: "out_of_orderness_ms",
         default: "60000",
@@ -23,5 +26,7 @@ pub const SPEC: JobSpec = JobSpec {
 };
 
 fn build(job: &mut JobBuilder<'_>, params: &Params) -> Result<()> {
-    job.source::<Payment>("payments")?.assign_timestamps(|p| p.ts_ms, OutOfOrder::millis(params.get("out_of_orderness_ms")?))?.sink("payments")
+    job.source::<Payment>("payments")?
+        .assign_timestamps(|p| p.ts_ms, OutOfOrder::millis(params.get("out_of_orderness_ms")?))?
+        .sink("payments")
 }
