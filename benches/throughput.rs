@@ -13,6 +13,9 @@ use paystream::engine::source::GenOptions;
 use paystream::engine::Generate;
 use paystream::jobs::{Payment, Status};
 
+/// count, sum of amounts, approved count, max amount: the job's per-window statistics.
+type Stats = (u64, i64, u64, i64);
+
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
@@ -27,7 +30,7 @@ fn baseline(events: u64) -> usize {
     let mut options = GenOptions::new([("count".to_string(), events.to_string())].into());
     let generator = Payment::generator(&mut options).expect("generator");
     let bound = 2_000;
-    let mut open: BTreeMap<u64, HashMap<u64, (u64, i64, u64, i64)>> = BTreeMap::new();
+    let mut open: BTreeMap<u64, HashMap<u64, Stats>> = BTreeMap::new();
     let mut results = 0usize;
     let mut max_ts = 0u64;
     // The job reads the generator's partitions round-robin; for the loop, the index order is the same data.
