@@ -27,7 +27,10 @@ pub mod prelude {
         Result, SinkSpec, SourceSpec, Stream,
     };
     pub use paystream_jobs::{Authorization, Payment, Status};
-    pub use paystream_operators::{Aggregate, Count, CountAndSum, CountSum, Fold, Max, Min, Sum, Tumbling, WindowExt, WindowResult};
+    pub use paystream_operators::{
+        Aggregate, Average, Count, CountAndSum, CountDistinct, CountSum, Fold, Max, Min, Percentiles, Quantiles, Session, Sliding, Sum, Tumbling,
+        WindowExt, WindowResult, Windows,
+    };
 }
 
 /// Declares a record struct that can be read from and written to CSV and JSON lines.

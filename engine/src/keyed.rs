@@ -11,6 +11,9 @@ use timely::dataflow::channels::pact::ParallelizationContract;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 
+use std::sync::Arc;
+
+use crate::metrics::Metrics;
 use crate::stream::TStream;
 use crate::Data;
 
@@ -28,6 +31,12 @@ pub trait KeyedLogic<K, V>: 'static {
 
     /// The least event time at which the logic may still emit, or `None` when nothing is pending.
     fn next_emit_time(&self) -> Option<u64>;
+
+    /// How many entries of state the logic holds (accumulators, buffered records), for the
+    /// `state:STEP` metric. State that is freed must stop counting here.
+    fn state_size(&self) -> usize {
+        0
+    }
 }
 
 pub(crate) fn build_keyed<'scope, K: Data, V: Data, L: KeyedLogic<K, V>, P>(
@@ -35,10 +44,14 @@ pub(crate) fn build_keyed<'scope, K: Data, V: Data, L: KeyedLogic<K, V>, P>(
     pact: P,
     name: &str,
     mut logic: L,
+    metrics: Arc<Metrics>,
 ) -> TStream<'scope, L::Out>
 where
     P: ParallelizationContract<u64, Vec<(u64, (K, V))>>,
 {
+    let local_worker = input.scope().index() % metrics.local_workers().max(1);
+    let gauge = format!("state:{name}");
+    let mut last_state_size = usize::MAX;
     input.unary_frontier::<CapacityContainerBuilder<Vec<(u64, L::Out)>>, _, _, _>(pact, name, move |_initial, _info| {
         let mut held: Option<Capability<u64>> = None;
         let mut last_watermark = 0u64;
@@ -80,6 +93,11 @@ where
                         session.give(next);
                     }
                 }
+            }
+            let state_size = logic.state_size();
+            if state_size != last_state_size {
+                last_state_size = state_size;
+                metrics.set_gauge(&gauge, local_worker, state_size as u64);
             }
             held = match logic.next_emit_time() {
                 None => None,

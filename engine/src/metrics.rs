@@ -12,6 +12,8 @@ pub struct Metrics {
     /// Each local worker's source watermark (ms), `u64::MAX` once its sources are done.
     watermarks: Vec<AtomicU64>,
     counters: Mutex<BTreeMap<String, u64>>,
+    /// Named per-worker levels, such as `state:STEP` (entries of state held).
+    gauges: Mutex<BTreeMap<String, Vec<u64>>>,
 }
 
 impl Metrics {
@@ -21,6 +23,7 @@ impl Metrics {
             events_read: AtomicU64::new(0),
             watermarks: (0..workers).map(|_| AtomicU64::new(0)).collect(),
             counters: Mutex::new(BTreeMap::new()),
+            gauges: Mutex::new(BTreeMap::new()),
         }
     }
     /// Adds to the count of events read by sources.
@@ -50,6 +53,21 @@ impl Metrics {
                 c.insert(name.to_string(), n);
             }
         }
+    }
+    /// Sets a local worker's level of the named gauge.
+    pub fn set_gauge(&self, name: &str, local_worker: usize, value: u64) {
+        let workers = self.watermarks.len().max(1);
+        let mut g = self.gauges.lock().unwrap_or_else(|e| e.into_inner());
+        if !g.contains_key(name) {
+            g.insert(name.to_string(), vec![0; workers]);
+        }
+        if let Some(slot) = g.get_mut(name).and_then(|v| v.get_mut(local_worker)) {
+            *slot = value;
+        }
+    }
+    /// Each named gauge summed over this process's workers.
+    pub fn gauges(&self) -> BTreeMap<String, u64> {
+        self.gauges.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(k, v)| (k.clone(), v.iter().sum())).collect()
     }
     /// A snapshot of the named counters.
     pub fn counters(&self) -> BTreeMap<String, u64> {

@@ -234,7 +234,7 @@ impl<'scope, K: Key, T: Data> KeyedStream<'scope, K, T> {
         self.inner.ctx.register_step(name);
         let peers = self.inner.inner.scope().peers();
         let pact = Exchange::new(move |(_, (k, _)): &(u64, (K, T))| worker_for_key_group(key_group(k), peers));
-        let inner = crate::keyed::build_keyed(self.inner.inner, pact, name, logic);
+        let inner = crate::keyed::build_keyed(self.inner.inner, pact, name, logic, self.inner.ctx.metrics.clone());
         Stream { inner, ctx: self.inner.ctx }
     }
 

@@ -4,6 +4,7 @@
 //! * [`generator`]: the `gen:` source for payments and authorizations.
 //! * [`throughput`]: `throughput-windows`, per-merchant volume per 10 s window.
 //! * [`generate`]: `generate-payments`, sample input as CSV or JSON lines.
+//! * [`velocity`]: `card-velocity`, cards paying often within sliding windows.
 //! * [`registry`]: every job, for the CLI.
 
 pub mod generate;
@@ -11,6 +12,7 @@ pub mod generator;
 pub mod payment;
 pub mod registry;
 pub mod throughput;
+pub mod velocity;
 
 pub use payment::{Authorization, Payment, Status};
 pub use registry::all_jobs;

@@ -1,10 +1,11 @@
 //! `throughput-windows`: per merchant, payment volume in 10 s tumbling event-time windows.
 //!
 //! Source `payments`, sink `windows` (CSV columns `window_start_ms,window_end_ms,merchant_id,count,
-//! sum_amount_cents,approved_count,max_amount_cents`), late records to `late_payments`.
+//! sum_amount_cents,approved_count,approval_rate,max_amount_cents,p99_amount_cents`), late records
+//! to `late_payments`. The p99 comes from an HdrHistogram at 2 significant digits (within 1%).
 
 use paystream_engine::{csv_record, millis, JobBuilder, JobSpec, OutOfOrder, ParamSpec, Params, Result, SinkSpec, SourceSpec};
-use paystream_operators::{Aggregate, Tumbling, WindowExt};
+use paystream_operators::{Aggregate, Percentiles, Tumbling, WindowExt};
 
 use crate::payment::{Payment, Status};
 
@@ -16,7 +17,7 @@ pub const SPEC: JobSpec = JobSpec {
     sinks: &[
         SinkSpec {
             name: "windows",
-            about: "one row per merchant and window: window_start_ms,window_end_ms,merchant_id,count,sum_amount_cents,approved_count,max_amount_cents",
+            about: "one row per merchant and window: window_start_ms,window_end_ms,merchant_id,count,sum_amount_cents,approved_count,approval_rate,max_amount_cents,p99_amount_cents",
         },
         SinkSpec { name: "late_payments", about: "payments that arrived after their window had fired, as read" },
     ],
@@ -29,7 +30,7 @@ pub const SPEC: JobSpec = JobSpec {
 
 csv_record! {
     /// One merchant's payments in one window.
-    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+    #[derive(Clone, Debug, PartialEq, PartialOrd)]
     pub struct MerchantWindow {
         /// Inclusive start, ms since the epoch.
         pub window_start_ms: u64,
@@ -43,8 +44,12 @@ csv_record! {
         pub sum_amount_cents: i64,
         /// Approved payments.
         pub approved_count: u64,
+        /// Approved payments over all payments, 0 to 1.
+        pub approval_rate: f64,
         /// The largest amount.
         pub max_amount_cents: i64,
+        /// The 99th percentile of the amounts (within 1%).
+        pub p99_amount_cents: u64,
     }
 }
 
@@ -83,15 +88,20 @@ fn build(job: &mut JobBuilder<'_>, params: &Params) -> Result<()> {
         .key_by("by-merchant", |p| p.merchant_id)
         .window("throughput", Tumbling::of(millis(window_ms)))
         .late_records_to("late_payments")
-        .aggregate(MerchantStats)
-        .map("to-row", |w| MerchantWindow {
-            window_start_ms: w.start_ms,
-            window_end_ms: w.end_ms,
-            merchant_id: w.key,
-            count: w.value.0,
-            sum_amount_cents: w.value.1,
-            approved_count: w.value.2,
-            max_amount_cents: w.value.3,
+        .aggregate((MerchantStats, Percentiles::of(|p: &Payment| p.amount_cents.max(0) as u64)))
+        .map("to-row", |w| {
+            let ((count, sum_amount_cents, approved_count, max_amount_cents), amounts) = w.value;
+            MerchantWindow {
+                window_start_ms: w.start_ms,
+                window_end_ms: w.end_ms,
+                merchant_id: w.key,
+                count,
+                sum_amount_cents,
+                approved_count,
+                approval_rate: approved_count as f64 / count as f64,
+                max_amount_cents,
+                p99_amount_cents: amounts.p99,
+            }
         })
         .sink("windows")
 }

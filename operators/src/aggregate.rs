@@ -320,3 +320,158 @@ mod tests {
         assert_eq!(agg.result(&a), (3, 21, Some(10)));
     }
 }
+
+/// The mean of a field (`None` for no records).
+///
+/// ```
+/// use paystream_operators::{Aggregate, Average};
+/// let avg = Average::of(|x: &i64| *x);
+/// let mut acc = avg.init();
+/// for x in [1, 2, 6] { avg.add(&mut acc, &x); }
+/// assert_eq!(avg.result(&acc), Some(3.0));
+/// ```
+pub struct Average<V, F: Fn(&V) -> i64> {
+    field: F,
+    _v: PhantomData<fn(&V)>,
+}
+
+impl<V, F: Fn(&V) -> i64> Average<V, F> {
+    /// The mean of `field` over the records.
+    pub fn of(field: F) -> Self {
+        Average { field, _v: PhantomData }
+    }
+}
+
+impl<V: 'static, F: Fn(&V) -> i64 + 'static> Aggregate<V> for Average<V, F> {
+    type Acc = (i128, u64);
+    type Out = Option<f64>;
+    fn init(&self) -> (i128, u64) {
+        (0, 0)
+    }
+    fn add(&self, acc: &mut (i128, u64), value: &V) {
+        acc.0 += i128::from((self.field)(value));
+        acc.1 += 1;
+    }
+    fn merge(&self, acc: &mut (i128, u64), other: &(i128, u64)) {
+        acc.0 += other.0;
+        acc.1 += other.1;
+    }
+    fn result(&self, acc: &(i128, u64)) -> Option<f64> {
+        (acc.1 > 0).then(|| acc.0 as f64 / acc.1 as f64)
+    }
+}
+
+/// The exact number of distinct values of a field (a set per window and key: mind the memory).
+///
+/// ```
+/// use paystream_operators::{Aggregate, CountDistinct};
+/// let cards = CountDistinct::of(|p: &(u64, u64)| p.1);
+/// let mut acc = cards.init();
+/// for p in [(1, 7), (2, 7), (3, 9)] { cards.add(&mut acc, &p); }
+/// assert_eq!(cards.result(&acc), 2);
+/// ```
+pub struct CountDistinct<V, D, F: Fn(&V) -> D> {
+    field: F,
+    _v: PhantomData<fn(&V) -> D>,
+}
+
+impl<V, D, F: Fn(&V) -> D> CountDistinct<V, D, F> {
+    /// The number of distinct values of `field`.
+    pub fn of(field: F) -> Self {
+        CountDistinct { field, _v: PhantomData }
+    }
+}
+
+impl<V: 'static, D: std::hash::Hash + Eq + Clone + 'static, F: Fn(&V) -> D + 'static> Aggregate<V> for CountDistinct<V, D, F> {
+    type Acc = std::collections::HashSet<D>;
+    type Out = u64;
+    fn init(&self) -> Self::Acc {
+        Default::default()
+    }
+    fn add(&self, acc: &mut Self::Acc, value: &V) {
+        acc.insert((self.field)(value));
+    }
+    fn merge(&self, acc: &mut Self::Acc, other: &Self::Acc) {
+        acc.extend(other.iter().cloned());
+    }
+    fn result(&self, acc: &Self::Acc) -> u64 {
+        acc.len() as u64
+    }
+}
+
+/// The 50th, 90th and 99th percentiles and the maximum of a field.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Quantiles {
+    /// Median.
+    pub p50: u64,
+    /// 90th percentile.
+    pub p90: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// Largest value.
+    pub max: u64,
+}
+
+/// Percentiles of a non-negative field (amounts, latencies) with an HdrHistogram. By default it keeps
+/// 2 significant digits (each reported value within 1% of the exact one, a few KB per window and
+/// key); [`Percentiles::with_digits`] trades memory for precision.
+///
+/// ```
+/// use paystream_operators::{Aggregate, Percentiles};
+/// let latency = Percentiles::of(|ms: &u64| *ms);
+/// let mut acc = latency.init();
+/// for ms in 1..=100 { latency.add(&mut acc, &ms); }
+/// let q = latency.result(&acc);
+/// assert_eq!((q.p50, q.p90, q.p99, q.max), (50, 90, 99, 100));
+/// ```
+pub struct Percentiles<V, F: Fn(&V) -> u64> {
+    field: F,
+    digits: u8,
+    _v: PhantomData<fn(&V)>,
+}
+
+impl<V, F: Fn(&V) -> u64> Percentiles<V, F> {
+    /// Percentiles of `field`, to 2 significant digits.
+    pub fn of(field: F) -> Self {
+        Percentiles { field, digits: 2, _v: PhantomData }
+    }
+
+    /// Keeps `digits` significant digits (1 to 5); each one more multiplies the memory by ten.
+    pub fn with_digits(mut self, digits: u8) -> Self {
+        self.digits = digits.clamp(1, 5);
+        self
+    }
+}
+
+/// A histogram plus the exact maximum, so no reported percentile exceeds a value that was seen.
+#[derive(Clone, Debug)]
+pub struct QuantileSketch {
+    histogram: hdrhistogram::Histogram<u32>,
+    max: u64,
+}
+
+impl<V: 'static, F: Fn(&V) -> u64 + 'static> Aggregate<V> for Percentiles<V, F> {
+    type Acc = QuantileSketch;
+    type Out = Quantiles;
+    fn init(&self) -> Self::Acc {
+        let histogram = hdrhistogram::Histogram::new(self.digits).expect("1 to 5 significant digits is a valid precision");
+        QuantileSketch { histogram, max: 0 }
+    }
+    fn add(&self, acc: &mut Self::Acc, value: &V) {
+        // Auto-resizing histograms only fail on values above u64::MAX / 2; saturate those.
+        let x = (self.field)(value).min(u64::MAX / 4);
+        let _ = acc.histogram.record(x);
+        acc.max = acc.max.max(x);
+    }
+    fn merge(&self, acc: &mut Self::Acc, other: &Self::Acc) {
+        let _ = acc.histogram.add(&other.histogram);
+        acc.max = acc.max.max(other.max);
+    }
+    fn result(&self, acc: &Self::Acc) -> Quantiles {
+        if acc.histogram.is_empty() {
+            return Quantiles::default();
+        }
+        let at = |q: f64| acc.histogram.value_at_quantile(q).min(acc.max);
+        Quantiles { p50: at(0.50), p90: at(0.90), p99: at(0.99), max: acc.max }
+    }
+}

@@ -6,5 +6,5 @@
 pub mod aggregate;
 pub mod window;
 
-pub use aggregate::{Aggregate, Count, CountAndSum, CountSum, Fold, Max, Min, Sum};
-pub use window::{Tumbling, WindowExt, WindowResult, WindowedStream};
+pub use aggregate::{Aggregate, Average, Count, CountAndSum, CountDistinct, CountSum, Fold, Max, Min, Percentiles, QuantileSketch, Quantiles, Sum};
+pub use window::{Session, Sliding, Tumbling, WindowExt, WindowResult, WindowedStream, Windows};

@@ -1,0 +1,224 @@
+//! Tumbling and sliding windows: per-key accumulators per pane, merged when a window fires.
+//!
+//! Records that are on time for every window covering them are added to their pane at once (the
+//! windows have not fired: their ends are above the record's message time, which the frontier has
+//! not passed). Records late for at least one covering window wait until the watermark passes their
+//! message time and are then applied in message-time order, interleaved with window firings, so the
+//! updates they cause are the same whatever the arrival order.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use paystream_engine::{Data, Key, KeyedLogic};
+
+use super::WindowResult;
+use crate::aggregate::Aggregate;
+
+/// Window size and slide, in ms.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Shape {
+    pub(crate) size: u64,
+    pub(crate) slide: u64,
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+impl Shape {
+    /// Every window `(start, end)` covering `ts`, earliest first.
+    pub(crate) fn windows_of(&self, ts: u64) -> impl Iterator<Item = (u64, u64)> {
+        let last_start = ts - ts % self.slide;
+        // The first start above ts - size, rounded up to the slide.
+        let first_start = if ts >= self.size { ((ts - self.size) / self.slide + 1) * self.slide } else { 0 };
+        let (size, slide) = (self.size, self.slide);
+        (0..)
+            .map(move |i: u64| first_start + i * slide)
+            .take_while(move |start| *start <= last_start)
+            .map(move |start| (start, start.saturating_add(size)))
+    }
+
+    /// The end of the last window covering a pane that starts at `pane_start`.
+    fn last_end_of_pane(&self, pane_start: u64) -> u64 {
+        (pane_start - pane_start % self.slide).saturating_add(self.size)
+    }
+}
+
+pub(crate) struct AlignedLogic<K, V, A: Aggregate<V>> {
+    shape: Shape,
+    pane: u64,
+    lateness: u64,
+    aggregate: A,
+    /// Accumulators by pane start, then key.
+    panes: BTreeMap<u64, HashMap<K, A::Acc>>,
+    /// Ends of windows that hold data and have not fired.
+    unfired: BTreeSet<u64>,
+    /// Records late for some window, by message time.
+    late: BTreeMap<u64, Vec<(u64, K, V)>>,
+}
+
+impl<K: Key, V: Data, A: Aggregate<V>> AlignedLogic<K, V, A> {
+    pub(crate) fn new(shape: Shape, lateness: u64, aggregate: A) -> Self {
+        let pane = gcd(shape.size, shape.slide);
+        AlignedLogic { shape, pane, lateness, aggregate, panes: BTreeMap::new(), unfired: BTreeSet::new(), late: BTreeMap::new() }
+    }
+
+    fn add(&mut self, ts: u64, key: K, value: &V) {
+        let acc = self.panes.entry(ts - ts % self.pane).or_default().entry(key).or_insert_with(|| self.aggregate.init());
+        self.aggregate.add(acc, value);
+    }
+
+    /// The merged accumulator of `key` over the panes of the window ending at `end`.
+    fn merged(&self, end: u64, key: &K) -> Option<A::Acc> {
+        let mut merged: Option<A::Acc> = None;
+        for pane in self.panes.range(end.saturating_sub(self.shape.size)..end).map(|(_, p)| p) {
+            if let Some(acc) = pane.get(key) {
+                match merged.as_mut() {
+                    Some(m) => self.aggregate.merge(m, acc),
+                    None => merged = Some(acc.clone()),
+                }
+            }
+        }
+        merged
+    }
+
+    fn fire(&mut self, end: u64, out: &mut Vec<(u64, WindowResult<K, A::Out>)>) {
+        self.unfired.remove(&end);
+        let start = end.saturating_sub(self.shape.size);
+        let mut merged: HashMap<K, A::Acc> = HashMap::new();
+        for pane in self.panes.range(start..end).map(|(_, p)| p) {
+            for (key, acc) in pane {
+                match merged.get_mut(key) {
+                    Some(m) => self.aggregate.merge(m, acc),
+                    None => {
+                        merged.insert(key.clone(), acc.clone());
+                    }
+                }
+            }
+        }
+        for (key, acc) in merged {
+            out.push((end - 1, WindowResult { start_ms: start, end_ms: end, key, value: self.aggregate.result(&acc), is_update: false }));
+        }
+    }
+
+    /// Applies the late records that travelled at `time`, then emits one update per window and key
+    /// they changed.
+    fn apply_late(&mut self, time: u64, out: &mut Vec<(u64, WindowResult<K, A::Out>)>) {
+        let records = self.late.remove(&time).unwrap_or_default();
+        // (window end, key) -> whether the key already had a result for that window.
+        let mut changed: BTreeMap<(u64, K), bool> = BTreeMap::new();
+        for (ts, key, value) in records {
+            for (_, end) in self.shape.windows_of(ts) {
+                if end > time {
+                    self.unfired.insert(end);
+                } else if end.saturating_add(self.lateness) > time && !changed.contains_key(&(end, key.clone())) {
+                    let existed = self.merged(end, &key).is_some();
+                    changed.insert((end, key.clone()), existed);
+                }
+            }
+            self.add(ts, key, &value);
+        }
+        for ((end, key), existed) in changed {
+            if let Some(acc) = self.merged(end, &key) {
+                let start = end.saturating_sub(self.shape.size);
+                let value = self.aggregate.result(&acc);
+                out.push((end - 1, WindowResult { start_ms: start, end_ms: end, key, value, is_update: existed }));
+            }
+        }
+    }
+
+    /// Accumulators held (one per key and pane) plus records waiting: the state-size metric.
+    pub(crate) fn state_len(&self) -> usize {
+        self.panes.values().map(HashMap::len).sum::<usize>() + self.late.values().map(Vec::len).sum::<usize>()
+    }
+}
+
+impl<K: Key, V: Data, A: Aggregate<V>> KeyedLogic<K, V> for AlignedLogic<K, V, A> {
+    type Out = WindowResult<K, A::Out>;
+
+    fn on_record(&mut self, message_time: u64, ts_ms: u64, key: K, value: V) {
+        let first_end = self.shape.windows_of(ts_ms).next().map_or(u64::MAX, |(_, end)| end);
+        if first_end <= message_time {
+            self.late.entry(message_time).or_default().push((ts_ms, key, value));
+        } else {
+            for (_, end) in self.shape.windows_of(ts_ms) {
+                self.unfired.insert(end);
+            }
+            self.add(ts_ms, key, &value);
+        }
+    }
+
+    fn on_watermark(&mut self, watermark: u64, out: &mut Vec<(u64, Self::Out)>) {
+        loop {
+            let fire = self.unfired.first().copied().filter(|end| *end <= watermark);
+            let late = self.late.first_key_value().map(|(t, _)| *t).filter(|t| *t < watermark);
+            match (fire, late) {
+                // A window ending at t fires before records that travelled at t update it.
+                (Some(end), Some(time)) if end <= time => self.fire(end, out),
+                (_, Some(time)) => self.apply_late(time, out),
+                (Some(end), None) => self.fire(end, out),
+                (None, None) => break,
+            }
+        }
+        while let Some(entry) = self.panes.first_entry() {
+            if self.shape.last_end_of_pane(*entry.key()).saturating_add(self.lateness) > watermark {
+                break;
+            }
+            entry.remove();
+        }
+    }
+
+    fn next_emit_time(&self) -> Option<u64> {
+        let fire = self.unfired.first().map(|end| end - 1);
+        let late = self.late.first_key_value().map(|(t, _)| *t);
+        match (fire, late) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn state_size(&self) -> usize {
+        self.state_len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::Count;
+
+    #[test]
+    fn windows_of_covers_exactly() {
+        let shape = Shape { size: 30, slide: 20 };
+        for ts in 0..200u64 {
+            let got: Vec<_> = shape.windows_of(ts).collect();
+            let want: Vec<_> = (0..=ts).filter(|s| s % 20 == 0 && s + 30 > ts).map(|s| (s, s + 30)).collect();
+            assert_eq!(got, want, "ts {ts}");
+        }
+    }
+
+    #[test]
+    fn state_is_freed_when_the_watermark_passes() {
+        let mut logic = AlignedLogic::new(Shape { size: 60, slide: 10 }, 5, Count);
+        let mut out = Vec::new();
+        for ts in [1u64, 15, 33, 59] {
+            KeyedLogic::<u64, ()>::on_record(&mut logic, 0, ts, 7, ());
+        }
+        assert!(logic.state_len() > 0);
+        logic.on_watermark(60, &mut out);
+        assert!(logic.state_len() > 0, "panes still needed by later windows or lateness");
+        // The last window covering ts 59 is [50, 110); with lateness 5 its state goes at 115.
+        logic.on_watermark(114, &mut out);
+        assert!(logic.state_len() > 0);
+        logic.on_watermark(115, &mut out);
+        assert_eq!(logic.state_len(), 0);
+        assert_eq!(KeyedLogic::<u64, ()>::next_emit_time(&logic), None);
+        // Every window [s, s+60) for s in 0..=50 step 10 fired once for key 7.
+        let mut starts: Vec<u64> = out.iter().map(|(_, w)| w.start_ms).collect();
+        starts.sort();
+        assert_eq!(starts, vec![0, 10, 20, 30, 40, 50]);
+    }
+}
