@@ -2,7 +2,7 @@
 //!
 //! Records are encoded (CSV or JSON lines) on the worker that produced them, then sent to worker 0,
 //! which writes them. Worker 0 holds each watermark's records until the watermark passes, then
-//! writes them sorted, so a file's content depends only on the input, never on thread timing: runs
+//! writes them sorted (by line, or by a key the job gives and then by line), so a file's content depends only on the input, never on thread timing: runs
 //! with 1, 2 or N workers, or several processes, write the same bytes.
 //!
 //! A file sink writes to `PATH.inprogress` and renames it to `PATH` when the job finishes, so a
@@ -51,7 +51,7 @@ fn open(uri: &SinkUri, header: Option<String>) -> std::io::Result<Output> {
     Ok(out)
 }
 
-pub(crate) fn build_sink<T: Data + CsvRecord>(stream: Stream<'_, T>, name: &str, uri: SinkUri) {
+pub(crate) fn build_sink<T: Data + CsvRecord>(stream: Stream<'_, T>, name: &str, uri: SinkUri, order: impl Fn(&T) -> u64 + 'static) {
     if stream.ctx.dry_run {
         return;
     }
@@ -70,7 +70,7 @@ pub(crate) fn build_sink<T: Data + CsvRecord>(stream: Stream<'_, T>, name: &str,
             move |input, output| {
                 input.for_each(|cap, data| {
                     let mut session = output.session(&cap);
-                    for (ts, record) in data.drain(..) {
+                    for (_, record) in data.drain(..) {
                         let mut line = String::with_capacity(64);
                         match format {
                             Format::Csv => record.write_csv(&mut line),
@@ -79,7 +79,7 @@ pub(crate) fn build_sink<T: Data + CsvRecord>(stream: Stream<'_, T>, name: &str,
                                     .unwrap_or_else(|e| format!("{{\"error\":\"cannot encode record: {e}\"}}"))
                             }
                         }
-                        session.give((ts, line));
+                        session.give((order(&record), line));
                     }
                 });
             }
@@ -87,12 +87,12 @@ pub(crate) fn build_sink<T: Data + CsvRecord>(stream: Stream<'_, T>, name: &str,
     let header = (format == Format::Csv).then(T::csv_header);
     let mut output: Option<Output> = None;
     let mut failed = false;
-    let mut pending: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    let mut pending: BTreeMap<u64, Vec<(u64, String)>> = BTreeMap::new();
     let mut finished = false;
     encoded.sink(Exchange::new(|_| 0), &format!("sink:{name}"), move |(input, frontier)| {
         input.for_each(|cap, data| {
             let Some(&time) = cap.least() else { return };
-            pending.entry(time).or_default().extend(data.drain(..).map(|(_, line)| line));
+            pending.entry(time).or_default().append(data);
         });
         if !is_writer || finished {
             return;
@@ -114,7 +114,7 @@ pub(crate) fn build_sink<T: Data + CsvRecord>(stream: Stream<'_, T>, name: &str,
             lines.sort_unstable();
             written += lines.len() as u64;
             if let Some(out) = output.as_mut() {
-                for line in lines {
+                for (_, line) in lines {
                     if let Err(e) = writeln!(out.writer, "{line}") {
                         eprintln!("error: sink {sink_name}: write failed: {e}");
                         metrics.add(&format!("sink_errors:{sink_name}"), 1);

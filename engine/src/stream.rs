@@ -137,9 +137,19 @@ impl<'scope, T: Data> Stream<'scope, T> {
     where
         T: CsvRecord,
     {
+        self.sink_ordered_by(name, |_| 0)
+    }
+
+    /// Writes the stream to the declared sink `name`, ordering the records of each watermark step
+    /// by `order` (then by line) instead of by line alone: for outputs whose order carries meaning,
+    /// such as a copy of a source that keeps the source's sequence.
+    pub fn sink_ordered_by(self, name: &str, order: impl Fn(&T) -> u64 + 'static) -> Result<()>
+    where
+        T: CsvRecord,
+    {
         let uri = JobBuilder::mark_sink_used(&self.ctx, name)?;
         self.ctx.register_step(&format!("sink:{name}"));
-        crate::sink::build_sink(self, name, uri);
+        crate::sink::build_sink(self, name, uri, order);
         Ok(())
     }
 
