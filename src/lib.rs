@@ -17,6 +17,8 @@
 pub mod cli;
 
 pub use paystream_engine as engine;
+/// Runs streams over records held in memory: for examples, tests and trying an operator out.
+pub use paystream_engine::testing as local;
 pub use paystream_jobs as jobs;
 pub use paystream_operators as operators;
 
@@ -28,8 +30,8 @@ pub mod prelude {
     };
     pub use paystream_jobs::{Authorization, Payment, Status};
     pub use paystream_operators::{
-        Aggregate, Average, Count, CountAndSum, CountDistinct, CountSum, Fold, Max, Min, Percentiles, Quantiles, Session, Sliding, Sum, Tumbling,
-        WindowExt, WindowResult, Windows,
+        Aggregate, Average, Count, CountAndSum, CountDistinct, CountSum, Fold, Max, Min, Percentiles, Quantiles, Session, Sliding, Sum,
+        Tumbling, WindowExt, WindowResult, Windows,
     };
 }
 

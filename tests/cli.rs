@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 const PAYMENT_HEADER: &str = "ts_ms,txn_id,card_id,merchant_id,amount_cents,currency,country,status";
-const WINDOW_HEADER: &str = "window_start_ms,window_end_ms,merchant_id,count,sum_amount_cents,approved_count,max_amount_cents";
+const WINDOW_HEADER: &str =
+    "window_start_ms,window_end_ms,merchant_id,count,sum_amount_cents,approved_count,approval_rate,max_amount_cents,p99_amount_cents";
 const DEAD_LETTER_HEADER: &str = "source,origin,line,reason,raw";
 
 macro_rules! args {
@@ -314,8 +315,9 @@ fn disordered_payments(seed: u64, n: usize) -> Vec<Payment> {
     rows
 }
 
-/// One row of the `windows` sink.
-type WindowRow = (u64, u64, u64, u64, i64, u64, i64);
+/// One row of the `windows` sink, without its approximate p99 (see [`check_p99`]): start, end,
+/// merchant, count, sum, approved count, approval rate as printed, max amount.
+type WindowRow = (u64, u64, u64, u64, i64, u64, String, i64);
 
 /// The expected output of `throughput-windows`, computed in batch: each partition is read in order
 /// with its own watermark (max event time seen before the record, minus the bound, 0 at first); a
@@ -341,17 +343,53 @@ fn expected_throughput(partitions: &[Vec<Payment>], window_ms: u64, bound_ms: u6
             max_ts = Some(max_ts.map_or(p.ts_ms, |m| m.max(p.ts_ms)));
         }
     }
-    let rows = windows.into_iter().map(|((start, m), (c, s, a, x))| (start, start + window_ms, m, c, s, a, x)).collect();
+    let rows = windows
+        .into_iter()
+        .map(|((start, m), (c, s, a, x))| (start, start + window_ms, m, c, s, a, format!("{:.6}", a as f64 / c as f64), x))
+        .collect();
     late.sort();
     (rows, late)
 }
 
 fn parse_window_row(line: &str) -> WindowRow {
     let f: Vec<&str> = line.split(',').collect();
-    assert_eq!(f.len(), 7, "windows line {line:?}");
+    assert_eq!(f.len(), 9, "windows line {line:?}");
     let u = |i: usize| f[i].parse::<u64>().unwrap_or_else(|e| panic!("column {i} of {line:?}: {e}"));
     let s = |i: usize| f[i].parse::<i64>().unwrap_or_else(|e| panic!("column {i} of {line:?}: {e}"));
-    (u(0), u(1), u(2), u(3), s(4), u(5), s(6))
+    (u(0), u(1), u(2), u(3), s(4), u(5), f[6].to_string(), s(7))
+}
+
+/// Checks the p99_amount_cents column: an HdrHistogram at 2 significant digits reports a value
+/// within 1% of the exact 99th percentile (the smallest amount with at least 99% of the window's
+/// amounts at or below it), and never above the window's largest amount.
+fn check_p99(partitions: &[Vec<Payment>], window_ms: u64, bound_ms: u64, path: &Path) {
+    let mut amounts: BTreeMap<(u64, u64), Vec<i64>> = BTreeMap::new();
+    for partition in partitions {
+        let mut max_ts: Option<u64> = None;
+        for p in partition {
+            let watermark = max_ts.map_or(0, |m| m.saturating_sub(bound_ms));
+            let start = p.ts_ms - p.ts_ms % window_ms;
+            if start + window_ms > watermark {
+                // The job counts negative amounts (refunds) as 0 in the percentile.
+                amounts.entry((start, p.merchant_id)).or_default().push(p.amount_cents.max(0));
+            }
+            max_ts = Some(max_ts.map_or(p.ts_ms, |m| m.max(p.ts_ms)));
+        }
+    }
+    let mut checked = 0;
+    for line in data_lines(path, WINDOW_HEADER) {
+        let f: Vec<&str> = line.split(',').collect();
+        let key = (f[0].parse::<u64>().unwrap(), f[2].parse::<u64>().unwrap());
+        let p99: f64 = f[8].parse().unwrap();
+        let mut xs = amounts.remove(&key).unwrap_or_else(|| panic!("no expected window for {line:?}"));
+        xs.sort();
+        let rank = ((xs.len() as f64) * 0.99).ceil().max(1.0) as usize;
+        let exact = xs[rank - 1] as f64;
+        assert!((p99 - exact).abs() <= exact * 0.01 + 1.0, "p99 {p99} vs exact {exact} in {line:?}");
+        assert!(p99 <= *xs.last().unwrap() as f64, "p99 above the max in {line:?}");
+        checked += 1;
+    }
+    assert!(checked > 0 && amounts.is_empty(), "{} windows without a row", amounts.len());
 }
 
 fn read_windows(path: &Path) -> Vec<WindowRow> {
@@ -579,6 +617,7 @@ fn windows_match_a_batch_computation() {
         assert!((last - first) / window_ms + 1 > starts.len() as u64 + 2, "the input should leave some windows empty");
 
         assert_same(&format!("windows ({window_ms} ms, bound {bound_ms} ms)"), &expected_windows, &read_windows(&windows_path));
+        check_p99(std::slice::from_ref(&rows), window_ms, bound_ms, &windows_path);
         assert_same(&format!("late payments ({window_ms} ms, bound {bound_ms} ms)"), &expected_late, &read_late(&late_path));
     }
 }
@@ -796,7 +835,7 @@ fn jobs_lists_every_job() {
         }
         jobs.insert(name, entries);
     }
-    let expect: [(&str, &[(&str, &str)]); 2] = [
+    let expect: [(&str, &[(&str, &str)]); 3] = [
         (
             "throughput-windows",
             &[
@@ -807,11 +846,100 @@ fn jobs_lists_every_job() {
                 ("--set", "out_of_orderness_ms=2000"),
             ],
         ),
+        (
+            "card-velocity",
+            &[
+                ("source", "payments"),
+                ("sink", "alerts"),
+                ("sink", "late_payments"),
+                ("--set", "min_count=3"),
+                ("--set", "window_ms=60000"),
+                ("--set", "slide_ms=10000"),
+                ("--set", "out_of_orderness_ms=2000"),
+            ],
+        ),
         ("generate-payments", &[("source", "payments"), ("sink", "payments"), ("--set", "out_of_orderness_ms=600000")]),
     ];
     for (job, wanted) in expect {
         let entries = jobs.get(job).unwrap_or_else(|| panic!("`paystream jobs` does not list {job}:\n{}", outcome.stdout));
         let wanted: BTreeSet<(String, String)> = wanted.iter().map(|(k, w)| (k.to_string(), w.to_string())).collect();
         assert_eq!(entries, &wanted, "{job}: sources, sinks and parameters listed:\n{}", outcome.stdout);
+    }
+}
+
+/// The expected alerts and late records of `card-velocity` (60 s windows every 10 s, bound 2 s, no
+/// allowed lateness), computed in batch over one partition in file order: a record behind its
+/// partition's watermark `W` counts only in the windows that end after `W`, and is late (written to
+/// late_payments) when every window covering it has ended by `W`.
+fn expected_velocity(rows: &[Payment], min_count: u64) -> (Vec<String>, Vec<String>) {
+    let (size, slide, bound) = (60_000u64, 10_000u64, 2_000u64);
+    let mut windows: BTreeMap<(u64, u64), (u64, i64)> = BTreeMap::new();
+    let mut late = Vec::new();
+    let mut max_ts: Option<u64> = None;
+    for p in rows {
+        let watermark = max_ts.map_or(0, |m| m.saturating_sub(bound));
+        let behind_at = (p.ts_ms < watermark).then_some(watermark);
+        let last_start = p.ts_ms - p.ts_ms % slide;
+        if behind_at.is_some_and(|w| w >= last_start + size) {
+            late.push(p.to_line());
+        } else {
+            let mut start = last_start;
+            loop {
+                if behind_at.is_none_or(|w| w < start + size) {
+                    let e = windows.entry((start, p.card_id)).or_insert((0, 0));
+                    e.0 += 1;
+                    e.1 += p.amount_cents;
+                }
+                if start < slide || start - slide + size <= p.ts_ms {
+                    break;
+                }
+                start -= slide;
+            }
+        }
+        max_ts = Some(max_ts.map_or(p.ts_ms, |m| m.max(p.ts_ms)));
+    }
+    let mut alerts: Vec<String> = windows
+        .into_iter()
+        .filter(|(_, (count, _))| *count >= min_count)
+        .map(|((start, card), (count, sum))| format!("{start},{},{card},{count},{sum}", start + size))
+        .collect();
+    alerts.sort();
+    late.sort();
+    (alerts, late)
+}
+
+#[test]
+fn card_velocity_matches_a_batch_computation() {
+    let dir = TempDir::new("velocity");
+    let input = dir.join("in.csv");
+    // Fewer cards than the other tests, so that cards pay several times per minute.
+    // Every 97th payment is moved 70 s back, later than any 60 s window covering it.
+    let rows: Vec<Payment> = disordered_payments(77, 3000)
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| Payment { card_id: 1 + p.card_id % 40, ts_ms: if i % 97 == 96 { p.ts_ms - 70_000 } else { p.ts_ms }, ..p })
+        .collect();
+    write_payments(&input, &rows);
+    for min_count in [3u64, 8] {
+        let out = dir.join(&format!("min{min_count}"));
+        let (alerts_path, late_path) = (out.join("alerts.csv"), out.join("late_payments.csv"));
+        let a = args![
+            "run",
+            "card-velocity",
+            "--source",
+            format!("payments={}", file_uri(&input)),
+            "--sink",
+            format!("alerts={}", file_uri(&alerts_path)),
+            "--set",
+            format!("min_count={min_count}"),
+            "-q"
+        ];
+        run(&format!("card-velocity min_count {min_count}"), a, dir.path()).assert_success();
+        let (expected_alerts, expected_late) = expected_velocity(&rows, min_count);
+        assert!(expected_alerts.len() > 20 && expected_late.len() > 20, "the input should make alerts and late records");
+        let mut alerts = data_lines(&alerts_path, "window_start_ms,window_end_ms,card_id,count,sum_amount_cents");
+        alerts.sort();
+        assert_same(&format!("alerts (min_count {min_count})"), &expected_alerts, &alerts);
+        assert_same(&format!("late payments (min_count {min_count})"), &expected_late, &read_late(&late_path));
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Source `payments`, sink `windows` (CSV columns `window_start_ms,window_end_ms,merchant_id,count,
 //! sum_amount_cents,approved_count,approval_rate,max_amount_cents,p99_amount_cents`), late records
-//! to `late_payments`. The p99 comes from an HdrHistogram at 2 significant digits (within 1%).
+//! to `late_payments`. The p99 comes from an HdrHistogram at 2 significant digits (within 1%);
+//! negative amounts (refunds) count as 0 in it.
 
 use paystream_engine::{csv_record, millis, JobBuilder, JobSpec, OutOfOrder, ParamSpec, Params, Result, SinkSpec, SourceSpec};
 use paystream_operators::{Aggregate, Percentiles, Tumbling, WindowExt};

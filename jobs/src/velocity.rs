@@ -15,14 +15,21 @@ pub const SPEC: JobSpec = JobSpec {
     about: "Per card: payments in sliding event-time windows; windows with at least min_count payments are alerts.",
     sources: &[SourceSpec { name: "payments", record: "Payment", about: "the payments to watch" }],
     sinks: &[
-        SinkSpec { name: "alerts", about: "one row per card and window over the threshold: window_start_ms,window_end_ms,card_id,count,sum_amount_cents" },
+        SinkSpec {
+            name: "alerts",
+            about: "one row per card and window over the threshold: window_start_ms,window_end_ms,card_id,count,sum_amount_cents",
+        },
         SinkSpec { name: "late_payments", about: "payments that arrived after every window covering them had fired, as read" },
     ],
     params: &[
         ParamSpec { name: "min_count", default: "3", about: "payments in one window that make an alert" },
         ParamSpec { name: "window_ms", default: "60000", about: "window size, ms" },
         ParamSpec { name: "slide_ms", default: "10000", about: "a window starts every slide_ms" },
-        ParamSpec { name: "out_of_orderness_ms", default: "2000", about: "how far behind the latest payment one may arrive and still count, ms" },
+        ParamSpec {
+            name: "out_of_orderness_ms",
+            default: "2000",
+            about: "how far behind the latest payment one may arrive and still count, ms",
+        },
     ],
     build,
 };

@@ -6,5 +6,7 @@
 pub mod aggregate;
 pub mod window;
 
-pub use aggregate::{Aggregate, Average, Count, CountAndSum, CountDistinct, CountSum, Fold, Max, Min, Percentiles, QuantileSketch, Quantiles, Sum};
+pub use aggregate::{
+    Aggregate, Average, Count, CountAndSum, CountDistinct, CountSum, Fold, Max, Min, Percentiles, QuantileSketch, Quantiles, Sum,
+};
 pub use window::{Session, Sliding, Tumbling, WindowExt, WindowResult, WindowedStream, Windows};

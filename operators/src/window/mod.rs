@@ -238,9 +238,9 @@ impl<'scope, K: Key, V: Data> WindowedStream<'scope, K, V> {
         K: Key,
     {
         let (windows, lateness, name) = (self.windows, self.lateness_ms, self.name);
-        let (kept, late) = self.input.divert(&format!("{name}:lateness"), move |message_time, ts, _| {
-            windows.last_end(ts).saturating_add(lateness) <= message_time
-        });
+        let (kept, late) = self
+            .input
+            .divert(&format!("{name}:lateness"), move |message_time, ts, _| windows.last_end(ts).saturating_add(lateness) <= message_time);
         match self.late_sink {
             Some(write_late) => {
                 let late = late.count_as(&format!("{name}:late"), &format!("late_side_output:{name}"));
