@@ -89,6 +89,8 @@ pub struct Summary {
     pub elapsed: Duration,
     /// Named counters (`written:SINK`, `dead_lettered`, `late_dropped:STEP`, ...).
     pub counters: std::collections::BTreeMap<String, u64>,
+    /// Named levels at the end (`state:STEP`: entries of state held), summed over workers.
+    pub gauges: std::collections::BTreeMap<String, u64>,
 }
 
 /// Builds the job once on one thread without running it, to report a bad parameter, source or
@@ -142,7 +144,7 @@ pub fn run(plan: &RunPlan, options: &RunOptions) -> Result<Summary> {
             Err(panic) => bail!("a worker failed: {panic}"),
         }
     }
-    Ok(Summary { events_read: metrics.events_read(), elapsed: start.elapsed(), counters: metrics.counters() })
+    Ok(Summary { events_read: metrics.events_read(), elapsed: start.elapsed(), counters: metrics.counters(), gauges: metrics.gauges() })
 }
 
 fn report_progress(job: &str, metrics: &Metrics, done: &AtomicBool, start: Instant, every: Duration) {
@@ -204,7 +206,7 @@ pub fn describe(plan: &RunPlan, options: &RunOptions, summary: &Summary) -> Stri
             out.push_str(&format!("\n  {name}: {} records -> {target}", group_digits(*n)));
         }
     }
-    for (name, n) in &summary.counters {
+    for (name, n) in summary.counters.iter().chain(&summary.gauges) {
         if !name.starts_with("written:") {
             out.push_str(&format!("\n  {name}: {}", group_digits(*n)));
         }
