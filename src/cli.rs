@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context};
 use clap::{Parser, Subcommand};
+use paystream_engine::checkpoint::CheckpointConfig;
 use paystream_engine::job::RunPlan;
 use paystream_engine::runtime::{self, RunOptions};
 use paystream_engine::{JobSpec, Result};
@@ -30,7 +31,25 @@ enum Command {
     ///
     /// With no --source or --sink a job reads its embedded default, the deterministic generator
     /// (1,000,000 events), and writes CSV files under ./out/JOB/.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
+    /// Take a savepoint of a running job (a checkpoint that is never deleted automatically).
+    ///
+    /// The job must run with --checkpoint-dir DIR; the savepoint appears as DIR/savepoint-EPOCH,
+    /// and `paystream run JOB --restore DIR/savepoint-EPOCH` resumes from it.
+    Savepoint(SavepointArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct SavepointArgs {
+    /// The running job's checkpoint directory.
+    #[arg(long, value_name = "DIR")]
+    checkpoint_dir: PathBuf,
+    /// Stop the job once the savepoint is written (stop-with-savepoint).
+    #[arg(long, alias = "stop-with-savepoint")]
+    stop: bool,
+    /// How long to wait for the savepoint.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    timeout: std::time::Duration,
 }
 
 #[derive(clap::Args, Debug)]
@@ -75,9 +94,51 @@ struct RunArgs {
     #[arg(long, value_name = "FILE")]
     hosts: Option<PathBuf>,
 
+    /// Take consistent checkpoints into DIR, for exactly-once restores after a crash. File sinks
+    /// then publish output per checkpoint (see the README).
+    #[arg(long, value_name = "DIR")]
+    checkpoint_dir: Option<PathBuf>,
+
+    /// Time between checkpoints (with --checkpoint-dir), such as 500ms, 1s or 2m.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    checkpoint_interval: std::time::Duration,
+
+    /// Complete checkpoints to keep (savepoints are always kept).
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    retain: usize,
+
+    /// Resume from a checkpoint: `latest` (the newest complete one in --checkpoint-dir whose files
+    /// verify) or the path of a checkpoint or savepoint directory.
+    #[arg(long, value_name = "latest|PATH")]
+    restore: Option<String>,
+
+    /// Restore even if the checkpoint holds state for steps the job no longer has (discarding it).
+    #[arg(long)]
+    allow_dropped_state: bool,
+
     /// Print no progress lines and no summary.
     #[arg(short, long)]
     quiet: bool,
+}
+
+/// Parses `500ms`, `1s`, `2m` or a bare number of milliseconds.
+fn parse_duration(text: &str) -> std::result::Result<std::time::Duration, String> {
+    let t = text.trim();
+    let (number, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => t.split_at(i),
+        None => (t, "ms"),
+    };
+    let n: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration such as 500ms, 1s or 2m"))?;
+    let ms = match unit {
+        "ms" => n,
+        "s" => n * 1_000,
+        "m" => n * 60_000,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?}; use ms, s or m")),
+    };
+    if ms == 0 {
+        return Err("a duration must be positive".into());
+    }
+    Ok(std::time::Duration::from_millis(ms))
 }
 
 fn parse_key_value(text: &str) -> std::result::Result<(String, String), String> {
@@ -125,7 +186,17 @@ pub fn main(jobs: Vec<JobSpec>) -> ExitCode {
             print!("{}", describe_jobs(&jobs));
             ExitCode::SUCCESS
         }
-        Command::Run(args) => run(&jobs, args),
+        Command::Run(args) => run(&jobs, *args),
+        Command::Savepoint(args) => match paystream_engine::checkpoint::request_savepoint(&args.checkpoint_dir, args.stop, args.timeout) {
+            Ok(path) => {
+                println!("{}", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+        },
     }
 }
 
@@ -188,8 +259,18 @@ fn plan_run(jobs: &[JobSpec], args: &RunArgs) -> Result<(RunPlan, RunOptions)> {
         process: args.process,
         hosts,
         progress: !args.quiet,
+        checkpoint: args.checkpoint_dir.as_ref().map(|dir| CheckpointConfig {
+            dir: dir.clone(),
+            interval: args.checkpoint_interval,
+            retain: args.retain.max(1),
+        }),
+        restore: args.restore.clone(),
+        allow_dropped_state: args.allow_dropped_state,
         ..RunOptions::default()
     };
+    if options.restore.as_deref() == Some("latest") && options.checkpoint.is_none() {
+        bail!("--restore latest needs --checkpoint-dir DIR (the directory the crashed run checkpointed into)");
+    }
     if options.workers == 0 {
         bail!("--workers must be at least 1");
     }
@@ -197,14 +278,15 @@ fn plan_run(jobs: &[JobSpec], args: &RunArgs) -> Result<(RunPlan, RunOptions)> {
 }
 
 fn run(jobs: &[JobSpec], args: RunArgs) -> ExitCode {
-    let (plan, options) = match plan_run(jobs, &args).and_then(|(plan, options)| runtime::check(&plan).map(|_| (plan, options))) {
+    let prepared = plan_run(jobs, &args).and_then(|(plan, options)| runtime::prepare(&plan, &options).map(|p| (plan, options, p)));
+    let (plan, options, prepared) = match prepared {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {e:#}");
             return ExitCode::from(2);
         }
     };
-    match runtime::run(&plan, &options) {
+    match runtime::run_prepared(prepared) {
         Ok(summary) => {
             if !args.quiet {
                 eprintln!("{}", runtime::describe(&plan, &options, &summary));

@@ -15,10 +15,12 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail};
 use timely::dataflow::Scope;
 
+use crate::checkpoint::{CheckpointConfig, CommitState, Restore};
 use crate::metrics::Metrics;
 use crate::record::{CsvRecord, DeadLetter};
 use crate::source::Generate;
 use crate::stream::{SourceStage, Stream, TStream};
+use crate::time::Time;
 use crate::uri::{parse_sink, parse_source, Format, SinkUri, SourceUri};
 use crate::{Data, Result};
 
@@ -182,12 +184,31 @@ impl RunPlan {
     }
 }
 
+/// A kind of checkpoint participant, as found when the job is built.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ParticipantKind {
+    /// A source: one part per worker.
+    Source(String),
+    /// A stateful step: one part per worker.
+    State(String),
+    /// A sink: one part, from worker 0.
+    Sink(String),
+}
+
 /// Per-worker state shared by the streams of one dataflow under construction.
 pub(crate) struct BuildContext {
     pub(crate) plan: Arc<RunPlan>,
     pub(crate) metrics: Arc<Metrics>,
     /// In a dry run sources produce nothing and sinks write nothing.
     pub(crate) dry_run: bool,
+    /// Checkpointing settings, when the run checkpoints.
+    pub(crate) checkpoint: Option<CheckpointConfig>,
+    /// The checkpoint this run resumes from.
+    pub(crate) restore: Option<Arc<Restore>>,
+    /// Commit progress, shared with the coordinator (process 0).
+    pub(crate) commit: Option<Arc<CommitState>>,
+    /// Checkpoint participants this worker's dataflow has: sources, stateful steps, sinks.
+    pub(crate) participants: RefCell<Vec<ParticipantKind>>,
     step_names: RefCell<BTreeSet<String>>,
     used_sources: RefCell<BTreeSet<String>>,
     used_sinks: RefCell<BTreeSet<String>>,
@@ -200,11 +221,25 @@ impl BuildContext {
             plan,
             metrics,
             dry_run,
+            checkpoint: None,
+            restore: None,
+            commit: None,
+            participants: Default::default(),
             step_names: Default::default(),
             used_sources: Default::default(),
             used_sinks: Default::default(),
             errors: Default::default(),
         }
+    }
+
+    /// The first epoch of this run: 0, or the one after the checkpoint it resumes from.
+    pub(crate) fn first_epoch(&self) -> u64 {
+        self.restore.as_ref().map_or(0, |r| r.manifest.epoch + 1)
+    }
+
+    /// Records a checkpoint participant.
+    pub(crate) fn add_participant(&self, kind: ParticipantKind) {
+        self.participants.borrow_mut().push(kind);
     }
 
     pub(crate) fn report_error(&self, message: String) {
@@ -222,14 +257,14 @@ impl BuildContext {
 /// What a job function receives: the place to declare sources, and the context every stream
 /// carries. Streams returned by [`JobBuilder::source`] are chained into operators and sinks.
 pub struct JobBuilder<'scope> {
-    pub(crate) scope: Scope<'scope, u64>,
+    pub(crate) scope: Scope<'scope, Time>,
     pub(crate) ctx: Rc<BuildContext>,
     pub(crate) dead_letters: Rc<RefCell<Vec<TStream<'scope, DeadLetter>>>>,
 }
 
 impl<'scope> JobBuilder<'scope> {
-    pub(crate) fn new(scope: Scope<'scope, u64>, plan: Arc<RunPlan>, metrics: Arc<Metrics>, dry_run: bool) -> Self {
-        JobBuilder { scope, ctx: Rc::new(BuildContext::new(plan, metrics, dry_run)), dead_letters: Default::default() }
+    pub(crate) fn new(scope: Scope<'scope, Time>, ctx: BuildContext) -> Self {
+        JobBuilder { scope, ctx: Rc::new(ctx), dead_letters: Default::default() }
     }
 
     /// Reads the declared source `name`, with records of type `T`. Give it event time next, with
@@ -242,6 +277,7 @@ impl<'scope> JobBuilder<'scope> {
             bail!("source {name:?} is read twice; read it once and reuse the stream");
         }
         self.ctx.register_step(name);
+        self.ctx.add_participant(ParticipantKind::Source(name.to_string()));
         Ok(SourceStage::new(self.scope, self.ctx.clone(), self.dead_letters.clone(), name.to_string(), uri))
     }
 
@@ -257,7 +293,7 @@ impl<'scope> JobBuilder<'scope> {
 
     /// Called by the runtime after the job function: wires dead letters to their sink and reports
     /// structural errors (duplicate names, declared but unused sinks).
-    pub(crate) fn finish(self) -> Result<()> {
+    pub(crate) fn finish(self) -> Result<Vec<ParticipantKind>> {
         let dead: Vec<_> = self.dead_letters.borrow_mut().drain(..).collect();
         if !dead.is_empty() {
             let merged = timely::dataflow::operators::Concatenate::concatenate(&self.scope, dead);
@@ -278,7 +314,7 @@ impl<'scope> JobBuilder<'scope> {
         if !errors.is_empty() {
             bail!("job {} is malformed: {}", spec.name, errors.join("; "));
         }
-        Ok(())
+        Ok(self.ctx.participants.borrow().clone())
     }
 
     pub(crate) fn mark_sink_used(ctx: &BuildContext, name: &str) -> Result<SinkUri> {
@@ -288,6 +324,7 @@ impl<'scope> JobBuilder<'scope> {
         if !ctx.used_sinks.borrow_mut().insert(name.to_string()) {
             bail!("sink {name:?} is written twice; union the streams first");
         }
+        ctx.add_participant(ParticipantKind::Sink(name.to_string()));
         Ok(uri)
     }
 }

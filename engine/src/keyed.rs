@@ -2,20 +2,32 @@
 //!
 //! A [`KeyedLogic`] receives the records of the keys its worker owns and is told when the
 //! watermark advances; it emits results stamped with an event time. The engine holds a timely
-//! capability at the logic's [`KeyedLogic::next_emit_time`], so downstream operators wait for
-//! results that are still pending, and lets it go once the logic has nothing pending: state that
-//! is freed is no longer holding anything back.
+//! capability at the current epoch and the watermark it last passed to the logic, so downstream
+//! operators wait for results still to come, and lets it go when the input has ended and the logic
+//! has nothing pending.
+//!
+//! Epochs (see [`crate::checkpoint`]): records of a later epoch than the one in progress wait in a
+//! buffer. When the input frontier passes the current epoch, the logic's state is written as this
+//! step's part of that checkpoint (per key group, so a restore may use another worker count), and
+//! only then does the operator move to the next epoch and apply its buffered records. The watermark
+//! given to the logic never passes a buffered record's watermark, so a window cannot fire while a
+//! buffered record still belongs in it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::ParallelizationContract;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 
-use std::sync::Arc;
-
+use crate::checkpoint::{self, CheckpointConfig, Participant};
+use crate::job::BuildContext;
+use crate::keygroup::worker_for_key_group;
 use crate::metrics::Metrics;
 use crate::stream::TStream;
-use crate::Data;
+use crate::time::{frontier_bounds, Time, END_OF_TIME};
+use crate::{Data, Result};
 
 /// Keyed logic driven by records and by the watermark.
 pub trait KeyedLogic<K, V>: 'static {
@@ -37,6 +49,43 @@ pub trait KeyedLogic<K, V>: 'static {
     fn state_size(&self) -> usize {
         0
     }
+
+    /// The logic's state for a checkpoint, as `(key group, bytes)` pairs (see
+    /// [`crate::keygroup`]); state not tied to a key may be repeated in every group. The default
+    /// is for stateless logic: a stateful logic that keeps it loses its state on restore.
+    fn snapshot(&self) -> Result<Vec<(u64, Vec<u8>)>> {
+        Ok(Vec::new())
+    }
+
+    /// Adds the state of one key group from a checkpoint (groups arrive one by one; a worker gets
+    /// the groups it owns, whatever the worker count was when the checkpoint was taken).
+    fn restore(&mut self, _key_group: u64, _bytes: &[u8]) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// What a keyed operator's part of a checkpoint holds.
+type StatePart = Vec<(u64, Vec<u8>)>;
+
+fn restore_state<K, V, L: KeyedLogic<K, V>>(ctx: &BuildContext, name: &str, worker: usize, peers: usize, logic: &mut L) -> Result<()> {
+    let Some(restore) = &ctx.restore else { return Ok(()) };
+    for payload in restore.parts_with_prefix(&format!("state-{name}-w"))? {
+        for (key_group, bytes) in checkpoint::decode::<StatePart>(&payload)? {
+            if worker_for_key_group(key_group, peers) as usize == worker {
+                logic.restore(key_group, &bytes).map_err(|e| anyhow::anyhow!("step {name}: restoring key group {key_group}: {e:#}"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn write_state<K, V, L: KeyedLogic<K, V>>(config: &CheckpointConfig, epoch: u64, who: &Participant, logic: &L, last: bool) -> Result<()> {
+    let payload = checkpoint::encode(&logic.snapshot()?)?;
+    if last {
+        checkpoint::write_final_part(&config.dir, epoch, who, &payload)
+    } else {
+        checkpoint::write_part(&config.dir, epoch, who, &payload)
+    }
 }
 
 pub(crate) fn build_keyed<'scope, K: Data, V: Data, L: KeyedLogic<K, V>, P>(
@@ -44,53 +93,87 @@ pub(crate) fn build_keyed<'scope, K: Data, V: Data, L: KeyedLogic<K, V>, P>(
     pact: P,
     name: &str,
     mut logic: L,
-    metrics: Arc<Metrics>,
+    ctx: &BuildContext,
 ) -> TStream<'scope, L::Out>
 where
-    P: ParallelizationContract<u64, Vec<(u64, (K, V))>>,
+    P: ParallelizationContract<Time, Vec<(u64, (K, V))>>,
 {
-    let local_worker = input.scope().index() % metrics.local_workers().max(1);
+    let metrics: Arc<Metrics> = ctx.metrics.clone();
+    let (worker, peers) = (input.scope().index(), input.scope().peers());
+    let local_worker = worker % metrics.local_workers().max(1);
     let gauge = format!("state:{name}");
+    let checkpoints = ctx.checkpoint.clone().filter(|_| !ctx.dry_run);
+    let who = Participant::State { step: name.to_string(), worker };
+    let step = name.to_string();
+    let mut epoch = ctx.first_epoch();
+    let restored = if ctx.dry_run { Ok(()) } else { restore_state(ctx, name, worker, peers, &mut logic) };
+    if let Err(e) = restored {
+        ctx.report_error(format!("{e:#}"));
+    }
     let mut last_state_size = usize::MAX;
-    input.unary_frontier::<CapacityContainerBuilder<Vec<(u64, L::Out)>>, _, _, _>(pact, name, move |_initial, _info| {
-        let mut held: Option<Capability<u64>> = None;
+    input.unary_frontier::<CapacityContainerBuilder<Vec<(u64, L::Out)>>, _, _, _>(pact, name, move |initial, _info| {
+        let mut cap: Option<Capability<Time>> = Some(initial);
         let mut last_watermark = 0u64;
         let mut emitted: Vec<(u64, L::Out)> = Vec::new();
+        // Records of epochs after `epoch`, by epoch: (message watermark, event time, key, value).
+        let mut later: BTreeMap<u64, Vec<(u64, u64, K, V)>> = BTreeMap::new();
+        let mut finished = false;
         move |(input, frontier), output| {
-            // The least input capability of this activation: it may be earlier than `held`.
-            let mut fresh: Option<Capability<u64>> = None;
-            input.for_each(|cap, data| {
-                let Some(&time) = cap.least() else { return };
-                if fresh.as_ref().is_none_or(|c| time < *c.time()) {
-                    fresh = cap.retain_least(0);
-                }
-                for (ts, (key, value)) in data.drain(..) {
-                    logic.on_record(time, ts, key, value);
+            if finished {
+                return;
+            }
+            input.for_each(|stamp, data| {
+                let Some(&time) = stamp.stamp().iter().next() else { return };
+                if time.epoch <= epoch {
+                    for (ts, (key, value)) in data.drain(..) {
+                        logic.on_record(time.wm, ts, key, value);
+                    }
+                } else {
+                    later.entry(time.epoch).or_default().extend(data.drain(..).map(|(ts, (k, v))| (time.wm, ts, k, v)));
                 }
             });
-            let watermark = frontier.frontier().first().copied().unwrap_or(u64::MAX);
-            if watermark > last_watermark {
-                last_watermark = watermark;
-                logic.on_watermark(watermark, &mut emitted);
-            }
-            // The earliest capability we have: results are sent at their event time, or at this
-            // capability's time if that is later.
-            let base = match (&held, &fresh) {
-                (Some(h), Some(f)) => Some(if f.time() < h.time() { f } else { h }),
-                (h, f) => h.as_ref().or(f.as_ref()),
-            };
-            if !emitted.is_empty() {
-                let base = base.expect("a keyed operator emitted without any pending capability");
-                let base_time = *base.time();
-                emitted.sort_by_key(|(ts, _)| *ts);
-                let mut results = emitted.drain(..).peekable();
-                while let Some(first) = results.next() {
-                    let time = first.0.max(base_time);
-                    let cap = base.delayed(&time);
-                    let mut session = output.session(&cap);
-                    session.give(first);
-                    while let Some(next) = results.next_if(|(ts, _)| (*ts).max(base_time) == time) {
-                        session.give(next);
+            loop {
+                let (frontier_epoch, frontier_wm) = frontier_bounds(frontier.frontier().iter());
+                let buffered_wm = later.values().flat_map(|v| v.iter().map(|r| r.0)).min().unwrap_or(END_OF_TIME);
+                let watermark = frontier_wm.min(buffered_wm);
+                if watermark > last_watermark {
+                    last_watermark = watermark;
+                    logic.on_watermark(watermark, &mut emitted);
+                }
+                if !emitted.is_empty() {
+                    let c = cap.as_ref().expect("a keyed operator emitted after its input ended");
+                    let floor = c.time().wm;
+                    emitted.sort_by_key(|(ts, _)| *ts);
+                    let mut results = emitted.drain(..).peekable();
+                    while let Some(first) = results.next() {
+                        let time = Time::new(epoch, first.0.max(floor));
+                        let at = c.delayed(&time);
+                        let mut session = output.session(&at);
+                        session.give(first);
+                        while let Some(next) = results.next_if(|(ts, _)| (*ts).max(floor) == time.wm) {
+                            session.give(next);
+                        }
+                    }
+                }
+                if frontier_epoch <= epoch {
+                    break;
+                }
+                // Every record of `epoch` is in: this step's part of checkpoint `epoch`.
+                let ended = frontier_epoch == END_OF_TIME && later.is_empty();
+                if let Some(config) = &checkpoints {
+                    if let Err(e) = write_state(config, epoch, &who, &logic, ended) {
+                        // Without this part checkpoint `epoch` never completes: fail loudly.
+                        panic!("step {step}: cannot write its checkpoint part for epoch {epoch}: {e:#}");
+                    }
+                }
+                if ended {
+                    finished = logic.next_emit_time().is_none();
+                    break;
+                }
+                epoch += 1;
+                if let Some(records) = later.remove(&epoch) {
+                    for (wm, ts, key, value) in records {
+                        logic.on_record(wm, ts, key, value);
                     }
                 }
             }
@@ -99,21 +182,15 @@ where
                 last_state_size = state_size;
                 metrics.set_gauge(&gauge, local_worker, state_size as u64);
             }
-            held = match logic.next_emit_time() {
-                None => None,
-                Some(next) => {
-                    let least = match (held.take(), fresh.take()) {
-                        (Some(h), Some(f)) => Some(if f.time() < h.time() { f } else { h }),
-                        (h, f) => h.or(f),
-                    };
-                    least.map(|mut c| {
-                        if next > *c.time() {
-                            c.downgrade(&next);
-                        }
-                        c
-                    })
+            let (frontier_epoch, _) = frontier_bounds(frontier.frontier().iter());
+            if frontier_epoch == END_OF_TIME && later.is_empty() && logic.next_emit_time().is_none() {
+                cap = None;
+            } else if let Some(c) = cap.as_mut() {
+                let hold = Time::new(epoch, last_watermark.min(logic.next_emit_time().unwrap_or(END_OF_TIME)).max(c.time().wm));
+                if hold != *c.time() {
+                    c.downgrade(&hold);
                 }
-            };
+            }
         }
     })
 }

@@ -11,6 +11,8 @@
 //! * [`source`] and [`sink`]: connectors addressed by URI (`gen:`, `file:`, `stdout:`).
 //! * [`runtime`]: running a job on threads or processes, with progress and a summary.
 
+pub mod checkpoint;
+pub mod faults;
 pub mod job;
 pub mod keyed;
 pub mod keygroup;

@@ -5,7 +5,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail};
+use std::collections::BTreeSet;
+
+use anyhow::{anyhow, bail, Context};
+
+use crate::checkpoint::{choose_restore, CheckpointConfig, CommitState, Coordinator, Participant, Restore};
+use crate::job::{BuildContext, ParticipantKind};
 
 use crate::job::{JobBuilder, RunPlan};
 use crate::metrics::Metrics;
@@ -28,11 +33,27 @@ pub struct RunOptions {
     pub progress: bool,
     /// How often the progress line is printed.
     pub progress_every: Duration,
+    /// Checkpointing, when on.
+    pub checkpoint: Option<CheckpointConfig>,
+    /// `latest` or a checkpoint directory to resume from.
+    pub restore: Option<String>,
+    /// Restore even when the checkpoint holds state no step of the job owns (it is discarded).
+    pub allow_dropped_state: bool,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { workers: 1, processes: 1, process: 0, hosts: Vec::new(), progress: false, progress_every: Duration::from_secs(2) }
+        RunOptions {
+            workers: 1,
+            processes: 1,
+            process: 0,
+            hosts: Vec::new(),
+            progress: false,
+            progress_every: Duration::from_secs(2),
+            checkpoint: None,
+            restore: None,
+            allow_dropped_state: false,
+        }
     }
 }
 
@@ -94,13 +115,13 @@ pub struct Summary {
 }
 
 /// Builds the job once on one thread without running it, to report a bad parameter, source or
-/// job structure before any worker starts.
-pub fn check(plan: &RunPlan) -> Result<()> {
+/// job structure before any worker starts. Returns the job's checkpoint participants.
+pub fn check(plan: &RunPlan) -> Result<Vec<ParticipantKind>> {
     let plan = Arc::new(plan.clone());
     timely::execute_directly(move |worker| {
         let metrics = Arc::new(Metrics::new(1));
-        worker.dataflow::<u64, _, _>(|scope| {
-            let mut builder = JobBuilder::new(scope, plan.clone(), metrics, true);
+        worker.dataflow::<crate::time::Time, _, _>(|scope| {
+            let mut builder = JobBuilder::new(scope, BuildContext::new(plan.clone(), metrics, true));
             let params = plan.params.clone();
             (plan.spec.build)(&mut builder, &params).and_then(|_| builder.finish()).map_err(|e| e.to_string())
         })
@@ -108,10 +129,146 @@ pub fn check(plan: &RunPlan) -> Result<()> {
     .map_err(|e| anyhow!(e))
 }
 
-/// Runs a job to completion.
+/// Checks that a checkpoint fits the job: every saved state belongs to a step of the job.
+fn check_restore(plan: &RunPlan, participants: &[ParticipantKind], restore: &Restore, allow_dropped_state: bool) -> Result<()> {
+    if restore.manifest.job != plan.spec.name {
+        bail!("checkpoint {} belongs to job {}, not {}", restore.dir.display(), restore.manifest.job, plan.spec.name);
+    }
+    let steps: BTreeSet<&str> = participants
+        .iter()
+        .filter_map(|p| match p {
+            ParticipantKind::State(s) => Some(s.as_str()),
+            _ => None,
+        })
+        .collect();
+    let sources: BTreeSet<&str> = participants
+        .iter()
+        .filter_map(|p| match p {
+            ParticipantKind::Source(s) => Some(s.as_str()),
+            _ => None,
+        })
+        .collect();
+    let mut unmapped = BTreeSet::new();
+    for part in &restore.manifest.parts {
+        if let Some(rest) = part.strip_prefix("state-") {
+            let step = rest.rsplit_once("-w").map_or(rest, |(s, _)| s);
+            if !steps.contains(step) {
+                unmapped.insert(format!("state of step {step:?}"));
+            }
+        } else if let Some(rest) = part.strip_prefix("source-") {
+            let name = rest.rsplit_once("-w").map_or(rest, |(s, _)| s);
+            if !sources.contains(name) {
+                unmapped.insert(format!("positions of source {name:?}"));
+            }
+        }
+    }
+    if !unmapped.is_empty() && !allow_dropped_state {
+        let list: Vec<String> = unmapped.into_iter().collect();
+        bail!(
+            "checkpoint {} holds {} that job {} has no step for (its stateful steps: {}); \
+             give the step its old name again, or pass --allow-dropped-state to discard that state",
+            restore.dir.display(),
+            list.join(", "),
+            plan.spec.name,
+            steps.iter().copied().collect::<Vec<_>>().join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// The checkpoint parts every epoch needs, for a run with `workers` workers in all.
+fn expected_parts(participants: &[ParticipantKind], workers: usize) -> BTreeSet<Participant> {
+    let mut expected = BTreeSet::new();
+    for p in participants {
+        match p {
+            ParticipantKind::Source(name) => expected.extend((0..workers).map(|worker| Participant::Source { name: name.clone(), worker })),
+            ParticipantKind::State(step) => expected.extend((0..workers).map(|worker| Participant::State { step: step.clone(), worker })),
+            ParticipantKind::Sink(name) => {
+                expected.insert(Participant::Sink { name: name.clone() });
+            }
+        }
+    }
+    expected
+}
+
+/// Gets the checkpoint directory ready: a fresh run needs one without checkpoints; a restore
+/// removes what the abandoned run wrote after the checkpoint it resumes from.
+fn prepare_checkpoint_dir(config: &CheckpointConfig, restore: Option<&Restore>, is_first_process: bool) -> Result<()> {
+    std::fs::create_dir_all(&config.dir).with_context(|| format!("cannot create checkpoint directory {}", config.dir.display()))?;
+    let mut later = Vec::new();
+    for entry in std::fs::read_dir(&config.dir)? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        if let Some(epoch) = name.strip_prefix("chk-").and_then(|e| e.parse::<u64>().ok()) {
+            match restore {
+                None => bail!(
+                    "checkpoint directory {} already holds checkpoints of an earlier run; resume it with --restore latest, \
+                     or use an empty directory",
+                    config.dir.display()
+                ),
+                Some(r) if epoch > r.manifest.epoch || (epoch == r.manifest.epoch && path != r.dir) => later.push(path),
+                Some(_) => {}
+            }
+        }
+    }
+    if is_first_process {
+        for path in later {
+            std::fs::remove_dir_all(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+        }
+        std::fs::remove_file(config.dir.join(crate::checkpoint::SAVEPOINT_REQUEST)).ok();
+    }
+    Ok(())
+}
+
+/// A run that passed every check and is ready to start: see [`prepare`].
+pub struct Prepared {
+    plan: RunPlan,
+    options: RunOptions,
+    config: timely::Config,
+    participants: Vec<ParticipantKind>,
+    restore: Option<Arc<Restore>>,
+}
+
+/// Runs a job to completion: [`prepare`], then [`run_prepared`].
 pub fn run(plan: &RunPlan, options: &RunOptions) -> Result<Summary> {
+    run_prepared(prepare(plan, options)?)
+}
+
+/// Checks a run before anything starts: the job builds, the options fit, the checkpoint to restore
+/// exists, verifies and fits the job; and gets the checkpoint directory and sinks ready.
+pub fn prepare(plan: &RunPlan, options: &RunOptions) -> Result<Prepared> {
     let config = options.timely_config()?;
-    let plan = Arc::new(plan.clone());
+    let participants = check(plan)?;
+    let restore = match &options.restore {
+        Some(what) => {
+            let r = choose_restore(options.checkpoint.as_ref().map(|c| c.dir.as_path()), what)?;
+            check_restore(plan, &participants, &r, options.allow_dropped_state)?;
+            Some(Arc::new(r))
+        }
+        None => None,
+    };
+    let is_first_process = options.process == 0;
+    let restored_epoch = restore.as_ref().map(|r| r.manifest.epoch);
+    if let Some(c) = &options.checkpoint {
+        prepare_checkpoint_dir(c, restore.as_deref(), is_first_process)?;
+        if is_first_process {
+            for uri in plan.sinks.values() {
+                if let SinkUri::File(path, _) = uri {
+                    crate::sink::prepare_file_sink(path, restored_epoch)?;
+                }
+            }
+        }
+    }
+    Ok(Prepared { plan: plan.clone(), options: options.clone(), config, participants, restore })
+}
+
+/// Runs a prepared job to completion.
+pub fn run_prepared(prepared: Prepared) -> Result<Summary> {
+    let Prepared { plan, options, config, participants, restore } = prepared;
+    let options = &options;
+    let is_first_process = options.process == 0;
+    let first_epoch = restore.as_ref().map_or(0, |r| r.manifest.epoch + 1);
+    let plan = Arc::new(plan);
     let metrics = Arc::new(Metrics::new(options.workers));
     let start = Instant::now();
     let done = Arc::new(AtomicBool::new(false));
@@ -120,15 +277,30 @@ pub fn run(plan: &RunPlan, options: &RunOptions) -> Result<Summary> {
         let name = plan.spec.name;
         std::thread::spawn(move || report_progress(name, &metrics, &done, start, every))
     });
+    let commit = Arc::new(CommitState::default());
+    let coordinator = match (&options.checkpoint, is_first_process) {
+        (Some(c), true) => {
+            let workers = options.workers * options.processes.max(1);
+            let expected = expected_parts(&participants, workers);
+            let coordinator = Coordinator::new(c.clone(), plan.spec.name, workers, expected, first_epoch, commit.clone());
+            let done = done.clone();
+            Some(std::thread::spawn(move || coordinator.run(&done)))
+        }
+        _ => None,
+    };
 
     let worker_metrics = metrics.clone();
+    let checkpoint = options.checkpoint.clone();
     let guards = timely::execute(config, move |worker| {
         let plan = plan.clone();
-        let metrics = worker_metrics.clone();
-        worker.dataflow::<u64, _, _>(|scope| {
-            let mut builder = JobBuilder::new(scope, plan.clone(), metrics, false);
+        let mut ctx = BuildContext::new(plan.clone(), worker_metrics.clone(), false);
+        ctx.checkpoint = checkpoint.clone();
+        ctx.restore = restore.clone();
+        ctx.commit = Some(commit.clone());
+        worker.dataflow::<crate::time::Time, _, _>(|scope| {
+            let mut builder = JobBuilder::new(scope, ctx);
             let params = plan.params.clone();
-            (plan.spec.build)(&mut builder, &params).and_then(|_| builder.finish()).map_err(|e| e.to_string())
+            (plan.spec.build)(&mut builder, &params).and_then(|_| builder.finish()).map(|_| ()).map_err(|e| e.to_string())
         })
     })
     .map_err(|e| anyhow!("cannot start the workers: {e}"))?;
@@ -137,12 +309,19 @@ pub fn run(plan: &RunPlan, options: &RunOptions) -> Result<Summary> {
     if let Some(r) = reporter {
         let _ = r.join();
     }
+    if let Some(c) = coordinator {
+        let _ = c.join();
+    }
     for r in results {
         match r {
             Ok(Ok(())) => {}
             Ok(Err(e)) => bail!("{e}"),
             Err(panic) => bail!("a worker failed: {panic}"),
         }
+    }
+    if let (Some(c), true) = (&options.checkpoint, is_first_process) {
+        // A finished job's checkpoints are of no more use (as in Flink); savepoints stay.
+        crate::checkpoint::discard_checkpoints(&c.dir);
     }
     Ok(Summary { events_read: metrics.events_read(), elapsed: start.elapsed(), counters: metrics.counters(), gauges: metrics.gauges() })
 }

@@ -1,66 +1,237 @@
 //! Sinks: where results go.
 //!
 //! Records are encoded (CSV or JSON lines) on the worker that produced them, then sent to worker 0,
-//! which writes them. Worker 0 holds each watermark's records until the watermark passes, then
-//! writes them sorted (by line, or by a key the job gives and then by line), so a file's content depends only on the input, never on thread timing: runs
-//! with 1, 2 or N workers, or several processes, write the same bytes.
+//! which writes them. Worker 0 holds each timestamp's records until the input frontier passes it,
+//! then writes them sorted (by line, or by a key the job gives and then by line), so a file's
+//! content depends only on the input, never on thread timing: runs with 1, 2 or N workers, or
+//! several processes, write the same bytes.
 //!
-//! A file sink writes to `PATH.inprogress` and renames it to `PATH` when the job finishes, so a
-//! file at `PATH` is always complete (from a finished run). Delivery guarantee: exactly the results
-//! of the input, once, for a run that finishes; a run that dies leaves only the `.inprogress` file
-//! (checkpointed, transactional output comes with checkpoints).
+//! Delivery guarantees:
+//! * Without checkpoints, a file sink writes `PATH.inprogress` and renames it to `PATH` when the
+//!   job finishes, so `PATH` only ever holds a finished run's complete output. A run that dies
+//!   leaves only the `.inprogress` file; start it again.
+//! * With checkpoints, a file sink is exactly-once: the output of epoch `k` is staged in
+//!   `PATH.parts/epoch-K.staged` (fsync) when the input passes epoch `k`, and renamed to
+//!   `epoch-K.csv` (published) only once checkpoint `k` is complete. A restore publishes staged
+//!   epochs up to the checkpoint and deletes later ones, so the published parts always equal what a
+//!   run that never failed produced for those epochs. When the job finishes, the parts are joined
+//!   into `PATH` (header first) and the directory is removed. Within the file, lines are ordered by
+//!   epoch, so their order (not their content) depends on when checkpoints happened.
+//! * `stdout:` prints as it goes: with checkpoints, output after the last checkpoint may be printed
+//!   again after a restore (at-least-once).
 
-use std::collections::BTreeMap;
-use std::fs::File;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File};
 use std::io::{BufWriter, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::Operator;
 
+use crate::checkpoint::{self, CommitState, Participant};
+use crate::metrics::Metrics;
 use crate::record::CsvRecord;
 use crate::stream::Stream;
+use crate::time::{frontier_bounds, Time, END_OF_TIME};
 use crate::uri::{Format, SinkUri};
-use crate::Data;
+use crate::{Data, Result};
 
-/// Where encoded lines are written.
-struct Output {
-    writer: Box<dyn Write>,
-    /// `(in-progress path, final path)` for files.
-    rename: Option<(PathBuf, PathBuf)>,
+/// The directory where a checkpointed file sink stages and publishes its output per epoch.
+pub fn parts_dir(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".parts");
+    PathBuf::from(p)
 }
 
-fn open(uri: &SinkUri, header: Option<String>) -> std::io::Result<Output> {
-    let mut out = match uri {
-        SinkUri::Stdout => Output { writer: Box::new(BufWriter::new(std::io::stdout())), rename: None },
+fn staged_path(dir: &Path, epoch: u64) -> PathBuf {
+    dir.join(format!("epoch-{epoch:010}.staged"))
+}
+
+fn published_path(dir: &Path, epoch: u64) -> PathBuf {
+    dir.join(format!("epoch-{epoch:010}.csv"))
+}
+
+fn in_progress(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".inprogress");
+    PathBuf::from(p)
+}
+
+/// The epoch of a part file name (`epoch-0000000007.staged` -> (7, staged?)).
+fn part_epoch(name: &str) -> Option<(u64, bool)> {
+    let rest = name.strip_prefix("epoch-")?;
+    if let Some(n) = rest.strip_suffix(".staged") {
+        return n.parse().ok().map(|e| (e, true));
+    }
+    rest.strip_suffix(".csv").and_then(|n| n.parse().ok()).map(|e| (e, false))
+}
+
+/// Prepares a file sink before a run: a fresh run removes old parts; a restore from checkpoint
+/// `restored` publishes staged epochs up to it and deletes later ones (rolls forward, then back).
+pub fn prepare_file_sink(path: &Path, restored: Option<u64>) -> Result<()> {
+    let dir = parts_dir(path);
+    fs::remove_file(in_progress(path)).ok();
+    let Some(k) = restored else {
+        if dir.exists() {
+            fs::remove_dir_all(&dir).map_err(|e| anyhow::anyhow!("cannot clear {}: {e}", dir.display()))?;
+        }
+        return Ok(());
+    };
+    if !dir.exists() {
+        return Ok(());
+    }
+    for entry in fs::read_dir(&dir)? {
+        let file = entry?.path();
+        let name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        match part_epoch(&name) {
+            Some((epoch, true)) if epoch <= k => fs::rename(&file, published_path(&dir, epoch))?,
+            Some((epoch, _)) if epoch > k => fs::remove_file(&file)?,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Where encoded lines go.
+enum Target {
+    /// Straight to the output (no checkpoints): `(writer, in-progress path, final path)`.
+    Direct(Box<dyn Write>, Option<(PathBuf, PathBuf)>),
+    /// Staged per epoch, published on commit.
+    Staged(StagedFile),
+}
+
+struct StagedFile {
+    path: PathBuf,
+    dir: PathBuf,
+    header: Option<String>,
+    /// Complete lines of epochs not yet staged.
+    lines: BTreeMap<u64, Vec<String>>,
+    /// The next epoch to stage.
+    next_epoch: u64,
+    /// Staged epochs not yet published.
+    unpublished: BTreeSet<u64>,
+    commit: Option<Arc<CommitState>>,
+    checkpoint_dir: PathBuf,
+    sink: String,
+}
+
+impl StagedFile {
+    /// Stages every epoch below `complete_below`: a file with its lines (if any), fsynced, and
+    /// this sink's part of the epoch's checkpoint. `last` marks the final part.
+    fn stage(&mut self, complete_below: u64, last: bool) -> Result<()> {
+        while self.next_epoch < complete_below {
+            let epoch = self.next_epoch;
+            let lines = self.lines.remove(&epoch).unwrap_or_default();
+            let count = lines.len() as u64;
+            if !lines.is_empty() {
+                fs::create_dir_all(&self.dir)?;
+                let staged = staged_path(&self.dir, epoch);
+                let mut w = BufWriter::new(File::create(&staged)?);
+                for line in lines {
+                    writeln!(w, "{line}")?;
+                }
+                let file = w.into_inner().map_err(|e| anyhow::anyhow!("cannot write {}: {e}", staged.display()))?;
+                crate::faults::point("sink:before-stage");
+                file.sync_all()?;
+                self.unpublished.insert(epoch);
+            }
+            let who = Participant::Sink { name: self.sink.clone() };
+            let ends = last && complete_below == END_OF_TIME && self.lines.is_empty();
+            if ends {
+                checkpoint::write_final_part(&self.checkpoint_dir, epoch, &who, &checkpoint::encode(&count)?)?;
+                break;
+            }
+            checkpoint::write_part(&self.checkpoint_dir, epoch, &who, &checkpoint::encode(&count)?)?;
+            self.next_epoch += 1;
+        }
+        Ok(())
+    }
+
+    /// Publishes staged epochs whose checkpoint is complete.
+    fn publish(&mut self) -> Result<()> {
+        let Some(committed) = self.commit.as_ref().and_then(|c| c.committed()) else { return Ok(()) };
+        while let Some(&epoch) = self.unpublished.first() {
+            if epoch > committed {
+                break;
+            }
+            crate::faults::point("sink:before-publish");
+            fs::rename(staged_path(&self.dir, epoch), published_path(&self.dir, epoch))?;
+            self.unpublished.remove(&epoch);
+        }
+        Ok(())
+    }
+
+    /// Joins every part, in epoch order, into the output file, and removes the parts.
+    fn finish(&mut self) -> Result<()> {
+        let staging = in_progress(&self.path);
+        if let Some(parent) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::create_dir_all(parent)?;
+        }
+        let mut out = BufWriter::with_capacity(1 << 20, File::create(&staging)?);
+        if let Some(h) = &self.header {
+            writeln!(out, "{h}")?;
+        }
+        let mut parts: Vec<(u64, PathBuf)> = Vec::new();
+        if self.dir.exists() {
+            for entry in fs::read_dir(&self.dir)? {
+                let file = entry?.path();
+                if let Some((epoch, _)) = file.file_name().and_then(|n| n.to_str()).and_then(part_epoch) {
+                    parts.push((epoch, file));
+                }
+            }
+        }
+        parts.sort();
+        for (_, file) in &parts {
+            std::io::copy(&mut File::open(file)?, &mut out)?;
+        }
+        let file = out.into_inner().map_err(|e| anyhow::anyhow!("cannot write {}: {e}", staging.display()))?;
+        file.sync_all()?;
+        fs::rename(&staging, &self.path)?;
+        if self.dir.exists() {
+            fs::remove_dir_all(&self.dir).ok();
+        }
+        Ok(())
+    }
+}
+
+fn open_direct(uri: &SinkUri, header: Option<&str>) -> std::io::Result<Target> {
+    let (mut writer, rename): (Box<dyn Write>, _) = match uri {
+        SinkUri::Stdout => (Box::new(BufWriter::new(std::io::stdout())), None),
         SinkUri::File(path, _) => {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)?;
+                fs::create_dir_all(dir)?;
             }
-            let mut staged = path.clone().into_os_string();
-            staged.push(".inprogress");
-            let staged = PathBuf::from(staged);
+            let staged = in_progress(path);
             let file = File::create(&staged)?;
-            Output { writer: Box::new(BufWriter::with_capacity(1 << 20, file)), rename: Some((staged, path.clone())) }
+            (Box::new(BufWriter::with_capacity(1 << 20, file)), Some((staged, path.clone())))
         }
     };
     if let Some(h) = header {
-        writeln!(out.writer, "{h}")?;
+        writeln!(writer, "{h}")?;
     }
-    Ok(out)
+    Ok(Target::Direct(writer, rename))
+}
+
+fn report(metrics: &Metrics, sink: &str, what: String) {
+    eprintln!("error: sink {sink}: {what}");
+    metrics.add(&format!("sink_errors:{sink}"), 1);
 }
 
 pub(crate) fn build_sink<T: Data + CsvRecord>(stream: Stream<'_, T>, name: &str, uri: SinkUri, order: impl Fn(&T) -> u64 + 'static) {
-    if stream.ctx.dry_run {
+    let ctx = stream.ctx.clone();
+    if ctx.dry_run {
         return;
     }
     let format = match &uri {
         SinkUri::File(_, f) => *f,
         SinkUri::Stdout => Format::Csv,
     };
-    let metrics = stream.ctx.metrics.clone();
-    let is_writer = stream.inner.scope().index() == 0;
+    let metrics = ctx.metrics.clone();
+    let scope = stream.inner.scope();
+    let is_writer = scope.index() == 0;
     let sink_name = name.to_string();
     if is_writer {
         metrics.add(&format!("written:{name}"), 0);
@@ -85,62 +256,113 @@ pub(crate) fn build_sink<T: Data + CsvRecord>(stream: Stream<'_, T>, name: &str,
             }
         });
     let header = (format == Format::Csv).then(T::csv_header);
-    let mut output: Option<Output> = None;
-    let mut failed = false;
-    let mut pending: BTreeMap<u64, Vec<(u64, String)>> = BTreeMap::new();
-    let mut finished = false;
-    encoded.sink(Exchange::new(|_| 0), &format!("sink:{name}"), move |(input, frontier)| {
-        input.for_each(|cap, data| {
-            let Some(&time) = cap.least() else { return };
-            pending.entry(time).or_default().append(data);
-        });
-        if !is_writer || finished {
-            return;
-        }
-        if output.is_none() && !failed {
-            match open(&uri, header.clone()) {
-                Ok(o) => output = Some(o),
-                Err(e) => {
-                    eprintln!("error: sink {sink_name}: cannot open {uri:?}: {e}; its results are lost");
-                    metrics.add(&format!("sink_errors:{sink_name}"), 1);
-                    failed = true;
-                }
+    let checkpoints = ctx.checkpoint.clone();
+    let first_epoch = ctx.first_epoch();
+    let commit = ctx.commit.clone();
+
+    let mut builder = OperatorBuilder::new(format!("sink:{name}"), scope);
+    let activator = scope.activator_for(builder.operator_info().address);
+    let mut input = builder.new_input(encoded, Exchange::new(|_| 0));
+    builder.build(move |_capabilities| {
+        let mut target: Option<Target> = None;
+        let mut failed = false;
+        let mut finished = false;
+        let mut pending: BTreeMap<Time, Vec<(u64, String)>> = BTreeMap::new();
+        move |frontiers| {
+            let frontier = &frontiers[0];
+            input.for_each(|cap, data| {
+                let Some(&time) = cap.stamp().iter().next() else { return };
+                pending.entry(time).or_default().append(data);
+            });
+            if !is_writer || finished || failed {
+                pending.clear();
+                return;
             }
-        }
-        let complete: Vec<u64> = pending.keys().copied().take_while(|t| !frontier.less_equal(t)).collect();
-        let mut written = 0u64;
-        for time in complete {
-            let mut lines = pending.remove(&time).unwrap_or_default();
-            lines.sort_unstable();
-            written += lines.len() as u64;
-            if let Some(out) = output.as_mut() {
-                for (_, line) in lines {
-                    if let Err(e) = writeln!(out.writer, "{line}") {
-                        eprintln!("error: sink {sink_name}: write failed: {e}");
-                        metrics.add(&format!("sink_errors:{sink_name}"), 1);
-                        output = None;
+            if target.is_none() {
+                let opened = match (&checkpoints, &uri) {
+                    (Some(c), SinkUri::File(path, _)) => Ok(Target::Staged(StagedFile {
+                        path: path.clone(),
+                        dir: parts_dir(path),
+                        header: header.clone(),
+                        lines: BTreeMap::new(),
+                        next_epoch: first_epoch,
+                        unpublished: BTreeSet::new(),
+                        commit: commit.clone(),
+                        checkpoint_dir: c.dir.clone(),
+                        sink: sink_name.clone(),
+                    })),
+                    _ => open_direct(&uri, header.as_deref()),
+                };
+                match opened {
+                    Ok(t) => target = Some(t),
+                    Err(e) => {
+                        report(&metrics, &sink_name, format!("cannot open {uri:?}: {e}; its results are lost"));
                         failed = true;
-                        break;
+                        return;
                     }
                 }
             }
-        }
-        if written > 0 {
-            metrics.add(&format!("written:{sink_name}"), written);
-        }
-        if frontier.is_empty() {
-            finished = true;
-            if let Some(mut out) = output.take() {
-                let result = out.writer.flush();
-                drop(out.writer);
-                let result = result.and_then(|_| match &out.rename {
-                    Some((staged, path)) => std::fs::rename(staged, path),
-                    None => Ok(()),
-                });
-                if let Err(e) = result {
-                    eprintln!("error: sink {sink_name}: cannot finish {uri:?}: {e}");
-                    metrics.add(&format!("sink_errors:{sink_name}"), 1);
+            let Some(out) = target.as_mut() else { return };
+            // Times the frontier has passed are complete: their lines are final.
+            let complete: Vec<Time> = pending.keys().copied().filter(|t| !frontier.less_equal(t)).collect();
+            let mut written = 0u64;
+            for time in complete {
+                let mut lines = pending.remove(&time).unwrap_or_default();
+                lines.sort_unstable();
+                written += lines.len() as u64;
+                match out {
+                    Target::Direct(writer, _) => {
+                        for (_, line) in lines {
+                            if let Err(e) = writeln!(writer, "{line}") {
+                                report(&metrics, &sink_name, format!("write failed: {e}"));
+                                failed = true;
+                                return;
+                            }
+                        }
+                    }
+                    Target::Staged(staged) => staged.lines.entry(time.epoch).or_default().extend(lines.into_iter().map(|(_, l)| l)),
                 }
+            }
+            if written > 0 {
+                metrics.add(&format!("written:{sink_name}"), written);
+            }
+            let (frontier_epoch, _) = frontier_bounds(frontier.frontier().iter());
+            let ended = frontier.is_empty();
+            let result = match out {
+                Target::Direct(writer, rename) if ended => {
+                    let flushed = writer.flush();
+                    let renamed = flushed.and_then(|_| match rename {
+                        Some((staged, path)) => fs::rename(staged, path),
+                        None => Ok(()),
+                    });
+                    renamed.map_err(anyhow::Error::from)
+                }
+                Target::Direct(..) => Ok(()),
+                Target::Staged(staged) => {
+                    let staged_result = staged.stage(frontier_epoch, ended).and_then(|_| staged.publish());
+                    match staged_result {
+                        Ok(()) if ended => staged.finish(),
+                        Ok(()) => {
+                            if !staged.unpublished.is_empty() {
+                                // Publish as soon as the coordinator completes the checkpoint.
+                                activator.activate_after(std::time::Duration::from_millis(5));
+                            }
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+            };
+            if let Err(e) = result {
+                if matches!(out, Target::Staged(_)) {
+                    // A sink that cannot stage breaks exactly-once: stop the job rather than go on.
+                    panic!("sink {sink_name}: {e:#}");
+                }
+                report(&metrics, &sink_name, format!("cannot finish {uri:?}: {e:#}"));
+            }
+            if ended {
+                finished = true;
+                target = None;
             }
         }
     });

@@ -31,15 +31,18 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail};
+use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::Scope;
 
+use crate::checkpoint::{self, Participant};
 use crate::job::BuildContext;
 use crate::record::{split_csv_line, CsvRecord, DeadLetter};
 use crate::stream::TStream;
 use crate::time::OutOfOrder;
+use crate::time::Time;
 use crate::uri::{Format, SourceUri};
 use crate::{Data, Result};
 
@@ -110,10 +113,42 @@ pub enum ReadStatus {
     Done,
 }
 
+/// Where a partition's next read starts: a byte offset and line number in a file, or the next
+/// index of the generator's sequence.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    /// Byte offset, generator index or record count.
+    pub offset: u64,
+    /// Lines read so far (files), for dead-letter line numbers.
+    pub line: u64,
+}
+
 /// One partition of a source.
 pub trait Partition<T>: 'static {
     /// Reads up to `max` records into `out`, and unreadable ones into `dead`.
     fn read(&mut self, max: usize, out: &mut Vec<T>, dead: &mut Vec<DeadLetter>) -> ReadStatus;
+    /// Where the next read starts, for checkpoints.
+    fn position(&self) -> Position;
+    /// Continues from a position a checkpoint recorded.
+    fn seek(&mut self, position: &Position) -> Result<()>;
+}
+
+/// A partition with its index within its source.
+pub(crate) type Indexed<T> = (u64, Box<dyn Partition<T>>);
+
+/// A partition's part of a checkpoint: its position and its watermark state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionSnapshot {
+    /// The partition's index within its source (fixed for the job's life).
+    pub partition: u64,
+    /// Where reading resumes.
+    pub position: Position,
+    /// Largest event time read so far.
+    pub max_ts: Option<u64>,
+    /// The partition's watermark.
+    pub watermark: u64,
+    /// Whether it was exhausted.
+    pub done: bool,
 }
 
 struct GenPartition<T> {
@@ -138,6 +173,13 @@ impl<T: 'static> Partition<T> for GenPartition<T> {
             ReadStatus::More
         }
     }
+    fn position(&self) -> Position {
+        Position { offset: self.next, line: 0 }
+    }
+    fn seek(&mut self, position: &Position) -> Result<()> {
+        self.next = position.offset;
+        Ok(())
+    }
 }
 
 /// A CSV or JSON-lines file, read line by line.
@@ -147,6 +189,7 @@ pub(crate) struct FilePartition {
     format: Format,
     reader: BufReader<File>,
     line_no: u64,
+    offset: u64,
     buf: Vec<u8>,
 }
 
@@ -159,6 +202,7 @@ impl FilePartition {
             format,
             reader: BufReader::with_capacity(1 << 20, file),
             line_no: 0,
+            offset: 0,
             buf: Vec::with_capacity(256),
         })
     }
@@ -191,7 +235,7 @@ impl<T: Data + CsvRecord> Partition<T> for FilePartition {
             self.buf.clear();
             match self.reader.read_until(b'\n', &mut self.buf) {
                 Ok(0) => return ReadStatus::Done,
-                Ok(_) => {}
+                Ok(n) => self.offset += n as u64,
                 Err(e) => {
                     self.line_no += 1;
                     dead.push(self.dead(format!("read error: {e}; the rest of the file is skipped"), ""));
@@ -240,19 +284,43 @@ impl<T: Data + CsvRecord> Partition<T> for FilePartition {
         }
         ReadStatus::More
     }
+    fn position(&self) -> Position {
+        Position { offset: self.offset, line: self.line_no }
+    }
+    fn seek(&mut self, position: &Position) -> Result<()> {
+        use std::io::Seek;
+        self.reader
+            .seek(std::io::SeekFrom::Start(position.offset))
+            .map_err(|e| anyhow!("source {}: cannot resume {} at byte {}: {e}", self.source, self.path.display(), position.offset))?;
+        self.offset = position.offset;
+        self.line_no = position.line;
+        Ok(())
+    }
 }
 
 /// A partition over records held in memory, for tests and doctests.
-pub(crate) struct VecPartition<T>(pub(crate) std::vec::IntoIter<T>);
+pub(crate) struct VecPartition<T> {
+    pub(crate) records: Vec<T>,
+    pub(crate) next: usize,
+}
 
-impl<T: 'static> Partition<T> for VecPartition<T> {
+impl<T: Clone + 'static> Partition<T> for VecPartition<T> {
     fn read(&mut self, max: usize, out: &mut Vec<T>, _dead: &mut Vec<DeadLetter>) -> ReadStatus {
-        out.extend(self.0.by_ref().take(max));
-        if self.0.len() == 0 {
+        let end = (self.next + max).min(self.records.len());
+        out.extend_from_slice(&self.records[self.next..end]);
+        self.next = end;
+        if self.next == self.records.len() {
             ReadStatus::Done
         } else {
             ReadStatus::More
         }
+    }
+    fn position(&self) -> Position {
+        Position { offset: self.next as u64, line: 0 }
+    }
+    fn seek(&mut self, position: &Position) -> Result<()> {
+        self.next = (position.offset as usize).min(self.records.len());
+        Ok(())
     }
 }
 
@@ -267,26 +335,21 @@ pub fn check_source<T: Generate>(uri: &SourceUri) -> Result<()> {
 }
 
 /// The partitions of a source that worker `index` of `peers` reads.
-fn partitions_for<T: Data + CsvRecord + Generate>(
-    name: &str,
-    uri: &SourceUri,
-    index: usize,
-    peers: usize,
-) -> Result<Vec<Box<dyn Partition<T>>>> {
-    let mut parts: Vec<Box<dyn Partition<T>>> = Vec::new();
+fn partitions_for<T: Data + CsvRecord + Generate>(name: &str, uri: &SourceUri, index: usize, peers: usize) -> Result<Vec<Indexed<T>>> {
+    let mut parts: Vec<Indexed<T>> = Vec::new();
     match uri {
         SourceUri::Generator(options) => {
             let mut o = GenOptions::new(options.clone());
             let g = T::generator(&mut o)?;
             o.finish()?;
             for p in (0..g.partitions).filter(|p| *p as usize % peers == index) {
-                parts.push(Box::new(GenPartition { next: p, step: g.partitions, count: g.count, record: g.record.clone() }));
+                parts.push((p, Box::new(GenPartition { next: p, step: g.partitions, count: g.count, record: g.record.clone() })));
             }
         }
         SourceUri::Files(files) => {
             for (i, (path, format)) in files.iter().enumerate() {
                 if i % peers == index {
-                    parts.push(Box::new(FilePartition::open(name, path, *format)?));
+                    parts.push((i as u64, Box::new(FilePartition::open(name, path, *format)?)));
                 }
             }
         }
@@ -295,6 +358,7 @@ fn partitions_for<T: Data + CsvRecord + Generate>(
 }
 
 struct PartitionState<T> {
+    index: u64,
     reader: Box<dyn Partition<T>>,
     max_ts: Option<u64>,
     watermark: u64,
@@ -303,9 +367,21 @@ struct PartitionState<T> {
     idle: bool,
 }
 
+impl<T: 'static> PartitionState<T> {
+    fn snapshot(&self) -> PartitionSnapshot {
+        PartitionSnapshot {
+            partition: self.index,
+            position: self.reader.position(),
+            max_ts: self.max_ts,
+            watermark: self.watermark,
+            done: self.done,
+        }
+    }
+}
+
 /// Builds the source operator: a stream of records and one of dead letters.
 pub(crate) fn build_source<'scope, T: Data + CsvRecord + Generate>(
-    scope: Scope<'scope, u64>,
+    scope: Scope<'scope, Time>,
     ctx: &Rc<BuildContext>,
     name: &str,
     uri: &SourceUri,
@@ -318,18 +394,66 @@ pub(crate) fn build_source<'scope, T: Data + CsvRecord + Generate>(
     } else {
         partitions_for::<T>(name, uri, scope.index(), scope.peers())?
     };
-    Ok(build_partitioned_source(scope, ctx, name, partitions, event_time, strategy))
+    build_partitioned_source(scope, ctx, name, partitions, event_time, strategy)
+}
+
+/// The partition states of this worker, resumed from a checkpoint's source parts if restoring.
+fn resume<T: 'static>(ctx: &BuildContext, name: &str, partitions: Vec<Indexed<T>>) -> Result<Vec<PartitionState<T>>> {
+    let now = Instant::now();
+    let mut saved: BTreeMap<u64, PartitionSnapshot> = BTreeMap::new();
+    if let Some(restore) = &ctx.restore {
+        for payload in restore.parts_with_prefix(&format!("source-{name}-w"))? {
+            for snap in checkpoint::decode::<Vec<PartitionSnapshot>>(&payload)? {
+                saved.insert(snap.partition, snap);
+            }
+        }
+        if saved.is_empty() && !partitions.is_empty() {
+            bail!("checkpoint {} has no positions for source {name:?}", restore.dir.display());
+        }
+    }
+    let mut states = Vec::with_capacity(partitions.len());
+    for (index, mut reader) in partitions {
+        let mut state =
+            PartitionState { index, reader: Box::new(NoPartition), max_ts: None, watermark: 0, done: false, last_data: now, idle: false };
+        if ctx.restore.is_some() {
+            let Some(snap) = saved.get(&index) else {
+                bail!("source {name:?}: the checkpoint has no position for partition {index}; was the input changed?");
+            };
+            reader.seek(&snap.position)?;
+            state.max_ts = snap.max_ts;
+            state.watermark = snap.watermark;
+            state.done = snap.done;
+        }
+        state.reader = reader;
+        states.push(state);
+    }
+    Ok(states)
+}
+
+/// A placeholder while a partition state is assembled.
+struct NoPartition;
+
+impl<T> Partition<T> for NoPartition {
+    fn read(&mut self, _max: usize, _out: &mut Vec<T>, _dead: &mut Vec<DeadLetter>) -> ReadStatus {
+        ReadStatus::Done
+    }
+    fn position(&self) -> Position {
+        Position::default()
+    }
+    fn seek(&mut self, _position: &Position) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Builds a source operator over the given partitions of this worker.
 pub(crate) fn build_partitioned_source<'scope, T: Data>(
-    scope: Scope<'scope, u64>,
+    scope: Scope<'scope, Time>,
     ctx: &Rc<BuildContext>,
     name: &str,
-    partitions: Vec<Box<dyn Partition<T>>>,
+    partitions: Vec<Indexed<T>>,
     event_time: Box<dyn Fn(&T) -> u64>,
     strategy: OutOfOrder,
-) -> (TStream<'scope, T>, TStream<'scope, DeadLetter>) {
+) -> Result<(TStream<'scope, T>, TStream<'scope, DeadLetter>)> {
     let metrics = ctx.metrics.clone();
     let local_worker = scope.index() % metrics.local_workers().max(1);
     let mut builder = OperatorBuilder::new(format!("source:{name}"), scope);
@@ -340,12 +464,14 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
     let mut records_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<(u64, T)>>>::from(records_out);
     let mut dead_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<(u64, DeadLetter)>>>::from(dead_out);
 
-    let now = Instant::now();
-    let mut parts: Vec<PartitionState<T>> = partitions
-        .into_iter()
-        .map(|reader| PartitionState { reader, max_ts: None, watermark: 0, done: false, last_data: now, idle: false })
-        .collect();
+    let mut parts = resume(ctx, name, partitions)?;
     let per_partition = (BATCH * 4 / parts.len().max(1)).clamp(256, BATCH);
+    // Checkpointing: each interval, write this worker's positions as its part of the current
+    // epoch, then move on to the next epoch.
+    let checkpoints = ctx.checkpoint.clone().filter(|_| !ctx.dry_run);
+    let participant = Participant::Source { name: name.to_string(), worker: scope.index() };
+    let mut epoch = ctx.first_epoch();
+    let mut next_tick = checkpoints.as_ref().map(|c| Instant::now() + c.interval);
 
     builder.build(move |mut capabilities| {
         let dead_cap = capabilities.pop();
@@ -357,13 +483,43 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
         if caps.is_none() {
             metrics.set_watermark(local_worker, u64::MAX);
         }
+        // A worker without partitions still takes part in checkpoints, with an empty part.
+        let mut wrote_final = false;
         let mut batch: Vec<T> = Vec::with_capacity(per_partition);
         let mut on_time: Vec<(u64, T)> = Vec::new();
         let mut behind: BTreeMap<u64, Vec<(u64, T)>> = BTreeMap::new();
         let mut dead_letters: Vec<DeadLetter> = Vec::new();
         move |_frontiers| {
-            let Some((records_cap, dead_cap)) = caps.as_mut() else { return };
-            let held = *records_cap.time();
+            let Some((records_cap, dead_cap)) = caps.as_mut() else {
+                if let (Some(c), false) = (&checkpoints, wrote_final) {
+                    wrote_final = true;
+                    let snaps: Vec<PartitionSnapshot> = parts.iter().map(PartitionState::snapshot).collect();
+                    write_final_part(c, epoch, &participant, &snaps);
+                }
+                return;
+            };
+            if records_cap.time().epoch < epoch {
+                // Restored: start in the epoch after the checkpoint, at the restored watermark.
+                let wm = parts.iter().filter(|p| !p.done).map(|p| p.watermark).min().unwrap_or(u64::MAX).min(u64::MAX - 1);
+                records_cap.downgrade(&Time::new(epoch, wm));
+                dead_cap.downgrade(&Time::new(epoch, wm));
+            }
+            if let (Some(c), Some(tick)) = (&checkpoints, next_tick) {
+                if Instant::now() >= tick {
+                    let snaps: Vec<PartitionSnapshot> = parts.iter().map(PartitionState::snapshot).collect();
+                    match checkpoint::encode(&snaps).and_then(|bytes| checkpoint::write_part(&c.dir, epoch, &participant, &bytes)) {
+                        Ok(()) => {
+                            epoch += 1;
+                            let wm = records_cap.time().wm;
+                            records_cap.downgrade(&Time::new(epoch, wm));
+                            dead_cap.downgrade(&Time::new(epoch, wm));
+                        }
+                        Err(e) => eprintln!("error: source {}: checkpoint {epoch}: {e:#}; will retry", participant.file_name()),
+                    }
+                    next_tick = Some(Instant::now() + c.interval);
+                }
+            }
+            let held = records_cap.time().wm;
             let mut read = 0u64;
             for part in parts.iter_mut().filter(|p| !p.done) {
                 let status = part.reader.read(per_partition, &mut batch, &mut dead_letters);
@@ -404,8 +560,8 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
                     handle.session(&*records_cap).give_container(&mut on_time);
                     on_time.clear();
                 }
-                for (time, mut records) in std::mem::take(&mut behind) {
-                    let c = records_cap.delayed(&time);
+                for (wm, mut records) in std::mem::take(&mut behind) {
+                    let c = records_cap.delayed(&Time::new(epoch, wm));
                     handle.session(&c).give_container(&mut records);
                 }
             }
@@ -421,16 +577,17 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
             if parts.iter().all(|p| p.done) {
                 caps = None;
                 metrics.set_watermark(local_worker, u64::MAX);
+                activator.activate();
                 return;
             }
             let live = parts.iter().filter(|p| !p.done && !p.idle).map(|p| p.watermark).min();
             if let Some(watermark) = live {
                 if watermark > held {
-                    records_cap.downgrade(&watermark);
-                    dead_cap.downgrade(&watermark);
+                    records_cap.downgrade(&Time::new(epoch, watermark));
+                    dead_cap.downgrade(&Time::new(epoch, watermark));
                 }
             }
-            metrics.set_watermark(local_worker, *records_cap.time());
+            metrics.set_watermark(local_worker, records_cap.time().wm);
             if read > 0 || had_dead_letters {
                 activator.activate();
             } else {
@@ -439,5 +596,13 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
             }
         }
     });
-    (records, dead)
+    Ok((records, dead))
+}
+
+/// A finished source's last part: it stands for every later epoch (the coordinator links it).
+fn write_final_part(c: &checkpoint::CheckpointConfig, epoch: u64, who: &Participant, snaps: &[PartitionSnapshot]) {
+    let result = checkpoint::encode(&snaps).and_then(|bytes| checkpoint::write_final_part(&c.dir, epoch, who, &bytes));
+    if let Err(e) = result {
+        eprintln!("error: {}: final checkpoint part: {e:#}", who.file_name());
+    }
 }

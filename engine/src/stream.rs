@@ -20,17 +20,17 @@ use crate::keygroup::{key_group, worker_for_key_group};
 use crate::metrics::Metrics;
 use crate::record::{CsvRecord, DeadLetter};
 use crate::source::Generate;
-use crate::time::OutOfOrder;
+use crate::time::{OutOfOrder, Time};
 use crate::uri::SourceUri;
 use crate::{Data, Key, Result};
 
 /// A timely stream of `(event time, record)` pairs, at watermark timestamps.
-pub(crate) type TStream<'scope, T> = timely::dataflow::Stream<'scope, u64, Vec<(u64, T)>>;
+pub(crate) type TStream<'scope, T> = timely::dataflow::Stream<'scope, Time, Vec<(u64, T)>>;
 type Builder<T> = CapacityContainerBuilder<Vec<(u64, T)>>;
 
 /// A source that has been named but not yet given event time.
 pub struct SourceStage<'scope, T> {
-    scope: Scope<'scope, u64>,
+    scope: Scope<'scope, Time>,
     ctx: Rc<BuildContext>,
     dead_letters: Rc<RefCell<Vec<TStream<'scope, DeadLetter>>>>,
     name: String,
@@ -40,7 +40,7 @@ pub struct SourceStage<'scope, T> {
 
 impl<'scope, T: Data + CsvRecord + Generate> SourceStage<'scope, T> {
     pub(crate) fn new(
-        scope: Scope<'scope, u64>,
+        scope: Scope<'scope, Time>,
         ctx: Rc<BuildContext>,
         dead_letters: Rc<RefCell<Vec<TStream<'scope, DeadLetter>>>>,
         name: String,
@@ -172,9 +172,9 @@ impl<'scope, T: Data> Stream<'scope, T> {
                 let mut kept_handle = kept_out.activate();
                 let mut diverted_handle = diverted_out.activate();
                 input.for_each(|cap, data| {
-                    let Some(&time) = cap.least() else { return };
+                    let Some(&time) = cap.stamp().iter().next() else { return };
                     for (ts, x) in data.drain(..) {
-                        if divert(time, ts, &x) {
+                        if divert(time.wm, ts, &x) {
                             away.push((ts, x));
                         } else {
                             keep.push((ts, x));
@@ -242,9 +242,10 @@ impl<'scope, K: Key, T: Data> KeyedStream<'scope, K, T> {
     /// Runs keyed, event-time logic (see [`crate::keyed`]) on the worker that owns each key.
     pub fn process<L: crate::keyed::KeyedLogic<K, T>>(self, name: &str, logic: L) -> Stream<'scope, L::Out> {
         self.inner.ctx.register_step(name);
+        self.inner.ctx.add_participant(crate::job::ParticipantKind::State(name.to_string()));
         let peers = self.inner.inner.scope().peers();
         let pact = Exchange::new(move |(_, (k, _)): &(u64, (K, T))| worker_for_key_group(key_group(k), peers));
-        let inner = crate::keyed::build_keyed(self.inner.inner, pact, name, logic, self.inner.ctx.metrics.clone());
+        let inner = crate::keyed::build_keyed(self.inner.inner, pact, name, logic, &self.inner.ctx);
         Stream { inner, ctx: self.inner.ctx }
     }
 

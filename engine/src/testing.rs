@@ -40,16 +40,17 @@ where
     let (out, m) = (collected.clone(), metrics.clone());
     timely::execute(timely::Config::process(workers), move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
-        let mine: Vec<Box<dyn Partition<T>>> = partitions
+        let mine: Vec<crate::source::Indexed<T>> = partitions
             .iter()
             .enumerate()
             .filter(|(p, _)| p % peers == index)
-            .map(|(_, records)| Box::new(VecPartition(records.clone().into_iter())) as Box<dyn Partition<T>>)
+            .map(|(p, records)| (p as u64, Box::new(VecPartition { records: records.clone(), next: 0 }) as Box<dyn Partition<T>>))
             .collect();
         let out = out.clone();
         let ctx = std::rc::Rc::new(BuildContext::new(plan.clone(), m.clone(), false));
-        worker.dataflow::<u64, _, _>(|scope| {
-            let (records, _dead) = build_partitioned_source(scope, &ctx, "input", mine, Box::new(event_time), strategy);
+        worker.dataflow::<crate::time::Time, _, _>(|scope| {
+            let (records, _dead) =
+                build_partitioned_source(scope, &ctx, "input", mine, Box::new(event_time), strategy).expect("in-memory partitions start");
             let built = build(Stream::from_parts(records, ctx.clone()));
             built.inner.sink(Pipeline, "collect", move |(input, _)| {
                 input.for_each(|_, data| out.lock().unwrap().extend(data.drain(..)));

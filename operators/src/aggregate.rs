@@ -7,12 +7,13 @@
 use std::marker::PhantomData;
 
 use paystream_engine::Data;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// A fold over records of type `V`.
 pub trait Aggregate<V>: 'static {
-    /// The running state.
-    type Acc: Clone + 'static;
+    /// The running state; it is saved in checkpoints, so it must be serializable.
+    type Acc: Clone + Serialize + DeserializeOwned + 'static;
     /// The result.
     type Out: Data;
     /// A new, empty accumulator.
@@ -308,6 +309,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn quantile_sketches_survive_serialization() {
+        let p = Percentiles::of(|x: &u64| *x);
+        let mut acc = p.init();
+        for x in [5u64, 70, 900, 12_345, 12_345] {
+            p.add(&mut acc, &x);
+        }
+        let json = serde_json::to_string(&acc).unwrap();
+        let back: QuantileSketch = serde_json::from_str(&json).unwrap();
+        assert_eq!(p.result(&back), p.result(&acc));
+    }
+
+    #[test]
     fn tuples_aggregate_in_one_pass() {
         let agg = (Count, Sum::of(|x: &i64| *x), Max::of(|x: &i64| *x));
         let mut a = agg.init();
@@ -382,7 +395,9 @@ impl<V, D, F: Fn(&V) -> D> CountDistinct<V, D, F> {
     }
 }
 
-impl<V: 'static, D: std::hash::Hash + Eq + Clone + 'static, F: Fn(&V) -> D + 'static> Aggregate<V> for CountDistinct<V, D, F> {
+impl<V: 'static, D: std::hash::Hash + Eq + Clone + Serialize + DeserializeOwned + 'static, F: Fn(&V) -> D + 'static> Aggregate<V>
+    for CountDistinct<V, D, F>
+{
     type Acc = std::collections::HashSet<D>;
     type Out = u64;
     fn init(&self) -> Self::Acc {
@@ -448,6 +463,32 @@ impl<V, F: Fn(&V) -> u64> Percentiles<V, F> {
 pub struct QuantileSketch {
     histogram: hdrhistogram::Histogram<u32>,
     max: u64,
+}
+
+/// The saved form of a [`QuantileSketch`]: its precision, maximum and recorded `(value, count)`s.
+#[derive(Serialize, Deserialize)]
+struct SavedSketch {
+    digits: u8,
+    max: u64,
+    counts: Vec<(u64, u64)>,
+}
+
+impl Serialize for QuantileSketch {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let counts = self.histogram.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value() as u64)).collect();
+        SavedSketch { digits: self.histogram.sigfig(), max: self.max, counts }.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for QuantileSketch {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let saved = SavedSketch::deserialize(deserializer)?;
+        let mut histogram = hdrhistogram::Histogram::new(saved.digits).map_err(serde::de::Error::custom)?;
+        for (value, count) in saved.counts {
+            histogram.record_n(value, count as u32).map_err(serde::de::Error::custom)?;
+        }
+        Ok(QuantileSketch { histogram, max: saved.max })
+    }
 }
 
 impl<V: 'static, F: Fn(&V) -> u64 + 'static> Aggregate<V> for Percentiles<V, F> {

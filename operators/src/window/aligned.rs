@@ -8,7 +8,11 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use paystream_engine::checkpoint::{decode, encode};
+use paystream_engine::keygroup::key_group;
 use paystream_engine::{Data, Key, KeyedLogic};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use super::WindowResult;
 use crate::aggregate::Aggregate;
@@ -182,6 +186,58 @@ impl<K: Key, V: Data, A: Aggregate<V>> KeyedLogic<K, V> for AlignedLogic<K, V, A
 
     fn state_size(&self) -> usize {
         self.state_len()
+    }
+
+    fn snapshot(&self) -> paystream_engine::Result<Vec<(u64, Vec<u8>)>> {
+        let mut groups: BTreeMap<u64, AlignedGroup<K, V, A::Acc>> = BTreeMap::new();
+        for (pane, accs) in &self.panes {
+            for (key, acc) in accs {
+                groups.entry(key_group(key)).or_default().panes.push((*pane, key.clone(), acc.clone()));
+            }
+        }
+        for (time, records) in &self.late {
+            for (ts, key, value) in records {
+                groups.entry(key_group(key)).or_default().late.push((*time, *ts, key.clone(), value.clone()));
+            }
+        }
+        let unfired: Vec<u64> = self.unfired.iter().copied().collect();
+        groups
+            .into_iter()
+            .map(|(group, mut state)| {
+                state.unfired = unfired.clone();
+                encode(&state).map(|bytes| (group, bytes))
+            })
+            .collect()
+    }
+
+    fn restore(&mut self, _key_group: u64, bytes: &[u8]) -> paystream_engine::Result<()> {
+        let state: AlignedGroup<K, V, A::Acc> = decode(bytes)?;
+        for (pane, key, acc) in state.panes {
+            self.panes.entry(pane).or_default().insert(key, acc);
+        }
+        for (time, ts, key, value) in state.late {
+            self.late.entry(time).or_default().push((ts, key, value));
+        }
+        self.unfired.extend(state.unfired);
+        Ok(())
+    }
+}
+
+/// One key group's part of an aligned window's state, as saved in checkpoints.
+#[derive(Serialize, Deserialize)]
+#[serde(bound(
+    serialize = "K: Serialize, V: Serialize, Acc: Serialize",
+    deserialize = "K: DeserializeOwned, V: DeserializeOwned, Acc: DeserializeOwned"
+))]
+struct AlignedGroup<K, V, Acc> {
+    panes: Vec<(u64, K, Acc)>,
+    late: Vec<(u64, u64, K, V)>,
+    unfired: Vec<u64>,
+}
+
+impl<K, V, Acc> Default for AlignedGroup<K, V, Acc> {
+    fn default() -> Self {
+        AlignedGroup { panes: Vec::new(), late: Vec::new(), unfired: Vec::new() }
     }
 }
 

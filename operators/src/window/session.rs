@@ -7,11 +7,16 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use paystream_engine::checkpoint::{decode, encode};
+use paystream_engine::keygroup::key_group;
 use paystream_engine::{Data, Key, KeyedLogic};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use super::WindowResult;
 use crate::aggregate::Aggregate;
 
+#[derive(Clone, Serialize, Deserialize)]
 struct Session<Acc> {
     start: u64,
     end: u64,
@@ -155,6 +160,53 @@ impl<K: Key, V: Data, A: Aggregate<V>> KeyedLogic<K, V> for SessionLogic<K, V, A
 
     fn state_size(&self) -> usize {
         self.state_len()
+    }
+
+    fn snapshot(&self) -> paystream_engine::Result<Vec<(u64, Vec<u8>)>> {
+        let mut groups: BTreeMap<u64, SessionGroup<K, V, A::Acc>> = BTreeMap::new();
+        for (key, list) in &self.sessions {
+            groups.entry(key_group(key)).or_default().sessions.push((key.clone(), list.clone()));
+        }
+        for (time, records) in &self.waiting {
+            for (ts, key, value) in records {
+                groups.entry(key_group(key)).or_default().waiting.push((*time, *ts, key.clone(), value.clone()));
+            }
+        }
+        groups.into_iter().map(|(group, state)| encode(&state).map(|bytes| (group, bytes))).collect()
+    }
+
+    fn restore(&mut self, _key_group: u64, bytes: &[u8]) -> paystream_engine::Result<()> {
+        let state: SessionGroup<K, V, A::Acc> = decode(bytes)?;
+        for (key, list) in state.sessions {
+            for s in &list {
+                self.all.insert((s.end, key.clone()));
+                if s.pending {
+                    self.unfired.insert((s.end, key.clone()));
+                }
+            }
+            self.sessions.insert(key, list);
+        }
+        for (time, ts, key, value) in state.waiting {
+            self.waiting.entry(time).or_default().push((ts, key, value));
+        }
+        Ok(())
+    }
+}
+
+/// One key group's part of a session window's state, as saved in checkpoints.
+#[derive(Serialize, Deserialize)]
+#[serde(bound(
+    serialize = "K: Serialize, V: Serialize, Acc: Serialize",
+    deserialize = "K: DeserializeOwned, V: DeserializeOwned, Acc: DeserializeOwned"
+))]
+struct SessionGroup<K, V, Acc> {
+    sessions: Vec<(K, Vec<Session<Acc>>)>,
+    waiting: Vec<(u64, u64, K, V)>,
+}
+
+impl<K, V, Acc> Default for SessionGroup<K, V, Acc> {
+    fn default() -> Self {
+        SessionGroup { sessions: Vec::new(), waiting: Vec::new() }
     }
 }
 
