@@ -5,7 +5,9 @@
 //! `RUNS` (default 3; medians are reported).
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use paystream::engine::checkpoint::CheckpointConfig;
 
 use paystream::engine::job::RunPlan;
 use paystream::engine::runtime::{run, RunOptions};
@@ -68,7 +70,7 @@ fn main() {
     let plan = RunPlan::resolve(spec, &sources, &sinks, &BTreeMap::new()).expect("plan");
 
     println!("throughput-windows, {events} generated events, median of {runs} runs (release build)");
-    println!("{:<28} {:>10} {:>14} {:>10}", "variant", "wall s", "events/s", "vs loop");
+    println!("{:<32} {:>10} {:>14} {:>10}", "variant", "wall s", "events/s", "vs loop");
     let loop_secs = median(
         (0..runs)
             .map(|_| {
@@ -78,16 +80,25 @@ fn main() {
             })
             .collect(),
     );
-    println!("{:<28} {:>10.3} {:>14.0} {:>10}", "hand-written loop", loop_secs, events as f64 / loop_secs, "1.00x");
-    for workers in [1usize, 2] {
-        let options = RunOptions { workers, ..RunOptions::default() };
-        let secs = median((0..runs).map(|_| run(&plan, &options).expect("run").elapsed.as_secs_f64()).collect());
-        println!(
-            "{:<28} {:>10.3} {:>14.0} {:>9.2}x",
-            format!("paystream, {workers} worker(s)"),
-            secs,
-            events as f64 / secs,
-            loop_secs / secs
+    println!("{:<32} {:>10.3} {:>14.0} {:>10}", "hand-written loop", loop_secs, events as f64 / loop_secs, "1.00x");
+    let checkpoints = dir.join("checkpoints");
+    let variants: [(&str, usize, Option<u64>); 4] = [
+        ("paystream, 1 worker", 1, None),
+        ("paystream, 2 workers", 2, None),
+        ("paystream, 1 worker, chk 1s", 1, Some(1_000)),
+        ("paystream, 1 worker, chk 200ms", 1, Some(200)),
+    ];
+    for (label, workers, interval_ms) in variants {
+        let checkpoint = interval_ms.map(|ms| CheckpointConfig { dir: checkpoints.clone(), interval: Duration::from_millis(ms), retain: 3 });
+        let options = RunOptions { workers, checkpoint, ..RunOptions::default() };
+        let secs = median(
+            (0..runs)
+                .map(|_| {
+                    std::fs::remove_dir_all(&checkpoints).ok();
+                    run(&plan, &options).expect("run").elapsed.as_secs_f64()
+                })
+                .collect(),
         );
+        println!("{:<32} {:>10.3} {:>14.0} {:>9.2}x", label, secs, events as f64 / secs, loop_secs / secs);
     }
 }

@@ -115,8 +115,9 @@ where
         let mut cap: Option<Capability<Time>> = Some(initial);
         let mut last_watermark = 0u64;
         let mut emitted: Vec<(u64, L::Out)> = Vec::new();
-        // Records of epochs after `epoch`, by epoch: (message watermark, event time, key, value).
-        let mut later: BTreeMap<u64, Vec<(u64, u64, K, V)>> = BTreeMap::new();
+        // Records of epochs after `epoch`, by epoch: their least message watermark, and the
+        // records as (message watermark, event time, key, value).
+        let mut later: BTreeMap<u64, (u64, Vec<(u64, u64, K, V)>)> = BTreeMap::new();
         let mut finished = false;
         move |(input, frontier), output| {
             if finished {
@@ -129,12 +130,14 @@ where
                         logic.on_record(time.wm, ts, key, value);
                     }
                 } else {
-                    later.entry(time.epoch).or_default().extend(data.drain(..).map(|(ts, (k, v))| (time.wm, ts, k, v)));
+                    let (least, records) = later.entry(time.epoch).or_insert((END_OF_TIME, Vec::new()));
+                    *least = (*least).min(time.wm);
+                    records.extend(data.drain(..).map(|(ts, (k, v))| (time.wm, ts, k, v)));
                 }
             });
             loop {
                 let (frontier_epoch, frontier_wm) = frontier_bounds(frontier.frontier().iter());
-                let buffered_wm = later.values().flat_map(|v| v.iter().map(|r| r.0)).min().unwrap_or(END_OF_TIME);
+                let buffered_wm = later.values().map(|(least, _)| *least).min().unwrap_or(END_OF_TIME);
                 let watermark = frontier_wm.min(buffered_wm);
                 if watermark > last_watermark {
                     last_watermark = watermark;
@@ -171,7 +174,7 @@ where
                     break;
                 }
                 epoch += 1;
-                if let Some(records) = later.remove(&epoch) {
+                if let Some((_, records)) = later.remove(&epoch) {
                     for (wm, ts, key, value) in records {
                         logic.on_record(wm, ts, key, value);
                     }
