@@ -39,6 +39,8 @@ pub trait KeyedLogic<K, V>: 'static {
 
     /// The watermark has reached `watermark` (`u64::MAX` at the end of the input): no record with
     /// a message time below it will arrive. Push results as `(event time, record)` into `out`.
+    /// Called after every batch of records, also when the watermark did not move, so results that
+    /// records produced can be emitted at once.
     fn on_watermark(&mut self, watermark: u64, out: &mut Vec<(u64, Self::Out)>);
 
     /// The least event time at which the logic may still emit, or `None` when nothing is pending.
@@ -139,10 +141,9 @@ where
                 let (frontier_epoch, frontier_wm) = frontier_bounds(frontier.frontier().iter());
                 let buffered_wm = later.values().map(|(least, _)| *least).min().unwrap_or(END_OF_TIME);
                 let watermark = frontier_wm.min(buffered_wm);
-                if watermark > last_watermark {
-                    last_watermark = watermark;
-                    logic.on_watermark(watermark, &mut emitted);
-                }
+                // Called on every activation, so logic may also emit what records produced.
+                last_watermark = last_watermark.max(watermark);
+                logic.on_watermark(last_watermark, &mut emitted);
                 if !emitted.is_empty() {
                     let c = cap.as_ref().expect("a keyed operator emitted after its input ended");
                     let floor = c.time().wm;

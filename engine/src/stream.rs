@@ -64,6 +64,13 @@ pub struct Stream<'scope, T> {
     pub(crate) ctx: Rc<BuildContext>,
 }
 
+impl<'scope, T: Data> Clone for Stream<'scope, T> {
+    /// Another handle to the same stream: each consumer sees every record.
+    fn clone(&self) -> Self {
+        Stream { inner: self.inner.clone(), ctx: self.ctx.clone() }
+    }
+}
+
 impl<'scope, T: Data> Stream<'scope, T> {
     pub(crate) fn from_parts(inner: TStream<'scope, T>, ctx: Rc<BuildContext>) -> Self {
         Stream { inner, ctx }
@@ -239,8 +246,18 @@ impl<'scope, K: Key, T: Data> KeyedStream<'scope, K, T> {
         (KeyedStream { inner: kept }, dropped_keys)
     }
 
+    /// Transforms each record, keeping its key and event time.
+    pub fn map_values<U: Data>(self, name: &str, f: impl Fn(T) -> U + 'static) -> KeyedStream<'scope, K, U> {
+        KeyedStream { inner: self.inner.map(name, move |(k, x)| (k, f(x))) }
+    }
+
+    /// Merges two keyed streams with the same key and record type.
+    pub fn union(self, other: KeyedStream<'scope, K, T>) -> KeyedStream<'scope, K, T> {
+        KeyedStream { inner: self.inner.union(other.inner) }
+    }
+
     /// Runs keyed, event-time logic (see [`crate::keyed`]) on the worker that owns each key.
-    pub fn process<L: crate::keyed::KeyedLogic<K, T>>(self, name: &str, logic: L) -> Stream<'scope, L::Out> {
+    pub fn keyed_logic<L: crate::keyed::KeyedLogic<K, T>>(self, name: &str, logic: L) -> Stream<'scope, L::Out> {
         self.inner.ctx.register_step(name);
         self.inner.ctx.add_participant(crate::job::ParticipantKind::State(name.to_string()));
         let peers = self.inner.inner.scope().peers();

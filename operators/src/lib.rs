@@ -1,12 +1,16 @@
-//! What jobs compose on top of the engine's streams: windows and aggregates.
+//! What jobs compose on top of the engine's streams: windows, aggregates and joins.
 //!
 //! Operators are extension traits with one job each ([`window::WindowExt`]); import them through
 //! the prelude.
 
 pub mod aggregate;
+pub mod join;
+pub mod process;
 pub mod window;
 
 pub use aggregate::{
     Aggregate, Average, Count, CountAndSum, CountDistinct, CountSum, Fold, Max, Min, Percentiles, QuantileSketch, Quantiles, Sum,
 };
+pub use join::{JoinExt, Joined, Side, WindowJoined};
+pub use process::{Context, ProcessExt, ProcessFunction};
 pub use window::{Session, Sliding, Tumbling, WindowExt, WindowResult, WindowedStream, Windows};

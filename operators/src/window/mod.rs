@@ -254,9 +254,9 @@ impl<'scope, K: Key, V: Data> WindowedStream<'scope, K, V> {
         }
         match windows {
             Windows::Aligned { size_ms, slide_ms } => {
-                kept.process(&name, aligned::AlignedLogic::new(aligned::Shape { size: size_ms, slide: slide_ms }, lateness, aggregate))
+                kept.keyed_logic(&name, aligned::AlignedLogic::new(aligned::Shape { size: size_ms, slide: slide_ms }, lateness, aggregate))
             }
-            Windows::Session { gap_ms } => kept.process(&name, session::SessionLogic::new(gap_ms, lateness, aggregate)),
+            Windows::Session { gap_ms } => kept.keyed_logic(&name, session::SessionLogic::new(gap_ms, lateness, aggregate)),
         }
     }
 }
