@@ -89,7 +89,8 @@ fn main() {
         ("paystream, 1 worker, chk 200ms", 1, Some(200)),
     ];
     for (label, workers, interval_ms) in variants {
-        let checkpoint = interval_ms.map(|ms| CheckpointConfig { dir: checkpoints.clone(), interval: Duration::from_millis(ms), retain: 3 });
+        let checkpoint =
+            interval_ms.map(|ms| CheckpointConfig { dir: checkpoints.clone(), interval: Duration::from_millis(ms), retain: 3 });
         let options = RunOptions { workers, checkpoint, ..RunOptions::default() };
         let secs = median(
             (0..runs)

@@ -20,13 +20,17 @@
 //! | `late_every` | 0 | every N-th event is moved back a further `late_by_ms` (0: none) |
 //! | `late_by_ms` | 30000 | how far those events are moved back |
 //! | `auth_delay_ms` | 4000 | authorizations follow their payment by up to this much |
+//! | `unauthorized_every` | 0 | every N-th payment gets no authorization (its slot authorizes an unknown `xN`; 0: never) |
+//! | `card_testing_every` | 0 | every N-th block of 5 events is card testing: 4 small payments then a large one on one card |
+//! | `geo_every` | 0 | every N-th pair of events is one card paying from two countries |
+//! | `block_interval_ms` | 1000 | (blocked cards) event time between block/unblock events |
 
 use std::sync::Arc;
 
 use paystream_engine::source::Generator;
 use paystream_engine::{GenOptions, Generate, Result};
 
-use crate::payment::{Authorization, Payment, Status};
+use crate::payment::{Authorization, BlockedCard, Payment, Status};
 
 const COUNTRIES: [(&str, &str); 8] =
     [("US", "USD"), ("GB", "GBP"), ("DE", "EUR"), ("FR", "EUR"), ("NL", "EUR"), ("JP", "JPY"), ("BR", "BRL"), ("CA", "CAD")];
@@ -54,6 +58,10 @@ pub struct Shape {
     late_every: u64,
     late_by_ms: u64,
     auth_delay_ms: u64,
+    unauthorized_every: u64,
+    card_testing_every: u64,
+    geo_every: u64,
+    block_interval_ms: u64,
 }
 
 impl Shape {
@@ -71,6 +79,10 @@ impl Shape {
             late_every: o.get("late_every", 0)?,
             late_by_ms: o.get("late_by_ms", 30_000)?,
             auth_delay_ms: o.get("auth_delay_ms", 4_000)?,
+            unauthorized_every: o.get("unauthorized_every", 0)?,
+            card_testing_every: o.get("card_testing_every", 0)?,
+            geo_every: o.get("geo_every", 0)?,
+            block_interval_ms: o.get("block_interval_ms", 1_000)?,
         };
         let merchants: u64 = o.get("merchants", 1_000)?;
         let skew: f64 = o.get("skew", 1.0)?;
@@ -108,13 +120,36 @@ impl Shape {
 
     /// Payment `index`.
     pub fn payment(&self, index: u64) -> Payment {
+        let mut p = self.plain_payment(index);
+        let card_testing = self.card_testing_every > 0 && (index / 5) % self.card_testing_every == self.card_testing_every - 1;
+        let geo = self.geo_every > 0 && (index / 2) % self.geo_every == self.geo_every - 1;
+        if card_testing {
+            // Four small payments, then a large one, on one card.
+            let block = index / 5;
+            p.card_id = 1 + mix(self.seed ^ block.wrapping_mul(31)) % self.cards;
+            p.amount_cents =
+                if index % 5 < 4 { 100 + (self.random(index, 10) % 100) as i64 } else { 60_000 + (self.random(index, 10) % 40_000) as i64 };
+            p.status = Status::Approved;
+        } else if geo {
+            // The same card in two countries, a fraction of a second apart.
+            let pair = index / 2;
+            p.card_id = 1 + mix(self.seed ^ pair.wrapping_mul(37)) % self.cards;
+            let home = (mix(p.card_id ^ self.seed) % COUNTRIES.len() as u64) as usize;
+            let country = if index % 2 == 0 { home } else { (home + 1) % COUNTRIES.len() };
+            p.country = COUNTRIES[country].0.to_string();
+            p.currency = COUNTRIES[country].1.to_string();
+        }
+        p
+    }
+
+    fn plain_payment(&self, index: u64) -> Payment {
         let card_id = 1 + self.random(index, 2) % self.cards;
         let u = (self.random(index, 3) >> 11) as f64 / (1u64 << 53) as f64;
         let merchant_id = 1 + self.merchant_cdf.partition_point(|c| *c < u).min(self.merchant_cdf.len() - 1) as u64;
         let home = (mix(card_id ^ self.seed) % COUNTRIES.len() as u64) as usize;
         let r = self.random(index, 4);
-        // 3% of payments are made abroad.
-        let country = if r % 100 < 3 { (home + 1 + (r / 100) as usize % (COUNTRIES.len() - 1)) % COUNTRIES.len() } else { home };
+        // 3 payments in 1000 are made abroad.
+        let country = if r % 1000 < 3 { (home + 1 + (r / 100) as usize % (COUNTRIES.len() - 1)) % COUNTRIES.len() } else { home };
         let amount = self.random(index, 5);
         // Mostly everyday amounts, with a long tail of large ones.
         let amount_cents = 100 + (amount % 9_900) as i64 + if amount.is_multiple_of(50) { ((amount >> 16) % 500_000) as i64 } else { 0 };
@@ -138,12 +173,35 @@ impl Shape {
 
     /// The authorization of payment `index`, a little after it.
     pub fn authorization(&self, index: u64) -> Authorization {
+        let unauthorized = self.unauthorized_every > 0 && index % self.unauthorized_every == self.unauthorized_every - 1;
         let delay = self.random(index, 7) % (self.auth_delay_ms + 1);
         Authorization {
-            txn_id: format!("t{index}"),
+            // An unauthorized payment's slot carries an authorization of some other transaction.
+            txn_id: if unauthorized { format!("x{index}") } else { format!("t{index}") },
             ts_ms: self.payment_ts_ms(index) + delay,
             auth_code: format!("{:06}", self.random(index, 8) % 1_000_000),
         }
+    }
+}
+
+impl Shape {
+    /// Blocked-card event `index`: a card blocked every `block_interval_ms`; every 4th event
+    /// unblocks the card blocked two events before.
+    pub fn blocked_card(&self, index: u64) -> BlockedCard {
+        let card = |j: u64| 1 + self.random(j, 9) % self.cards;
+        let unblock = index % 4 == 3;
+        BlockedCard {
+            ts_ms: self.start_ms + index.saturating_mul(self.block_interval_ms),
+            card_id: if unblock { card(index - 2) } else { card(index) },
+            blocked: !unblock,
+        }
+    }
+}
+
+impl Generate for BlockedCard {
+    fn generator(options: &mut GenOptions) -> Result<Generator<Self>> {
+        let shape = Shape::from_options(options)?;
+        Ok(Generator { count: shape.count, partitions: shape.partitions, record: Arc::new(move |i| shape.blocked_card(i)) })
     }
 }
 

@@ -5,8 +5,12 @@
 //! * [`throughput`]: `throughput-windows`, per-merchant volume per 10 s window.
 //! * [`generate`]: `generate-payments`, sample input as CSV or JSON lines.
 //! * [`velocity`]: `card-velocity`, cards paying often within sliding windows.
+//! * [`auth_match`]: `auth-match`, payments joined with their authorizations.
+//! * [`fraud`]: `fraud-detection`, five fraud rules.
 //! * [`registry`]: every job, for the CLI.
 
+pub mod auth_match;
+pub mod fraud;
 pub mod generate;
 pub mod generator;
 pub mod payment;
@@ -14,5 +18,5 @@ pub mod registry;
 pub mod throughput;
 pub mod velocity;
 
-pub use payment::{Authorization, Payment, Status};
+pub use payment::{Authorization, BlockedCard, Payment, Status};
 pub use registry::all_jobs;

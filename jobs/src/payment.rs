@@ -3,6 +3,7 @@
 //! CSV columns, in order:
 //! * `Payment`: `ts_ms,txn_id,card_id,merchant_id,amount_cents,currency,country,status`
 //! * `Authorization`: `txn_id,ts_ms,auth_code`
+//! * `BlockedCard`: `ts_ms,card_id,blocked` (`true` or `false`)
 
 use paystream_engine::{csv_record, CsvField};
 use serde::{Deserialize, Serialize};
@@ -81,6 +82,19 @@ csv_record! {
         pub ts_ms: u64,
         /// The issuer's authorization code.
         pub auth_code: String,
+    }
+}
+
+csv_record! {
+    /// A change to the blocked-cards table: a card blocked or unblocked at an event time.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub struct BlockedCard {
+        /// When the change takes effect, ms since the Unix epoch.
+        pub ts_ms: u64,
+        /// The card.
+        pub card_id: u64,
+        /// `true`: blocked from now on; `false`: unblocked.
+        pub blocked: bool,
     }
 }
 

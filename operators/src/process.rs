@@ -77,12 +77,25 @@ impl<'scope, K: Key, V: Data> ProcessExt<'scope, K, V> for KeyedStream<'scope, K
     }
 }
 
-fn build<'scope, K: Key, V: Data, F: ProcessFunction<K, V>>(input: KeyedStream<'scope, K, V>, name: &str, function: F, ttl: Option<u64>) -> Stream<'scope, F::Out> {
+fn build<'scope, K: Key, V: Data, F: ProcessFunction<K, V>>(
+    input: KeyedStream<'scope, K, V>,
+    name: &str,
+    function: F,
+    ttl: Option<u64>,
+) -> Stream<'scope, F::Out> {
     let (kept, late) = input.divert(&format!("{name}:lateness"), |message_time, ts, _| ts < message_time);
     let _ = late.count_as(&format!("{name}:late"), &format!("late_dropped:{name}"));
     kept.keyed_logic(
         name,
-        ProcessLogic { function, ttl, states: HashMap::new(), last_seen: HashMap::new(), pending: BTreeMap::new(), timers: BTreeSet::new(), expiry: BTreeSet::new() },
+        ProcessLogic {
+            function,
+            ttl,
+            states: HashMap::new(),
+            last_seen: HashMap::new(),
+            pending: BTreeMap::new(),
+            timers: BTreeSet::new(),
+            expiry: BTreeSet::new(),
+        },
     )
 }
 
@@ -100,7 +113,13 @@ struct ProcessLogic<K, V, F: ProcessFunction<K, V>> {
 }
 
 impl<K: Key, V: Data, F: ProcessFunction<K, V>> ProcessLogic<K, V, F> {
-    fn call(&mut self, key: K, now_ms: u64, out: &mut Vec<(u64, F::Out)>, body: impl FnOnce(&F, &mut Context<'_, F::Out>, &K, &mut F::State)) {
+    fn call(
+        &mut self,
+        key: K,
+        now_ms: u64,
+        out: &mut Vec<(u64, F::Out)>,
+        body: impl FnOnce(&F, &mut Context<'_, F::Out>, &K, &mut F::State),
+    ) {
         let mut ctx = Context { out, timers: Vec::new(), now_ms, clear: false };
         let state = self.states.entry(key.clone()).or_default();
         body(&self.function, &mut ctx, &key, state);
@@ -220,7 +239,10 @@ impl<K: Key, V: Data, F: ProcessFunction<K, V>> ProcessLogic<K, V, F> {
 
 /// One key group's process state, as saved in checkpoints.
 #[derive(Serialize, Deserialize)]
-#[serde(bound(serialize = "K: Serialize, V: Serialize, S: Serialize", deserialize = "K: DeserializeOwned, V: DeserializeOwned, S: DeserializeOwned"))]
+#[serde(bound(
+    serialize = "K: Serialize, V: Serialize, S: Serialize",
+    deserialize = "K: DeserializeOwned, V: DeserializeOwned, S: DeserializeOwned"
+))]
 struct ProcessGroup<K, V, S> {
     states: Vec<(K, S, Option<u64>)>,
     pending: Vec<(u64, K, V)>,

@@ -210,7 +210,10 @@ impl<K: Key, A: Data, B: Data> KeyedLogic<K, Side<A, B>> for IntervalLogic<K, A,
 
 /// One key group's held records, as saved in checkpoints.
 #[derive(Serialize, Deserialize)]
-#[serde(bound(serialize = "K: Serialize, A: Serialize, B: Serialize", deserialize = "K: DeserializeOwned, A: DeserializeOwned, B: DeserializeOwned"))]
+#[serde(bound(
+    serialize = "K: Serialize, A: Serialize, B: Serialize",
+    deserialize = "K: DeserializeOwned, A: DeserializeOwned, B: DeserializeOwned"
+))]
 struct IntervalGroup<K, A, B> {
     left: Vec<(K, Vec<Held<A>>)>,
     right: Vec<(K, Vec<Held<B>>)>,

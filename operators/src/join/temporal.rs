@@ -46,10 +46,8 @@ impl<'scope, K: Key, A: Data, B: Data> TemporalJoin<'scope, K, A, B> {
         let late = move |message_time: u64, ts: u64, side: &Side<A, Option<B>>| {
             matches!(side, Side::Left(_)) && ts.saturating_add(retention) < message_time
         };
-        merge(name, self.left, self.table, late).keyed_logic(
-            name,
-            TemporalLogic { retention, rows: HashMap::new(), waiting: BTreeMap::new(), watermark: 0 },
-        )
+        merge(name, self.left, self.table, late)
+            .keyed_logic(name, TemporalLogic { retention, rows: HashMap::new(), waiting: BTreeMap::new(), watermark: 0 })
     }
 }
 
@@ -138,7 +136,10 @@ impl<K: Key, A: Data, B: Data> KeyedLogic<K, Side<A, Option<B>>> for TemporalLog
 
 /// One key group's table rows and waiting records, as saved in checkpoints.
 #[derive(Serialize, Deserialize)]
-#[serde(bound(serialize = "K: Serialize, A: Serialize, B: Serialize", deserialize = "K: DeserializeOwned, A: DeserializeOwned, B: DeserializeOwned"))]
+#[serde(bound(
+    serialize = "K: Serialize, A: Serialize, B: Serialize",
+    deserialize = "K: DeserializeOwned, A: DeserializeOwned, B: DeserializeOwned"
+))]
 struct TemporalGroup<K, A, B> {
     rows: Vec<(K, Vec<(u64, Option<B>)>)>,
     waiting: Vec<(u64, K, A)>,

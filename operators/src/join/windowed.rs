@@ -31,7 +31,8 @@ impl<'scope, K: Key, A: Data, B: Data> WindowJoin<'scope, K, A, B> {
             panic!("window join {name}: only tumbling and sliding windows can be joined");
         };
         let late = move |message_time: u64, ts: u64, _: &Side<A, B>| (ts - ts % slide_ms).saturating_add(size_ms) <= message_time;
-        merge(name, self.left, self.right, late).keyed_logic(name, WindowJoinLogic { size: size_ms, slide: slide_ms, open: BTreeMap::new() })
+        merge(name, self.left, self.right, late)
+            .keyed_logic(name, WindowJoinLogic { size: size_ms, slide: slide_ms, open: BTreeMap::new() })
     }
 }
 
@@ -76,7 +77,10 @@ impl<K: Key, A: Data, B: Data> KeyedLogic<K, Side<A, B>> for WindowJoinLogic<K, 
             for (key, (lefts, rights)) in entry.remove() {
                 for a in &lefts {
                     for b in &rights {
-                        out.push((end - 1, WindowJoined { start_ms: start, end_ms: end, key: key.clone(), left: a.clone(), right: b.clone() }));
+                        out.push((
+                            end - 1,
+                            WindowJoined { start_ms: start, end_ms: end, key: key.clone(), left: a.clone(), right: b.clone() },
+                        ));
                     }
                 }
             }
@@ -112,7 +116,10 @@ impl<K: Key, A: Data, B: Data> KeyedLogic<K, Side<A, B>> for WindowJoinLogic<K, 
 
 /// One key group's open windows, as saved in checkpoints.
 #[derive(Serialize, Deserialize)]
-#[serde(bound(serialize = "K: Serialize, A: Serialize, B: Serialize", deserialize = "K: DeserializeOwned, A: DeserializeOwned, B: DeserializeOwned"))]
+#[serde(bound(
+    serialize = "K: Serialize, A: Serialize, B: Serialize",
+    deserialize = "K: DeserializeOwned, A: DeserializeOwned, B: DeserializeOwned"
+))]
 struct WindowJoinGroup<K, A, B> {
     windows: Vec<(u64, K, Sides<A, B>)>,
 }
