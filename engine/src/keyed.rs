@@ -66,6 +66,10 @@ pub trait KeyedLogic<K, V>: 'static {
     }
 }
 
+/// Records of epochs after the current one, by epoch: their least message watermark, and the
+/// records as (message watermark, event time, key, value).
+type LaterEpochs<K, V> = BTreeMap<u64, (u64, Vec<(u64, u64, K, V)>)>;
+
 /// What a keyed operator's part of a checkpoint holds.
 type StatePart = Vec<(u64, Vec<u8>)>;
 
@@ -119,7 +123,7 @@ where
         let mut emitted: Vec<(u64, L::Out)> = Vec::new();
         // Records of epochs after `epoch`, by epoch: their least message watermark, and the
         // records as (message watermark, event time, key, value).
-        let mut later: BTreeMap<u64, (u64, Vec<(u64, u64, K, V)>)> = BTreeMap::new();
+        let mut later: LaterEpochs<K, V> = BTreeMap::new();
         let mut finished = false;
         move |(input, frontier), output| {
             if finished {
