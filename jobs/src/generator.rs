@@ -135,7 +135,7 @@ impl Shape {
             let pair = index / 2;
             p.card_id = 1 + mix(self.seed ^ pair.wrapping_mul(37)) % self.cards;
             let home = (mix(p.card_id ^ self.seed) % COUNTRIES.len() as u64) as usize;
-            let country = if index % 2 == 0 { home } else { (home + 1) % COUNTRIES.len() };
+            let country = if index.is_multiple_of(2) { home } else { (home + 1) % COUNTRIES.len() };
             p.country = COUNTRIES[country].0.to_string();
             p.currency = COUNTRIES[country].1.to_string();
         }

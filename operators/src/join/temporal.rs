@@ -51,10 +51,13 @@ impl<'scope, K: Key, A: Data, B: Data> TemporalJoin<'scope, K, A, B> {
     }
 }
 
+/// A key's table rows: (effective time, row or deletion), by effective time.
+type Versions<B> = Vec<(u64, Option<B>)>;
+
 struct TemporalLogic<K, A, B> {
     retention: u64,
     /// Each key's rows: (effective time, row or deletion), by effective time.
-    rows: HashMap<K, Vec<(u64, Option<B>)>>,
+    rows: HashMap<K, Versions<B>>,
     /// Left records waiting for the watermark to pass their event time.
     waiting: BTreeMap<u64, Vec<(K, A)>>,
     watermark: u64,
@@ -141,7 +144,7 @@ impl<K: Key, A: Data, B: Data> KeyedLogic<K, Side<A, Option<B>>> for TemporalLog
     deserialize = "K: DeserializeOwned, A: DeserializeOwned, B: DeserializeOwned"
 ))]
 struct TemporalGroup<K, A, B> {
-    rows: Vec<(K, Vec<(u64, Option<B>)>)>,
+    rows: Vec<(K, Versions<B>)>,
     waiting: Vec<(u64, K, A)>,
 }
 

@@ -37,6 +37,8 @@ impl<'scope, K: Key, A: Data, B: Data> WindowJoin<'scope, K, A, B> {
 }
 
 type Sides<A, B> = (Vec<A>, Vec<B>);
+/// One key's records in one window: (window end, key, sides).
+type OpenWindow<K, A, B> = (u64, K, Sides<A, B>);
 
 struct WindowJoinLogic<K, A, B> {
     size: u64,
@@ -96,7 +98,7 @@ impl<K: Key, A: Data, B: Data> KeyedLogic<K, Side<A, B>> for WindowJoinLogic<K, 
     }
 
     fn snapshot(&self) -> paystream_engine::Result<Vec<(u64, Vec<u8>)>> {
-        let mut groups: BTreeMap<u64, Vec<(u64, K, Sides<A, B>)>> = BTreeMap::new();
+        let mut groups: BTreeMap<u64, Vec<OpenWindow<K, A, B>>> = BTreeMap::new();
         for (end, keys) in &self.open {
             for (key, sides) in keys {
                 groups.entry(key_group(key)).or_default().push((*end, key.clone(), sides.clone()));
@@ -121,5 +123,5 @@ impl<K: Key, A: Data, B: Data> KeyedLogic<K, Side<A, B>> for WindowJoinLogic<K, 
     deserialize = "K: DeserializeOwned, A: DeserializeOwned, B: DeserializeOwned"
 ))]
 struct WindowJoinGroup<K, A, B> {
-    windows: Vec<(u64, K, Sides<A, B>)>,
+    windows: Vec<OpenWindow<K, A, B>>,
 }
