@@ -20,7 +20,8 @@ fn test_plan() -> RunPlan {
 /// Runs `build` on `workers` threads over `partitions` of records (partition `p` read by worker
 /// `p % workers`, in order, with the real source's watermark logic) and returns what the built
 /// stream emitted as `(event time, record)`, sorted by event time and then by the record's debug
-/// form (a canonical order, whatever the threads did), with this process's counters.
+/// form (a canonical order, whatever the threads did), with this process's counters and, at the
+/// end of the run, its gauges (`state:STEP`: state entries each stateful step still holds).
 pub fn run_partitions<T, U, F>(
     workers: usize,
     partitions: Vec<Vec<T>>,
@@ -64,7 +65,9 @@ where
     let mut results = std::mem::take(&mut *collected.lock().unwrap());
     // A canonical order that needs no `Ord` on the records: event time, then the debug form.
     results.sort_by_cached_key(|(ts, x)| (*ts, format!("{x:?}")));
-    (results, metrics.counters())
+    let mut counters = metrics.counters();
+    counters.extend(metrics.gauges());
+    (results, counters)
 }
 
 /// Runs `build` on one worker over `records` given as `(event time, record)`, in order and with no
