@@ -238,9 +238,11 @@ impl<'scope, K: Key, V: Data> WindowedStream<'scope, K, V> {
         K: Key,
     {
         let (windows, lateness, name) = (self.windows, self.lateness_ms, self.name);
-        let (kept, late) = self
-            .input
-            .divert(&format!("{name}:lateness"), move |message_time, ts, _| windows.last_end(ts).saturating_add(lateness) <= message_time);
+        let (kept, late) = self.input.divert(&format!("{name}:lateness"), move |message_time, ts, _| {
+            // Only a record behind its partition's watermark travels above its event time; an on-time
+            // one travels at the worker's watermark, which depends on timing, and is never late.
+            ts < message_time && windows.last_end(ts).saturating_add(lateness) <= message_time
+        });
         match self.late_sink {
             Some(write_late) => {
                 let late = late.count_as(&format!("{name}:late"), &format!("late_side_output:{name}"));

@@ -111,6 +111,22 @@ impl<K: Key, V: Data, A: Aggregate<V>> SessionLogic<K, V, A> {
         }
     }
 
+    /// Frees the sessions whose end plus the allowed lateness is at or below `time`.
+    fn expire(&mut self, time: u64) {
+        while let Some((end, key)) = self.all.first().cloned() {
+            if end.saturating_add(self.lateness) > time {
+                break;
+            }
+            self.all.remove(&(end, key.clone()));
+            if let Some(list) = self.sessions.get_mut(&key) {
+                list.retain(|s| s.end != end);
+                if list.is_empty() {
+                    self.sessions.remove(&key);
+                }
+            }
+        }
+    }
+
     /// Sessions held plus records waiting: the state-size metric.
     pub(crate) fn state_len(&self) -> usize {
         self.all.len() + self.waiting.values().map(Vec::len).sum::<usize>()
@@ -130,23 +146,17 @@ impl<K: Key, V: Data, A: Aggregate<V>> KeyedLogic<K, V> for SessionLogic<K, V, A
             let apply = self.waiting.first_key_value().map(|(t, _)| *t).filter(|t| *t < watermark);
             match (fire, apply) {
                 (Some((end, key)), Some(time)) if end <= time => self.fire(end, key, out),
-                (_, Some(time)) => self.apply(time, out),
+                (_, Some(time)) => {
+                    // Records that travelled at `time` must not meet sessions expired by then,
+                    // whether or not a watermark step has freed them yet.
+                    self.expire(time);
+                    self.apply(time, out)
+                }
                 (Some((end, key)), None) => self.fire(end, key, out),
                 (None, None) => break,
             }
         }
-        while let Some((end, key)) = self.all.first().cloned() {
-            if end.saturating_add(self.lateness) > watermark {
-                break;
-            }
-            self.all.remove(&(end, key.clone()));
-            if let Some(list) = self.sessions.get_mut(&key) {
-                list.retain(|s| s.end != end);
-                if list.is_empty() {
-                    self.sessions.remove(&key);
-                }
-            }
-        }
+        self.expire(watermark);
     }
 
     fn next_emit_time(&self) -> Option<u64> {
