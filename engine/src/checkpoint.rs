@@ -442,14 +442,23 @@ impl Coordinator {
     }
 }
 
-/// Removes every checkpoint (not savepoints) under `dir`, after a job finished.
+/// Removes every checkpoint (not savepoints) under `dir`, after a job finished. Every manifest
+/// goes first, so a kill midway leaves only incomplete checkpoints (which a fresh run clears),
+/// never a complete-looking one with missing parts.
 pub fn discard_checkpoints(dir: &Path) {
-    if let Ok(entries) = fs::read_dir(dir) {
-        for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
-            if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("chk-")) {
-                fs::remove_dir_all(&path).ok();
-            }
-        }
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    let checkpoints: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("chk-")))
+        .collect();
+    for path in &checkpoints {
+        fs::remove_file(path.join(MANIFEST)).ok();
+    }
+    if let Ok(d) = File::open(dir) {
+        d.sync_all().ok();
+    }
+    for path in &checkpoints {
+        fs::remove_dir_all(path).ok();
     }
 }
 

@@ -201,6 +201,8 @@ fn prepare_checkpoint_dir(config: &CheckpointConfig, restore: Option<&Restore>, 
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
         if let Some(epoch) = name.strip_prefix("chk-").and_then(|e| e.parse::<u64>().ok()) {
             match restore {
+                // An incomplete checkpoint (no MANIFEST) cannot be restored: a fresh run clears it.
+                None if !path.join("MANIFEST").is_file() => later.push(path),
                 None => bail!(
                     "checkpoint directory {} already holds checkpoints of an earlier run; resume it with --restore latest, \
                      or use an empty directory",
@@ -289,6 +291,14 @@ pub fn run_prepared(prepared: Prepared) -> Result<Summary> {
         _ => None,
     };
 
+    let sink_parts: Vec<std::path::PathBuf> = plan
+        .sinks
+        .values()
+        .filter_map(|uri| match uri {
+            SinkUri::File(path, _) => Some(crate::sink::parts_dir(path)),
+            SinkUri::Stdout => None,
+        })
+        .collect();
     let worker_metrics = metrics.clone();
     let checkpoint = options.checkpoint.clone();
     let guards = timely::execute(config, move |worker| {
@@ -322,6 +332,13 @@ pub fn run_prepared(prepared: Prepared) -> Result<Summary> {
     if let (Some(c), true) = (&options.checkpoint, is_first_process) {
         // A finished job's checkpoints are of no more use (as in Flink); savepoints stay.
         crate::checkpoint::discard_checkpoints(&c.dir);
+        // Only now, with no checkpoint left to restore, may the sinks' per-epoch parts go: until
+        // then a restore needs them to rebuild the output.
+        for dir in &sink_parts {
+            if dir.exists() {
+                std::fs::remove_dir_all(dir).ok();
+            }
+        }
     }
     Ok(Summary { events_read: metrics.events_read(), elapsed: start.elapsed(), counters: metrics.counters(), gauges: metrics.gauges() })
 }

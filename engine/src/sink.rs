@@ -15,7 +15,8 @@
 //!   `epoch-K.csv` (published) only once checkpoint `k` is complete. A restore publishes staged
 //!   epochs up to the checkpoint and deletes later ones, so the published parts always equal what a
 //!   run that never failed produced for those epochs. When the job finishes, the parts are joined
-//!   into `PATH` (header first) and the directory is removed. Within the file, lines are ordered by
+//!   into `PATH` (header first); the directory is removed with the checkpoints once the job
+//!   has finished. Within the file, lines are ordered by
 //!   epoch, so their order (not their content) depends on when checkpoints happened.
 //! * `stdout:` prints as it goes: with checkpoints, output after the last checkpoint may be printed
 //!   again after a restore (at-least-once).
@@ -190,9 +191,8 @@ impl StagedFile {
         let file = out.into_inner().map_err(|e| anyhow::anyhow!("cannot write {}: {e}", staging.display()))?;
         file.sync_all()?;
         fs::rename(&staging, &self.path)?;
-        if self.dir.exists() {
-            fs::remove_dir_all(&self.dir).ok();
-        }
+        // The parts stay until the job has finished and its checkpoints are gone (see
+        // runtime::run_prepared): a crash before then restores from a checkpoint that needs them.
         Ok(())
     }
 }

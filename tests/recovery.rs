@@ -1,0 +1,843 @@
+//! End-to-end crash tests of checkpoints and restores: exactly-once output after `kill -9`.
+//!
+//! Every test drives the real `paystream` binary as separate processes in its own temporary
+//! directory. The invariant: a run with checkpoints that is killed (SIGKILL, or an abort injected
+//! with `PAYSTREAM_CRASH_AT` in the middle of a checkpoint write) at any moment, then restored with
+//! `--restore latest` and run to the end, leaves output files (every sink: the main one,
+//! `late_payments`, `dead_letters`) whose sorted lines equal those of a run that never crashed (the
+//! reference: one run without checkpoints).
+//!
+//! Kill times are drawn from a seeded RNG; the seed is printed and `PAYSTREAM_RECOVERY_SEED=N`
+//! replays another one.
+
+#![cfg(unix)]
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How long any one run may take before the test kills it and fails instead of hanging.
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The default seed of the kill times.
+const SEED: u64 = 0x5eed_c0de_2026;
+
+/// Time between checkpoints in every checkpointed run.
+const INTERVAL: &str = "100ms";
+
+/// The environment variable of fault injection (see engine/src/faults.rs).
+const CRASH_AT: &str = "PAYSTREAM_CRASH_AT";
+
+/// Payments for `throughput-windows` and `card-velocity`: an uninterrupted checkpointed debug run
+/// of each takes about 2-4 s on a 2-core machine (more when it is busy), with 7 to 15 checkpoints.
+const THROUGHPUT_EVENTS: u64 = 300_000;
+const VELOCITY_EVENTS: u64 = 350_000;
+
+/// The signal of `std::process::abort`, which fault injection calls.
+const SIGABRT: i32 = 6;
+
+// ---------------------------------------------------------------------------------------------
+// Temporary directories.
+
+/// A fresh directory under the system temp dir, removed when the test passes (kept for a look
+/// when it fails).
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("paystream-recovery-{tag}-{}-{nanos}-{n}", std::process::id()));
+        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+        TempDir(path)
+    }
+
+    fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("test files kept in {}", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running the binary: every wait has a timeout, and a child still running when its handle is
+// dropped (a failing test) is killed.
+
+/// What a finished (or killed) run left behind.
+#[derive(Debug)]
+struct Outcome {
+    label: String,
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+    elapsed: Duration,
+}
+
+impl Outcome {
+    fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+
+    fn describe(&self) -> String {
+        format!("{} ({}, after {:?})\nstdout:\n{}\nstderr:\n{}", self.label, self.status, self.elapsed, self.stdout, self.stderr)
+    }
+
+    fn assert_success(&self) -> &Self {
+        assert_eq!(self.code(), Some(0), "expected exit code 0: {}", self.describe());
+        self
+    }
+
+    fn assert_code(&self, code: i32) -> &Self {
+        assert_eq!(self.code(), Some(code), "expected exit code {code}: {}", self.describe());
+        self
+    }
+
+    /// The run aborted at the injected crash point `point`.
+    fn assert_injected_crash(&self, point: &str) -> &Self {
+        assert!(
+            self.status.signal() == Some(SIGABRT) && self.stderr.contains(&format!("crash injected at {point}")),
+            "expected an abort injected at {point}: {}",
+            self.describe()
+        );
+        self
+    }
+}
+
+/// How a run with a kill point ended.
+enum KillResult {
+    /// It was killed with SIGKILL.
+    Killed(Outcome),
+    /// It ended on its own before the kill point.
+    Exited(Outcome),
+}
+
+struct Running {
+    label: String,
+    child: Child,
+    stdout: Option<JoinHandle<Vec<u8>>>,
+    stderr: Option<JoinHandle<Vec<u8>>>,
+    started: Instant,
+}
+
+fn drain<R: Read + Send + 'static>(mut pipe: R) -> JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = pipe.read_to_end(&mut buf);
+        buf
+    })
+}
+
+/// Starts `paystream ARGS` in `cwd`, with `PAYSTREAM_CRASH_AT=crash` when given (and never
+/// inheriting it otherwise).
+fn spawn(label: &str, args: &[String], cwd: &Path, crash: Option<&str>) -> Running {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_paystream"));
+    command.args(args).current_dir(cwd).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).env_remove(CRASH_AT);
+    if let Some(spec) = crash {
+        command.env(CRASH_AT, spec);
+    }
+    let mut child = command.spawn().unwrap_or_else(|e| panic!("{label}: cannot start paystream: {e}"));
+    let stdout = Some(drain(child.stdout.take().expect("piped stdout")));
+    let stderr = Some(drain(child.stderr.take().expect("piped stderr")));
+    Running { label: label.to_string(), child, stdout, stderr, started: Instant::now() }
+}
+
+impl Running {
+    fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().unwrap_or_else(|e| panic!("{}: cannot wait: {e}", self.label))
+    }
+
+    fn collect(mut self, status: ExitStatus) -> Outcome {
+        let elapsed = self.started.elapsed();
+        let text =
+            |h: Option<JoinHandle<Vec<u8>>>| String::from_utf8_lossy(&h.and_then(|h| h.join().ok()).unwrap_or_default()).into_owned();
+        let stdout = text(self.stdout.take());
+        let stderr = text(self.stderr.take());
+        Outcome { label: std::mem::take(&mut self.label), status, stdout, stderr, elapsed }
+    }
+
+    fn kill(mut self) -> Outcome {
+        let _ = self.child.kill();
+        let status = self.child.wait().unwrap_or_else(|e| panic!("{}: cannot wait: {e}", self.label));
+        self.collect(status)
+    }
+
+    fn fail_timeout(self) -> ! {
+        let outcome = self.kill();
+        panic!("{} did not finish within {TIMEOUT:?} and was killed: {}", outcome.label, outcome.describe());
+    }
+
+    /// Waits for the run to end (or fails after [`TIMEOUT`]).
+    fn wait(mut self) -> Outcome {
+        loop {
+            if let Some(status) = self.try_wait() {
+                return self.collect(status);
+            }
+            if self.started.elapsed() > TIMEOUT {
+                self.fail_timeout();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Kills the run `delay` after it started, unless it ended before.
+    fn kill_after(self, delay: Duration) -> KillResult {
+        let deadline = self.started + delay;
+        self.kill_when(|| Instant::now() >= deadline)
+    }
+
+    /// Kills the run as soon as `condition` holds (polled every few ms), unless it ended before.
+    fn kill_when(mut self, mut condition: impl FnMut() -> bool) -> KillResult {
+        loop {
+            if let Some(status) = self.try_wait() {
+                return KillResult::Exited(self.collect(status));
+            }
+            if condition() {
+                return KillResult::Killed(self.kill());
+            }
+            if self.started.elapsed() > TIMEOUT {
+                self.fail_timeout();
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn run(label: &str, args: &[String], cwd: &Path) -> Outcome {
+    spawn(label, args, cwd, None).wait()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checkpoint directories, looked at from outside.
+
+/// The epoch of a `chk-NNNNNNNNNN` directory name.
+fn chk_epoch(path: &Path) -> Option<u64> {
+    path.file_name()?.to_str()?.strip_prefix("chk-")?.parse().ok()
+}
+
+/// Complete checkpoints (`chk-*` with a MANIFEST) under `dir`, oldest first.
+fn complete_checkpoints(dir: &Path) -> Vec<(u64, PathBuf)> {
+    let mut found: Vec<(u64, PathBuf)> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter_map(|p| chk_epoch(&p).map(|epoch| (epoch, p)))
+            .filter(|(_, p)| p.join("MANIFEST").is_file())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    found.sort();
+    found
+}
+
+fn newest_complete(dir: &Path) -> Option<(u64, PathBuf)> {
+    complete_checkpoints(dir).pop()
+}
+
+/// Replaces a file's content with a new file (not in place: parts may be hard links shared with
+/// other checkpoints, which must stay intact).
+fn replace_file(path: &Path, bytes: &[u8]) {
+    std::fs::remove_file(path).unwrap_or_else(|e| panic!("cannot remove {}: {e}", path.display()));
+    std::fs::write(path, bytes).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+}
+
+fn read_bytes(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("cannot create {}: {e}", to.display()));
+    for entry in std::fs::read_dir(from).unwrap_or_else(|e| panic!("cannot read {}: {e}", from.display())) {
+        let path = entry.expect("directory entry").path();
+        if path.is_file() {
+            let target = to.join(path.file_name().expect("file name"));
+            std::fs::copy(&path, &target).unwrap_or_else(|e| panic!("cannot copy {} to {}: {e}", path.display(), target.display()));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Jobs, their arguments and their output.
+
+/// A job run: which job, on which input, with which parameters.
+#[derive(Clone, Debug)]
+struct JobRun {
+    job: &'static str,
+    /// The job's main sink; the others (`late_payments`, `dead_letters`) go beside it.
+    main_sink: &'static str,
+    /// `payments=gen:...`
+    source: String,
+    params: Vec<String>,
+}
+
+impl JobRun {
+    /// `throughput-windows` over `count` generated payments, with late ones.
+    fn throughput(count: u64) -> JobRun {
+        JobRun {
+            job: "throughput-windows",
+            main_sink: "windows",
+            source: format!("payments=gen:count={count},late_every=97,late_by_ms=25000"),
+            params: Vec::new(),
+        }
+    }
+
+    /// `card-velocity` over fewer cards (so windows reach the threshold) with late payments late
+    /// enough to miss every sliding window that covers them (60 s windows).
+    fn velocity() -> JobRun {
+        JobRun {
+            job: "card-velocity",
+            main_sink: "alerts",
+            source: format!("payments=gen:count={VELOCITY_EVENTS},cards=2000,late_every=97,late_by_ms=70000"),
+            params: vec!["min_count=4".into()],
+        }
+    }
+
+    fn sinks(&self) -> [&'static str; 3] {
+        [self.main_sink, "late_payments", "dead_letters"]
+    }
+
+    /// `run JOB` writing every sink under `out`, plus `extra`.
+    fn args(&self, out: &Path, extra: &[String]) -> Vec<String> {
+        let mut args = vec![
+            "run".to_string(),
+            self.job.to_string(),
+            "--quiet".into(),
+            "--source".into(),
+            self.source.clone(),
+            "--sink".into(),
+            format!("{}=file:{}", self.main_sink, out.join(format!("{}.csv", self.main_sink)).display()),
+        ];
+        for p in &self.params {
+            args.push("--set".into());
+            args.push(p.clone());
+        }
+        args.extend(extra.iter().cloned());
+        args
+    }
+
+    /// A checkpointed run into `chk`, plus `extra`.
+    fn checkpointed(&self, out: &Path, chk: &Path, extra: &[String]) -> Vec<String> {
+        let mut more = vec!["--checkpoint-dir".to_string(), chk.display().to_string(), "--checkpoint-interval".into(), INTERVAL.into()];
+        more.extend(extra.iter().cloned());
+        self.args(out, &more)
+    }
+
+    /// A restore of the newest checkpoint in `chk`, plus `extra`.
+    fn restoring(&self, out: &Path, chk: &Path, extra: &[String]) -> Vec<String> {
+        let mut more = vec!["--restore".to_string(), "latest".into()];
+        more.extend(extra.iter().cloned());
+        self.checkpointed(out, chk, &more)
+    }
+
+    /// The sorted lines of every sink file under `out`; also checks that no staging leftovers
+    /// (`.parts` directories, `.inprogress` files) remain after a finished run.
+    fn outputs(&self, out: &Path) -> Outputs {
+        let mut outputs = BTreeMap::new();
+        for sink in self.sinks() {
+            let path = out.join(format!("{sink}.csv"));
+            let mut lines: Vec<String> = read(&path).lines().map(String::from).collect();
+            lines.sort_unstable();
+            outputs.insert(sink.to_string(), lines);
+        }
+        let leftovers: Vec<String> = std::fs::read_dir(out)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", out.display()))
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".parts") || n.ends_with(".inprogress"))
+            .collect();
+        assert!(leftovers.is_empty(), "a finished run left staging files in {}: {leftovers:?}", out.display());
+        outputs
+    }
+
+    /// The output of a run that never crashed (one run without checkpoints), computed once per
+    /// job run for all tests of this file.
+    fn reference(&self) -> Arc<Outputs> {
+        /// One cell per job run, filled by the first test that needs it.
+        type Cell = Arc<OnceLock<Arc<Outputs>>>;
+        static REFERENCES: OnceLock<Mutex<BTreeMap<String, Cell>>> = OnceLock::new();
+        let key = format!("{} {} {:?}", self.job, self.source, self.params);
+        let cell = REFERENCES.get_or_init(Default::default).lock().expect("references lock").entry(key).or_default().clone();
+        cell.get_or_init(|| {
+            let dir = TempDir::new("reference");
+            let out = dir.join("out");
+            run(&format!("{} reference run", self.job), &self.args(&out, &[]), &dir.0).assert_success();
+            let outputs = self.outputs(&out);
+            assert!(outputs[self.main_sink].len() > 100, "the reference run of {} wrote too little: {outputs:?}", self.job);
+            assert!(outputs["late_payments"].len() > 10, "the reference run of {} has too few late payments", self.job);
+            Arc::new(outputs)
+        })
+        .clone()
+    }
+}
+
+/// Each sink's lines, sorted.
+type Outputs = BTreeMap<String, Vec<String>>;
+
+/// Fails unless `actual` equals `expected`, naming missing and duplicated lines.
+fn assert_same_output(label: &str, expected: &Outputs, actual: &Outputs) {
+    let mut problems = String::new();
+    for (sink, want) in expected {
+        let got = actual.get(sink).map(Vec::as_slice).unwrap_or_default();
+        if got == want.as_slice() {
+            continue;
+        }
+        let mut counts: BTreeMap<&str, i64> = BTreeMap::new();
+        for line in want {
+            *counts.entry(line).or_default() += 1;
+        }
+        for line in got {
+            *counts.entry(line).or_default() -= 1;
+        }
+        let missing: Vec<&str> = counts.iter().filter(|(_, n)| **n > 0).map(|(l, _)| *l).collect();
+        let extra: Vec<&str> = counts.iter().filter(|(_, n)| **n < 0).map(|(l, _)| *l).collect();
+        problems.push_str(&format!(
+            "\n  {sink}: {} lines, expected {}; {} lines lost (first: {:?}), {} extra or duplicated (first: {:?})",
+            got.len(),
+            want.len(),
+            missing.len(),
+            &missing[..missing.len().min(5)],
+            extra.len(),
+            &extra[..extra.len().min(5)]
+        ));
+    }
+    assert!(problems.is_empty(), "{label}: output differs from the run that never crashed:{problems}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Seeded kill times.
+
+/// SplitMix64: small, seeded, good enough to spread kill points.
+struct Rng(u64);
+
+impl Rng {
+    /// The RNG of one test: the seed (printed; `PAYSTREAM_RECOVERY_SEED` overrides it) mixed with
+    /// the test's name, so tests do not depend on each other's order.
+    fn for_test(test: &str) -> Rng {
+        let seed = std::env::var("PAYSTREAM_RECOVERY_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(SEED);
+        eprintln!("{test}: seed {seed} (replay another with PAYSTREAM_RECOVERY_SEED=N)");
+        let mut rng = Rng(seed);
+        for b in test.bytes() {
+            rng.0 = rng.0.rotate_left(8) ^ u64::from(b);
+            rng.next();
+        }
+        rng
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A uniform fraction in `[low, high)`.
+    fn fraction(&mut self, low: f64, high: f64) -> f64 {
+        low + (high - low) * ((self.next() >> 11) as f64 / (1u64 << 53) as f64)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Crash, recover, compare.
+
+/// One way to crash a run.
+#[derive(Clone, Debug)]
+enum Crash {
+    /// SIGKILL this long after the start.
+    KillAfter(Duration),
+    /// `PAYSTREAM_CRASH_AT=SPEC`: abort at the N-th time a point is reached.
+    Inject(&'static str),
+}
+
+/// Runs `args` to the end, or crashes it as `crash` says. Returns whether it crashed, and the
+/// outcome (a run that did not crash is left to the caller to judge).
+fn run_with_crash(label: &str, args: &[String], cwd: &Path, crash: Option<&Crash>) -> (bool, Outcome) {
+    match crash {
+        None => (false, run(label, args, cwd)),
+        Some(Crash::KillAfter(delay)) => match spawn(label, args, cwd, None).kill_after(*delay) {
+            KillResult::Killed(outcome) => {
+                eprintln!("{label}: killed after {:?}", outcome.elapsed);
+                (true, outcome)
+            }
+            KillResult::Exited(outcome) => {
+                eprintln!("{label}: ended after {:?}, before the kill at {delay:?}", outcome.elapsed);
+                (false, outcome)
+            }
+        },
+        Some(Crash::Inject(spec)) => {
+            let outcome = spawn(label, args, cwd, Some(spec)).wait();
+            let crashed = outcome.status.signal() == Some(SIGABRT);
+            if crashed {
+                outcome.assert_injected_crash(spec.rsplit_once(':').map_or(spec, |(p, _)| p));
+                eprintln!("{label}: aborted at {spec} after {:?}", outcome.elapsed);
+            } else {
+                eprintln!("{label}: ended after {:?} without reaching {spec}", outcome.elapsed);
+            }
+            (crashed, outcome)
+        }
+    }
+}
+
+/// Recovers a crashed run: `--restore latest` to the end, or crashed again as `crash` says.
+/// When the program answers that there is nothing to restore (the run died before its first
+/// checkpoint completed, or after it had discarded its checkpoints), it starts afresh without
+/// --restore, as the message says. Returns whether the recovery crashed, and its last outcome.
+fn recover(label: &str, job: &JobRun, dirs: (&Path, &Path), cwd: &Path, extra: &[String], crash: Option<&Crash>) -> (bool, Outcome) {
+    let (out, chk) = dirs;
+    let (crashed, outcome) = run_with_crash(label, &job.restoring(out, chk, extra), cwd, crash);
+    if crashed {
+        return (true, outcome);
+    }
+    if outcome.code() == Some(2) && outcome.stderr.contains("nothing to restore") {
+        eprintln!("{label}: nothing to restore: starting afresh");
+        let (crashed, fresh) = run_with_crash(&format!("{label} (afresh)"), &job.checkpointed(out, chk, extra), cwd, crash);
+        if !crashed {
+            fresh.assert_success();
+        }
+        return (crashed, fresh);
+    }
+    outcome.assert_success();
+    (false, outcome)
+}
+
+/// A crash scenario: the first crash, and optionally a second one during the recovery.
+#[derive(Clone, Debug)]
+struct Scenario {
+    first: Crash,
+    second: Option<Crash>,
+}
+
+/// Runs `scenario` in a fresh directory under `dir`, recovers, and compares with `reference`.
+fn crash_and_recover(job: &JobRun, dir: &TempDir, name: &str, scenario: &Scenario, reference: &Outputs) {
+    let mut first = scenario.first.clone();
+    for attempt in 0..4 {
+        let case = dir.join(&format!("{name}-try{attempt}"));
+        let (out, chk) = (case.join("out"), case.join("chk"));
+        std::fs::create_dir_all(&case).expect("case directory");
+        let label = format!("{} {name}", job.job);
+        let (crashed, outcome) = run_with_crash(&format!("{label} ({first:?})"), &job.checkpointed(&out, &chk, &[]), &case, Some(&first));
+        if !crashed {
+            outcome.assert_success();
+            match first {
+                // It ended before the kill: try again, killing earlier.
+                Crash::KillAfter(d) => first = Crash::KillAfter(d / 2),
+                Crash::Inject(spec) => panic!("{label}: the run never reached the crash point {spec}: {}", outcome.describe()),
+            }
+            continue;
+        }
+        let second = scenario.second.as_ref();
+        let (crashed, _) = recover(&format!("{label} restore ({second:?})"), job, (&out, &chk), &case, &[], second);
+        if crashed {
+            recover(&format!("{label} second restore"), job, (&out, &chk), &case, &[], None);
+        }
+        assert_same_output(&label, reference, &job.outputs(&out));
+        assert!(complete_checkpoints(&chk).is_empty(), "{label}: a finished job leaves no checkpoints in {}", chk.display());
+        return;
+    }
+    panic!("{} {name}: every run ended before its kill point: the job is too small to be killed mid-run", job.job);
+}
+
+/// Measures an uninterrupted checkpointed run (whose output must also equal the reference), then
+/// crashes and recovers runs at `timed` random moments (one in each of `timed` equal slices of the
+/// run, so they spread from the start to the end; every `second_crash_every`-th one is killed again
+/// at a random moment of its recovery) and at the `injected` fault points.
+fn kill_9_suite(test: &str, job: &JobRun, timed: usize, second_crash_every: usize, injected: &[Scenario]) {
+    let mut rng = Rng::for_test(test);
+    let reference = job.reference();
+    let dir = TempDir::new(test);
+    let (out, chk) = (dir.join("uninterrupted/out"), dir.join("uninterrupted/chk"));
+    let full = run(&format!("{} uninterrupted", job.job), &job.checkpointed(&out, &chk, &[]), &dir.0);
+    full.assert_success();
+    assert_same_output(&format!("{} uninterrupted checkpointed run", job.job), &reference, &job.outputs(&out));
+    let duration = full.elapsed;
+    eprintln!("{test}: an uninterrupted checkpointed run takes {duration:?}");
+
+    let mut scenarios: Vec<(String, Scenario)> = Vec::new();
+    let slice = 0.9 / timed as f64;
+    for i in 0..timed {
+        let low = 0.05 + slice * i as f64;
+        let f = rng.fraction(low, low + slice);
+        let first = Crash::KillAfter(duration.mul_f64(f));
+        let second = (i % second_crash_every == second_crash_every - 1)
+            .then(|| Crash::KillAfter(duration.mul_f64((1.0 - f) * rng.fraction(0.05, 0.9))));
+        scenarios.push((format!("kill{i}"), Scenario { first, second }));
+    }
+    for (i, s) in injected.iter().enumerate() {
+        scenarios.push((format!("inject{i}"), s.clone()));
+    }
+    for (name, scenario) in &scenarios {
+        eprintln!("{test}: {name}: {scenario:?}");
+    }
+    // Every scenario runs, and the test reports all that failed.
+    let mut failures = Vec::new();
+    for (name, scenario) in &scenarios {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| crash_and_recover(job, &dir, name, scenario, &reference)));
+        if let Err(panic) = result {
+            let message = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
+            let message = message.unwrap_or_default();
+            let short: String = message.chars().take(700).collect();
+            failures.push(format!("{name} {scenario:?}:\n{short}"));
+        }
+    }
+    assert!(failures.is_empty(), "{test}: {} of {} scenarios failed:\n\n{}", failures.len(), scenarios.len(), failures.join("\n\n"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tests.
+
+#[test]
+fn throughput_windows_survives_kill_9() {
+    let inject = |first, second| Scenario { first: Crash::Inject(first), second };
+    kill_9_suite(
+        "throughput_windows_survives_kill_9",
+        &JobRun::throughput(THROUGHPUT_EVENTS),
+        5,
+        2,
+        &[
+            inject("part:before-write:7", None),
+            inject("manifest:before-write:3", Some(Crash::Inject("part:before-write:12"))),
+            inject("sink:before-stage:4", None),
+        ],
+    );
+}
+
+#[test]
+fn card_velocity_survives_kill_9() {
+    let inject = |first, second| Scenario { first: Crash::Inject(first), second };
+    kill_9_suite(
+        "card_velocity_survives_kill_9",
+        &JobRun::velocity(),
+        5,
+        2,
+        &[
+            inject("manifest:after-write:3", None),
+            inject("sink:before-publish:4", Some(Crash::Inject("manifest:after-write:2"))),
+            inject("part:before-write:9", Some(Crash::Inject("sink:before-publish:3"))),
+        ],
+    );
+}
+
+/// A crash before the first checkpoint completes leaves nothing to restore: the documented way on
+/// (`--restore latest`, and when it says there is nothing to restore, a run without --restore)
+/// must still produce the output of a run that never crashed.
+#[test]
+fn crash_before_first_checkpoint_starts_afresh() {
+    let job = JobRun::throughput(THROUGHPUT_EVENTS);
+    let reference = job.reference();
+    let dir = TempDir::new("early");
+    let scenario = Scenario { first: Crash::Inject("part:before-write:1"), second: None };
+    crash_and_recover(&job, &dir, "first-part", &scenario, &reference);
+}
+
+/// The end of a run: a file sink has joined its parts into its output file once its input ended,
+/// but the process has not exited yet (the last checkpoints are still being completed, then
+/// discarded). A kill there must not lose the output of the epochs the restore does not replay.
+#[test]
+fn kill_after_a_sink_finished() {
+    let job = JobRun::throughput(THROUGHPUT_EVENTS);
+    let reference = job.reference();
+    let dir = TempDir::new("sink-finished");
+    let mut caught = 0;
+    for attempt in 0..5 {
+        let case = dir.join(&format!("try{attempt}"));
+        let (out, chk) = (case.join("out"), case.join("chk"));
+        std::fs::create_dir_all(&case).expect("case directory");
+        let label = format!("kill once a sink finished, try {attempt}");
+        let finished = || job.sinks().iter().any(|s| out.join(format!("{s}.csv")).is_file());
+        match spawn(&label, &job.checkpointed(&out, &chk, &[]), &case, None).kill_when(finished) {
+            KillResult::Killed(o) => {
+                let done: Vec<&str> = job.sinks().into_iter().filter(|s| out.join(format!("{s}.csv")).is_file()).collect();
+                eprintln!("{label}: killed after {:?}, with {done:?} finished and checkpoints {:?}", o.elapsed, complete_checkpoints(&chk));
+                if complete_checkpoints(&chk).is_empty() {
+                    continue;
+                }
+                caught += 1;
+            }
+            KillResult::Exited(o) => {
+                o.assert_success();
+                eprintln!("{label}: ended before the kill");
+                continue;
+            }
+        }
+        recover(&format!("{label}: restore"), &job, (&out, &chk), &case, &[], None);
+        assert_same_output(&label, &reference, &job.outputs(&out));
+        if caught == 2 {
+            break;
+        }
+    }
+    assert!(caught > 0, "no run could be killed between a sink finishing and the job exiting");
+}
+
+/// Kills the run when a checkpoint of epoch `epoch` or later is complete; fails if it ends first.
+fn kill_at_checkpoint(label: &str, args: &[String], cwd: &Path, chk: &Path, epoch: u64) -> Outcome {
+    match spawn(label, args, cwd, None).kill_when(|| newest_complete(chk).is_some_and(|(e, _)| e >= epoch)) {
+        KillResult::Killed(o) => o,
+        KillResult::Exited(o) => panic!("{label}: ended before checkpoint {epoch} was complete: {}", o.describe()),
+    }
+}
+
+#[test]
+fn restore_changes_parallelism() {
+    let job = JobRun::throughput(THROUGHPUT_EVENTS);
+    let reference = job.reference();
+    let dir = TempDir::new("parallelism");
+    for (before, after) in [(2, 1), (1, 2)] {
+        let case = dir.join(&format!("w{before}-to-w{after}"));
+        let (out, chk) = (case.join("out"), case.join("chk"));
+        std::fs::create_dir_all(&case).expect("case directory");
+        let label = format!("workers {before} then {after}");
+        let workers = |n: usize| vec!["--workers".to_string(), n.to_string()];
+        kill_at_checkpoint(&label, &job.checkpointed(&out, &chk, &workers(before)), &case, &chk, 3);
+        let (epoch, newest) = newest_complete(&chk).expect("a complete checkpoint");
+        let manifest = read(&newest.join("MANIFEST"));
+        assert!(manifest.contains(&format!("\"workers\": {before}")), "checkpoint {epoch} was taken by {before} workers: {manifest}");
+        run(&format!("{label}: restore"), &job.restoring(&out, &chk, &workers(after)), &case).assert_success();
+        assert_same_output(&label, &reference, &job.outputs(&out));
+    }
+}
+
+#[test]
+fn damaged_checkpoint_falls_back() {
+    let job = JobRun::throughput(THROUGHPUT_EVENTS);
+    let reference = job.reference();
+    let dir = TempDir::new("damaged");
+    type Damage = fn(&[u8]) -> Vec<u8>;
+    let truncate: Damage = |bytes| bytes[..bytes.len() - 7].to_vec();
+    let flip: Damage = |bytes| {
+        let mut b = bytes.to_vec();
+        let at = 24 + (b.len() - 24) / 2;
+        b[at] ^= 0x40;
+        b
+    };
+    for (name, damage) in [("truncated", truncate), ("flipped", flip)] {
+        let case = dir.join(name);
+        let (out, chk) = (case.join("out"), case.join("chk"));
+        std::fs::create_dir_all(&case).expect("case directory");
+        let retain = ["--retain".to_string(), "3".to_string()];
+        kill_at_checkpoint(&format!("{name}: first run"), &job.checkpointed(&out, &chk, &retain), &case, &chk, 5);
+        let complete = complete_checkpoints(&chk);
+        assert!(complete.len() >= 2, "{name}: --retain 3 keeps several complete checkpoints: {complete:?}");
+        let (epoch, newest) = complete.last().cloned().expect("a complete checkpoint");
+        let part = newest.join("state-throughput-w0.part");
+        let bytes = read_bytes(&part);
+        assert!(bytes.len() > 24 + 16, "{name}: {} holds state", part.display());
+        replace_file(&part, &damage(&bytes));
+        let restore = run(&format!("{name}: restore"), &job.restoring(&out, &chk, &retain), &case);
+        restore.assert_success();
+        let chk_name = format!("chk-{epoch:010}");
+        assert!(
+            restore.stderr.contains("skipping checkpoint") && restore.stderr.contains(&chk_name),
+            "{name}: the restore warns that it skips damaged checkpoint {chk_name}: {}",
+            restore.describe()
+        );
+        assert_eq!(restore.stderr.matches("skipping checkpoint").count(), 1, "{name}: only {chk_name} is skipped: {}", restore.describe());
+        assert_same_output(name, &reference, &job.outputs(&out));
+    }
+}
+
+#[test]
+fn renamed_step_is_refused() {
+    let job = JobRun::throughput(100_000);
+    let dir = TempDir::new("renamed");
+    let (out, chk) = (dir.join("out"), dir.join("chk"));
+    kill_at_checkpoint("first run", &job.checkpointed(&out, &chk, &[]), &dir.0, &chk, 2);
+    let (epoch, original) = newest_complete(&chk).expect("a complete checkpoint");
+
+    // Another job cannot restore it.
+    let other = JobRun::velocity();
+    let restore_original = ["--restore".to_string(), original.display().to_string()];
+    let refused = run("card-velocity from throughput-windows", &other.checkpointed(&dir.join("other"), &chk, &restore_original), &dir.0);
+    refused.assert_code(2);
+    assert!(refused.stderr.contains("belongs to job throughput-windows"), "{}", refused.describe());
+
+    // The same checkpoint with the window step's state renamed, as if the job had renamed it.
+    let copy = dir.join("copy").join(format!("chk-{epoch:010}"));
+    copy_dir(&original, &copy);
+    std::fs::rename(copy.join("state-throughput-w0.part"), copy.join("state-renamed-w0.part")).expect("rename the state part");
+    let manifest = read(&copy.join("MANIFEST"));
+    assert_eq!(manifest.matches("\"state-throughput-w0.part\"").count(), 1, "MANIFEST lists the state part once: {manifest}");
+    replace_file(&copy.join("MANIFEST"), manifest.replace("\"state-throughput-w0.part\"", "\"state-renamed-w0.part\"").as_bytes());
+
+    let restore_copy = ["--restore".to_string(), copy.display().to_string()];
+    let refused = run("restore with a renamed step", &job.checkpointed(&out, &chk, &restore_copy), &dir.0);
+    refused.assert_code(2);
+    assert!(
+        refused.stderr.contains("renamed") && refused.stderr.contains("--allow-dropped-state"),
+        "the refusal names the unmapped state and --allow-dropped-state: {}",
+        refused.describe()
+    );
+    assert!(original.join("MANIFEST").is_file(), "a refused restore leaves the checkpoint directory alone");
+
+    let mut allowed = restore_copy.to_vec();
+    allowed.push("--allow-dropped-state".into());
+    run("restore with --allow-dropped-state", &job.checkpointed(&out, &chk, &allowed), &dir.0).assert_success();
+    // The dropped window state changes the results; only check that every sink file was finished.
+    let _ = job.outputs(&out);
+}
+
+#[test]
+fn savepoint_and_resume() {
+    let job = JobRun::throughput(THROUGHPUT_EVENTS);
+    let reference = job.reference();
+    let dir = TempDir::new("savepoint");
+    let (out, chk) = (dir.join("out"), dir.join("chk"));
+    let mut running = spawn("job to stop", &job.checkpointed(&out, &chk, &[]), &dir.0, None);
+    // Ask once the job is checkpointing (a complete checkpoint exists).
+    while newest_complete(&chk).is_none() {
+        assert!(running.try_wait().is_none(), "the job ended before its first checkpoint");
+        assert!(running.started.elapsed() < TIMEOUT, "no checkpoint within {TIMEOUT:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let savepoint = run(
+        "savepoint --stop",
+        &["savepoint".to_string(), "--checkpoint-dir".into(), chk.display().to_string(), "--stop".into(), "--timeout".into(), "60s".into()],
+        &dir.0,
+    );
+    savepoint.assert_success();
+    let stopped = running.wait();
+    stopped.assert_success();
+    let path = PathBuf::from(savepoint.stdout.trim());
+    assert!(
+        path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("savepoint-")) && path.join("MANIFEST").is_file(),
+        "savepoint prints the savepoint's directory: {}",
+        savepoint.describe()
+    );
+    assert!(read(&path.join("MANIFEST")).contains("\"savepoint\": true"), "the savepoint's manifest says so");
+
+    // A fresh run into a directory with checkpoints is refused: restoring is the way on.
+    let fresh = run("fresh run into a used directory", &job.checkpointed(&dir.join("fresh-out"), &chk, &[]), &dir.0);
+    fresh.assert_code(2);
+    assert!(fresh.stderr.contains("already holds checkpoints"), "{}", fresh.describe());
+
+    let resume = ["--restore".to_string(), path.display().to_string()];
+    run("resume from the savepoint", &job.checkpointed(&out, &chk, &resume), &dir.0).assert_success();
+    assert_same_output("resumed from a savepoint", &reference, &job.outputs(&out));
+    assert!(path.join("MANIFEST").is_file(), "savepoints are kept after the job finishes");
+    assert!(complete_checkpoints(&chk).is_empty(), "a finished job leaves no checkpoints");
+}
