@@ -14,7 +14,7 @@ use paystream_engine::{Data, Key, KeyedLogic, KeyedStream, Stream};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::{merge, signed_add, Joined, Side};
+use super::{merge, signed_add, signed_sub, Joined, Side};
 
 /// An interval join being configured; finish with [`IntervalJoin::join`].
 pub struct IntervalJoin<'scope, K, A, B> {
@@ -101,7 +101,7 @@ impl<K: Key, A: Data, B: Data> IntervalLogic<K, A, B> {
         signed_add(ts, self.upper)
     }
     fn right_expiry(&self, ts: u64) -> u64 {
-        signed_add(ts, -self.lower)
+        signed_sub(ts, self.lower)
     }
 }
 
@@ -111,9 +111,10 @@ impl<K: Key, A: Data, B: Data> KeyedLogic<K, Side<A, B>> for IntervalLogic<K, A,
     fn on_record(&mut self, _message_time: u64, ts: u64, key: K, value: Side<A, B>) {
         match value {
             Side::Left(a) => {
-                let (from, to) = (signed_add(ts, self.lower), signed_add(ts, self.upper));
+                // Exact differences: clamped interval ends would pair records near time 0 wrongly.
+                let (lower, upper) = (self.lower as i128, self.upper as i128);
                 let mut matched = false;
-                for b in self.right.get_mut(&key).into_iter().flatten().filter(|b| b.ts >= from && b.ts <= to) {
+                for b in self.right.get_mut(&key).into_iter().flatten().filter(|b| (lower..=upper).contains(&(b.ts as i128 - ts as i128))) {
                     b.matched = true;
                     matched = true;
                     self.ready.push((ts.max(b.ts), Joined { key: key.clone(), left: a.clone(), right: Some(b.record.clone()) }));
@@ -123,9 +124,9 @@ impl<K: Key, A: Data, B: Data> KeyedLogic<K, Side<A, B>> for IntervalLogic<K, A,
                 self.left.entry(key).or_default().push(Held { ts, record: a, matched });
             }
             Side::Right(b) => {
-                let (from, to) = (signed_add(ts, -self.upper), signed_add(ts, -self.lower));
+                let (lower, upper) = (self.lower as i128, self.upper as i128);
                 let mut matched = false;
-                for a in self.left.get_mut(&key).into_iter().flatten().filter(|a| a.ts >= from && a.ts <= to) {
+                for a in self.left.get_mut(&key).into_iter().flatten().filter(|a| (lower..=upper).contains(&(ts as i128 - a.ts as i128))) {
                     a.matched = true;
                     matched = true;
                     self.ready.push((ts.max(a.ts), Joined { key: key.clone(), left: a.record.clone(), right: Some(b.clone()) }));
@@ -158,7 +159,7 @@ impl<K: Key, A: Data, B: Data> KeyedLogic<K, Side<A, B>> for IntervalLogic<K, A,
                 }
             }
             if let Some(list) = self.right.get_mut(&key) {
-                list.retain(|b| signed_add(b.ts, -lower) >= watermark);
+                list.retain(|b| signed_sub(b.ts, lower) >= watermark);
                 if list.is_empty() {
                     self.right.remove(&key);
                 }

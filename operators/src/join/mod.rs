@@ -104,6 +104,11 @@ fn signed_add(ts: u64, delta: i64) -> u64 {
     (ts as i128 + delta as i128).clamp(0, u64::MAX as i128) as u64
 }
 
+/// `ts - delta`, clamped to `0..=u64::MAX` (`-delta` would overflow for `i64::MIN`).
+fn signed_sub(ts: u64, delta: i64) -> u64 {
+    (ts as i128 - delta as i128).clamp(0, u64::MAX as i128) as u64
+}
+
 /// A duration as signed milliseconds, for join bounds.
 pub fn signed_millis(d: Duration) -> i64 {
     d.as_millis().min(i64::MAX as u64) as i64
