@@ -46,6 +46,16 @@ pub trait KeyedLogic<K, V>: 'static {
     /// The least event time at which the logic may still emit, or `None` when nothing is pending.
     fn next_emit_time(&self) -> Option<u64>;
 
+    /// The wall-clock time (ms since the Unix epoch) of the logic's earliest processing-time
+    /// timer, if it has any. Processing-time results depend on the wall clock, unlike everything
+    /// else here; pending processing-time timers are dropped when the input ends.
+    fn next_processing_time(&self) -> Option<u64> {
+        None
+    }
+
+    /// The wall clock has reached `now_ms`: fire processing-time timers due by then.
+    fn on_processing_time(&mut self, _now_ms: u64, _out: &mut Vec<(u64, Self::Out)>) {}
+
     /// How many entries of state the logic holds (accumulators, buffered records), for the
     /// `state:STEP` metric. State that is freed must stop counting here.
     fn state_size(&self) -> usize {
@@ -69,6 +79,11 @@ pub trait KeyedLogic<K, V>: 'static {
 /// Records of epochs after the current one, by epoch: their least message watermark, and the
 /// records as (message watermark, event time, key, value).
 type LaterEpochs<K, V> = BTreeMap<u64, (u64, Vec<(u64, u64, K, V)>)>;
+
+/// Milliseconds since the Unix epoch, for processing-time timers.
+pub fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
 
 /// What a keyed operator's part of a checkpoint holds.
 type StatePart = Vec<(u64, Vec<u8>)>;
@@ -117,7 +132,9 @@ where
         ctx.report_error(format!("{e:#}"));
     }
     let mut last_state_size = usize::MAX;
-    input.unary_frontier::<CapacityContainerBuilder<Vec<(u64, L::Out)>>, _, _, _>(pact, name, move |initial, _info| {
+    let scope = input.scope();
+    input.unary_frontier::<CapacityContainerBuilder<Vec<(u64, L::Out)>>, _, _, _>(pact, name, move |initial, info| {
+        let activator = scope.activator_for(info.address);
         let mut cap: Option<Capability<Time>> = Some(initial);
         let mut last_watermark = 0u64;
         let mut emitted: Vec<(u64, L::Out)> = Vec::new();
@@ -148,6 +165,12 @@ where
                 // Called on every activation, so logic may also emit what records produced.
                 last_watermark = last_watermark.max(watermark);
                 logic.on_watermark(last_watermark, &mut emitted);
+                if let Some(due) = logic.next_processing_time() {
+                    let now = wall_clock_ms();
+                    if due <= now {
+                        logic.on_processing_time(now, &mut emitted);
+                    }
+                }
                 if !emitted.is_empty() {
                     let c = cap.as_ref().expect("a keyed operator emitted after its input ended");
                     let floor = c.time().wm;
@@ -189,6 +212,9 @@ where
             if state_size != last_state_size {
                 last_state_size = state_size;
                 metrics.set_gauge(&gauge, local_worker, state_size as u64);
+            }
+            if let Some(due) = logic.next_processing_time() {
+                activator.activate_after(std::time::Duration::from_millis(due.saturating_sub(wall_clock_ms())));
             }
             let (frontier_epoch, _) = frontier_bounds(frontier.frontier().iter());
             if frontier_epoch == END_OF_TIME && later.is_empty() && logic.next_emit_time().is_none() {

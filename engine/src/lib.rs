@@ -12,6 +12,7 @@
 //! * [`runtime`]: running a job on threads or processes, with progress and a summary.
 
 pub mod checkpoint;
+pub mod collection;
 pub mod faults;
 pub mod job;
 pub mod keyed;
@@ -26,6 +27,7 @@ pub mod testing;
 pub mod time;
 pub mod uri;
 
+pub use collection::{Change, Collection};
 pub use job::{JobBuilder, JobSpec, ParamSpec, Params, SinkSpec, SourceSpec};
 pub use keyed::KeyedLogic;
 pub use record::{CsvField, CsvRecord, DeadLetter};

@@ -24,13 +24,14 @@
 //! | `card_testing_every` | 0 | every N-th block of 5 events is card testing: 4 small payments then a large one on one card |
 //! | `geo_every` | 0 | every N-th pair of events is one card paying from two countries |
 //! | `block_interval_ms` | 1000 | (blocked cards) event time between block/unblock events |
+//! | `adjust_every` | 20 | (adjustments) adjustment `j` takes back payment `j * adjust_every`, up to 60 s later |
 
 use std::sync::Arc;
 
 use paystream_engine::source::Generator;
 use paystream_engine::{GenOptions, Generate, Result};
 
-use crate::payment::{Authorization, BlockedCard, Payment, Status};
+use crate::payment::{Adjustment, AdjustmentKind, Authorization, BlockedCard, Payment, Status};
 
 const COUNTRIES: [(&str, &str); 8] =
     [("US", "USD"), ("GB", "GBP"), ("DE", "EUR"), ("FR", "EUR"), ("NL", "EUR"), ("JP", "JPY"), ("BR", "BRL"), ("CA", "CAD")];
@@ -62,6 +63,7 @@ pub struct Shape {
     card_testing_every: u64,
     geo_every: u64,
     block_interval_ms: u64,
+    adjust_every: u64,
 }
 
 impl Shape {
@@ -83,6 +85,7 @@ impl Shape {
             card_testing_every: o.get("card_testing_every", 0)?,
             geo_every: o.get("geo_every", 0)?,
             block_interval_ms: o.get("block_interval_ms", 1_000)?,
+            adjust_every: o.get("adjust_every", 20)?,
         };
         let merchants: u64 = o.get("merchants", 1_000)?;
         let skew: f64 = o.get("skew", 1.0)?;
@@ -195,6 +198,30 @@ impl Shape {
             card_id: if unblock { card(index - 2) } else { card(index) },
             blocked: !unblock,
         }
+    }
+}
+
+impl Shape {
+    /// Adjustment `index`: a refund (2 in 3) or chargeback of part or all of payment
+    /// `index * adjust_every`, 1 to 60 s after it.
+    pub fn adjustment(&self, index: u64) -> Adjustment {
+        let of = index.saturating_mul(self.adjust_every.max(1));
+        let p = self.payment(of);
+        let r = self.random(index, 11);
+        Adjustment {
+            ts_ms: p.ts_ms + 1_000 + r % 59_000,
+            txn_id: p.txn_id,
+            merchant_id: p.merchant_id,
+            amount_cents: if r.is_multiple_of(4) { p.amount_cents / 2 } else { p.amount_cents },
+            kind: if r.is_multiple_of(3) { AdjustmentKind::Chargeback } else { AdjustmentKind::Refund },
+        }
+    }
+}
+
+impl Generate for Adjustment {
+    fn generator(options: &mut GenOptions) -> Result<Generator<Self>> {
+        let shape = Shape::from_options(options)?;
+        Ok(Generator { count: shape.count, partitions: shape.partitions, record: Arc::new(move |i| shape.adjustment(i)) })
     }
 }
 

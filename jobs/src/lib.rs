@@ -7,9 +7,11 @@
 //! * [`velocity`]: `card-velocity`, cards paying often within sliding windows.
 //! * [`auth_match`]: `auth-match`, payments joined with their authorizations.
 //! * [`fraud`]: `fraud-detection`, five fraud rules.
+//! * [`exposure`]: `merchant-exposure`, updating views on differential dataflow.
 //! * [`registry`]: every job, for the CLI.
 
 pub mod auth_match;
+pub mod exposure;
 pub mod fraud;
 pub mod generate;
 pub mod generator;
@@ -18,5 +20,5 @@ pub mod registry;
 pub mod throughput;
 pub mod velocity;
 
-pub use payment::{Authorization, BlockedCard, Payment, Status};
+pub use payment::{Adjustment, AdjustmentKind, Authorization, BlockedCard, Payment, Status};
 pub use registry::all_jobs;

@@ -4,6 +4,7 @@
 //! * `Payment`: `ts_ms,txn_id,card_id,merchant_id,amount_cents,currency,country,status`
 //! * `Authorization`: `txn_id,ts_ms,auth_code`
 //! * `BlockedCard`: `ts_ms,card_id,blocked` (`true` or `false`)
+//! * `Adjustment`: `ts_ms,txn_id,merchant_id,amount_cents,kind` (`REFUND` or `CHARGEBACK`)
 
 use paystream_engine::{csv_record, CsvField};
 use serde::{Deserialize, Serialize};
@@ -82,6 +83,49 @@ csv_record! {
         pub ts_ms: u64,
         /// The issuer's authorization code.
         pub auth_code: String,
+    }
+}
+
+/// What kind of money went back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AdjustmentKind {
+    /// The merchant refunded the payment.
+    Refund,
+    /// The cardholder disputed it and the issuer took the money back.
+    Chargeback,
+}
+
+impl CsvField for AdjustmentKind {
+    fn parse_field(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "REFUND" => Ok(AdjustmentKind::Refund),
+            "CHARGEBACK" => Ok(AdjustmentKind::Chargeback),
+            other => Err(format!("unknown adjustment kind {other:?}; expected REFUND or CHARGEBACK")),
+        }
+    }
+    fn write_field(&self, out: &mut String) {
+        out.push_str(match self {
+            AdjustmentKind::Refund => "REFUND",
+            AdjustmentKind::Chargeback => "CHARGEBACK",
+        })
+    }
+}
+
+csv_record! {
+    /// A refund or chargeback of an earlier payment.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub struct Adjustment {
+        /// When it happened, ms since the Unix epoch.
+        pub ts_ms: u64,
+        /// The payment it takes back.
+        pub txn_id: String,
+        /// The payment's merchant.
+        pub merchant_id: u64,
+        /// How much goes back (positive).
+        pub amount_cents: i64,
+        /// Refund or chargeback.
+        pub kind: AdjustmentKind,
     }
 }
 

@@ -5,8 +5,10 @@
 //! the record's bytes), released as the watermark passes them, and a timer for time `t` fires once
 //! the watermark passes `t`, after the records at `t`. The function's output therefore depends only
 //! on the input, not on arrival order or worker count. Records behind their partition's watermark
-//! are late: dropped and counted (`late_dropped:STEP`), as Flink's CEP does. Only event-time timers
-//! exist; processing-time timers would make results depend on the wall clock.
+//! are late: dropped and counted (`late_dropped:STEP`), as Flink's CEP does. Processing-time
+//! timers ([`Context::register_processing_timer`]) fire by the wall clock: what they emit depends
+//! on timing (use them for timeouts and housekeeping, not for results that must be exactly-once),
+//! and those still pending when the input ends are dropped.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -20,6 +22,7 @@ use serde::{Deserialize, Serialize};
 pub struct Context<'a, O> {
     out: &'a mut Vec<(u64, O)>,
     timers: Vec<u64>,
+    processing_timers: Vec<u64>,
     now_ms: u64,
     clear: bool,
 }
@@ -32,6 +35,10 @@ impl<O> Context<'_, O> {
     /// Asks for [`ProcessFunction::on_timer`] once the watermark passes `at_ms` (for this key).
     pub fn register_timer(&mut self, at_ms: u64) {
         self.timers.push(at_ms);
+    }
+    /// Asks for [`ProcessFunction::on_processing_timer`] once `delay` of wall-clock time has passed.
+    pub fn register_processing_timer(&mut self, delay: Duration) {
+        self.processing_timers.push(paystream_engine::keyed::wall_clock_ms().saturating_add(delay.as_millis()));
     }
     /// The event time being processed: the record's, or the timer's.
     pub fn timestamp(&self) -> u64 {
@@ -55,6 +62,10 @@ pub trait ProcessFunction<K, V>: 'static {
 
     /// Handles a timer registered for `key`.
     fn on_timer(&self, _ctx: &mut Context<'_, Self::Out>, _key: &K, _state: &mut Self::State, _timer_ms: u64) {}
+
+    /// Handles a processing-time timer registered for `key`, due at wall-clock `at_ms`. Results
+    /// emitted here carry the current watermark as event time.
+    fn on_processing_timer(&self, _ctx: &mut Context<'_, Self::Out>, _key: &K, _state: &mut Self::State, _at_ms: u64) {}
 }
 
 /// `key_by(..).process(name, function)`.
@@ -94,7 +105,9 @@ fn build<'scope, K: Key, V: Data, F: ProcessFunction<K, V>>(
             last_seen: HashMap::new(),
             pending: BTreeMap::new(),
             timers: BTreeSet::new(),
+            processing_timers: BTreeSet::new(),
             expiry: BTreeSet::new(),
+            watermark: 0,
         },
     )
 }
@@ -108,6 +121,10 @@ struct ProcessLogic<K, V, F: ProcessFunction<K, V>> {
     pending: BTreeMap<u64, Vec<(K, V)>>,
     /// (time, key) of registered timers.
     timers: BTreeSet<(u64, K)>,
+    /// (wall-clock ms, key) of registered processing-time timers.
+    processing_timers: BTreeSet<(u64, K)>,
+    /// The last watermark seen, as the event time of processing-time results.
+    watermark: u64,
     /// (expiry, key) for the state TTL.
     expiry: BTreeSet<(u64, K)>,
 }
@@ -120,16 +137,20 @@ impl<K: Key, V: Data, F: ProcessFunction<K, V>> ProcessLogic<K, V, F> {
         out: &mut Vec<(u64, F::Out)>,
         body: impl FnOnce(&F, &mut Context<'_, F::Out>, &K, &mut F::State),
     ) {
-        let mut ctx = Context { out, timers: Vec::new(), now_ms, clear: false };
+        let mut ctx = Context { out, timers: Vec::new(), processing_timers: Vec::new(), now_ms, clear: false };
         let state = self.states.entry(key.clone()).or_default();
         body(&self.function, &mut ctx, &key, state);
-        let (timers, clear) = (ctx.timers, ctx.clear);
+        let (timers, processing_timers, clear) = (ctx.timers, ctx.processing_timers, ctx.clear);
         for t in timers {
             self.timers.insert((t, key.clone()));
+        }
+        for t in processing_timers {
+            self.processing_timers.insert((t, key.clone()));
         }
         if clear {
             self.states.remove(&key);
             self.timers.retain(|(_, k)| *k != key);
+            self.processing_timers.retain(|(_, k)| *k != key);
         }
     }
 }
@@ -147,6 +168,11 @@ impl<K: Key, V: Data, F: ProcessFunction<K, V>> KeyedLogic<K, V> for ProcessLogi
     }
 
     fn on_watermark(&mut self, watermark: u64, out: &mut Vec<(u64, Self::Out)>) {
+        self.watermark = watermark;
+        if watermark == u64::MAX {
+            // The input has ended: wall-clock timers still pending will not fire.
+            self.processing_timers.clear();
+        }
         loop {
             let record_at = self.pending.keys().next().copied().filter(|t| *t < watermark);
             let timer_at = self.timers.first().map(|(t, _)| *t).filter(|t| *t < watermark);
@@ -185,8 +211,23 @@ impl<K: Key, V: Data, F: ProcessFunction<K, V>> KeyedLogic<K, V> for ProcessLogi
         }
     }
 
+    fn next_processing_time(&self) -> Option<u64> {
+        self.processing_timers.first().map(|(t, _)| *t)
+    }
+
+    fn on_processing_time(&mut self, now_ms: u64, out: &mut Vec<(u64, Self::Out)>) {
+        while let Some((at, key)) = self.processing_timers.first().cloned() {
+            if at > now_ms {
+                break;
+            }
+            self.processing_timers.remove(&(at, key.clone()));
+            let watermark = self.watermark;
+            self.call(key, watermark, out, |f, ctx, key, state| f.on_processing_timer(ctx, key, state, at));
+        }
+    }
+
     fn state_size(&self) -> usize {
-        self.states.len() + self.timers.len() + self.pending.values().map(Vec::len).sum::<usize>()
+        self.states.len() + self.timers.len() + self.processing_timers.len() + self.pending.values().map(Vec::len).sum::<usize>()
     }
 
     fn snapshot(&self) -> paystream_engine::Result<Vec<(u64, Vec<u8>)>> {
@@ -201,6 +242,9 @@ impl<K: Key, V: Data, F: ProcessFunction<K, V>> KeyedLogic<K, V> for ProcessLogi
         }
         for (t, key) in &self.timers {
             groups.entry(key_group(key)).or_default().timers.push((*t, key.clone()));
+        }
+        for (t, key) in &self.processing_timers {
+            groups.entry(key_group(key)).or_default().processing_timers.push((*t, key.clone()));
         }
         groups.into_iter().map(|(g, state)| encode(&state).map(|b| (g, b))).collect()
     }
@@ -218,6 +262,7 @@ impl<K: Key, V: Data, F: ProcessFunction<K, V>> KeyedLogic<K, V> for ProcessLogi
             self.pending.entry(ts).or_default().push((key, value));
         }
         self.timers.extend(group.timers);
+        self.processing_timers.extend(group.processing_timers);
         Ok(())
     }
 }
@@ -247,11 +292,13 @@ struct ProcessGroup<K, V, S> {
     states: Vec<(K, S, Option<u64>)>,
     pending: Vec<(u64, K, V)>,
     timers: Vec<(u64, K)>,
+    /// Wall-clock due times: a timer overdue after a restore fires at once.
+    processing_timers: Vec<(u64, K)>,
 }
 
 impl<K, V, S> Default for ProcessGroup<K, V, S> {
     fn default() -> Self {
-        ProcessGroup { states: Vec::new(), pending: Vec::new(), timers: Vec::new() }
+        ProcessGroup { states: Vec::new(), pending: Vec::new(), timers: Vec::new(), processing_timers: Vec::new() }
     }
 }
 
@@ -286,7 +333,9 @@ mod tests {
             last_seen: HashMap::new(),
             pending: BTreeMap::new(),
             timers: BTreeSet::new(),
+            processing_timers: BTreeSet::new(),
             expiry: BTreeSet::new(),
+            watermark: 0,
         };
         let mut out = Vec::new();
         for ts in [100u64, 105, 110, 111] {
@@ -297,6 +346,49 @@ mod tests {
         assert_eq!(out, vec![(110, (1, 3))]);
         logic.on_watermark(u64::MAX, &mut out);
         assert_eq!(out[1], (121, (1, 1)));
+        assert_eq!(logic.state_size(), 0);
+    }
+
+    /// Emits "timeout" for a key 50 ms of wall-clock time after its first record.
+    struct Timeout;
+
+    impl ProcessFunction<u64, u64> for Timeout {
+        type State = bool;
+        type Out = String;
+        fn on_record(&self, ctx: &mut Context<'_, String>, _key: &u64, armed: &mut bool, _ts: u64, _record: u64) {
+            if !*armed {
+                *armed = true;
+                ctx.register_processing_timer(paystream_engine::millis(50));
+            }
+        }
+        fn on_processing_timer(&self, ctx: &mut Context<'_, String>, key: &u64, _armed: &mut bool, _at: u64) {
+            ctx.emit(ctx.timestamp(), format!("timeout {key}"));
+            ctx.clear_state();
+        }
+    }
+
+    #[test]
+    fn processing_time_timers_fire_by_the_wall_clock() {
+        let mut logic = ProcessLogic {
+            function: Timeout,
+            ttl: None,
+            states: HashMap::new(),
+            last_seen: HashMap::new(),
+            pending: BTreeMap::new(),
+            timers: BTreeSet::new(),
+            processing_timers: BTreeSet::new(),
+            expiry: BTreeSet::new(),
+            watermark: 0,
+        };
+        let mut out = Vec::new();
+        logic.on_record(0, 10, 4, 0);
+        logic.on_watermark(11, &mut out);
+        let due = logic.next_processing_time().expect("a processing-time timer");
+        logic.on_processing_time(due - 1, &mut out);
+        assert!(out.is_empty(), "fired early: {out:?}");
+        logic.on_processing_time(due, &mut out);
+        assert_eq!(out, vec![(11, "timeout 4".to_string())]);
+        assert_eq!(logic.next_processing_time(), None);
         assert_eq!(logic.state_size(), 0);
     }
 }

@@ -1,0 +1,146 @@
+//! Updating views on differential dataflow: results that revise as facts change.
+//!
+//! A [`Collection`] is a multiset of rows that changes over time; operators on it (`join`,
+//! `count`, `distinct`, ...) are maintained incrementally, and [`Collection::changelog`] turns it
+//! back into a stream of [`Change`]s (a row inserted with `diff = +1`, retracted with `-1`) for an
+//! upsert-style sink. Use it where results *should* revise (exposure per merchant as refunds and
+//! chargebacks arrive, distinct cards per merchant over all time); windows and joins in
+//! `paystream-operators` are cheaper where results are final.
+//!
+//! Times are coarsened to `granularity_ms` of watermark before they enter differential dataflow,
+//! which costs per distinct time, not per record. Collections do not take part in checkpoints
+//! yet: a job that uses them refuses to run with `--checkpoint-dir`.
+
+use std::rc::Rc;
+
+use differential_dataflow::collection::AsCollection;
+use differential_dataflow::lattice::Lattice;
+use serde::{Deserialize, Serialize};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
+
+use crate::job::BuildContext;
+use crate::stream::{Stream, TStream};
+use crate::time::Time;
+use crate::{Data, Key};
+
+impl Lattice for Time {
+    fn join(&self, other: &Self) -> Self {
+        Time::new(self.epoch.max(other.epoch), self.wm.max(other.wm))
+    }
+    fn meet(&self, other: &Self) -> Self {
+        Time::new(self.epoch.min(other.epoch), self.wm.min(other.wm))
+    }
+}
+
+type Inner<'scope, D> = differential_dataflow::collection::vec::Collection<'scope, Time, D, isize>;
+
+/// A changing multiset of rows of type `D`.
+pub struct Collection<'scope, D: 'static> {
+    inner: Inner<'scope, D>,
+    ctx: Rc<BuildContext>,
+}
+
+/// One change to a collection: `data` inserted (`diff > 0`) or retracted (`diff < 0`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Change<D> {
+    /// The row.
+    pub data: D,
+    /// How many copies were added (negative: removed).
+    pub diff: i64,
+}
+
+impl<'scope, T: Data> Stream<'scope, T> {
+    /// Turns each record into zero or more weighted rows of a collection: `rows` gives `(row,
+    /// weight)` pairs, the weight being how many copies the record adds (negative to remove).
+    /// Times are rounded up to `granularity_ms` of watermark.
+    pub fn to_collection<D: Key>(
+        self,
+        name: &str,
+        granularity_ms: u64,
+        rows: impl Fn(T) -> Vec<(D, isize)> + 'static,
+    ) -> Collection<'scope, D> {
+        self.register_step(name);
+        if self.ctx.checkpoint.is_some() {
+            self.report_error(format!(
+                "step {name}: updating views (differential dataflow) do not take part in checkpoints yet; run this job without --checkpoint-dir"
+            ));
+        }
+        let granularity = granularity_ms.max(1);
+        let inner: TStream<'scope, T> = self.inner;
+        let updates = inner.unary::<CapacityContainerBuilder<Vec<(D, Time, isize)>>, _, _, _>(Pipeline, name, move |_, _| {
+            move |input, output| {
+                input.for_each(|cap, data| {
+                    let Some(&time) = cap.stamp().iter().next() else { return };
+                    let coarse = Time::new(time.epoch, time.wm.div_ceil(granularity).saturating_mul(granularity).max(time.wm));
+                    let mut session = output.session(&cap);
+                    for (_, record) in data.drain(..) {
+                        for (row, weight) in rows(record) {
+                            session.give((row, coarse, weight));
+                        }
+                    }
+                });
+            }
+        });
+        Collection { inner: updates.as_collection(), ctx: self.ctx }
+    }
+}
+
+impl<'scope, D: Key> Collection<'scope, D> {
+    /// Transforms each row.
+    pub fn map<D2: Key>(self, f: impl Fn(D) -> D2 + 'static) -> Collection<'scope, D2> {
+        Collection { inner: self.inner.map(f), ctx: self.ctx }
+    }
+
+    /// Keeps the rows for which `predicate` holds.
+    pub fn filter(self, predicate: impl Fn(&D) -> bool + 'static) -> Collection<'scope, D> {
+        Collection { inner: self.inner.filter(predicate), ctx: self.ctx }
+    }
+
+    /// Both collections' rows.
+    pub fn concat(self, other: Collection<'scope, D>) -> Collection<'scope, D> {
+        Collection { inner: self.inner.concat(other.inner), ctx: self.ctx }
+    }
+
+    /// The rows with their weights negated: `a.concat(b.negate())` is `a - b`.
+    pub fn negate(self) -> Collection<'scope, D> {
+        Collection { inner: self.inner.negate(), ctx: self.ctx }
+    }
+
+    /// Each distinct row once.
+    pub fn distinct(self) -> Collection<'scope, D> {
+        Collection { inner: self.inner.distinct(), ctx: self.ctx }
+    }
+
+    /// Each distinct row with its total weight: with weights set to amounts, a sum per row.
+    pub fn count(self) -> Collection<'scope, (D, i64)> {
+        Collection { inner: self.inner.count().map(|(d, n)| (d, n as i64)), ctx: self.ctx }
+    }
+
+    /// The collection as a stream of changes, each with the event time (watermark) it took
+    /// effect at. Applying them in order (insert on `+`, delete on `-`) gives the current rows.
+    pub fn changelog(self, name: &str) -> Stream<'scope, Change<D>> {
+        let ctx = self.ctx;
+        ctx.register_step(name);
+        let changes =
+            self.inner.consolidate().inner.unary::<CapacityContainerBuilder<Vec<(u64, Change<D>)>>, _, _, _>(Pipeline, name, |_, _| {
+                |input, output| {
+                    input.for_each(|cap, data| {
+                        let mut session = output.session(&cap);
+                        for (row, time, diff) in data.drain(..) {
+                            session.give((time.wm, Change { data: row, diff: diff as i64 }));
+                        }
+                    });
+                }
+            });
+        Stream::from_parts(changes, ctx)
+    }
+}
+
+impl<'scope, K: Key, V: Key> Collection<'scope, (K, V)> {
+    /// Pairs rows of equal keys; the result revises when either side changes.
+    pub fn join<V2: Key>(self, other: Collection<'scope, (K, V2)>) -> Collection<'scope, (K, (V, V2))> {
+        Collection { inner: self.inner.join(other.inner), ctx: self.ctx }
+    }
+}
