@@ -37,6 +37,20 @@ enum Command {
     /// The job must run with --checkpoint-dir DIR; the savepoint appears as DIR/savepoint-EPOCH,
     /// and `paystream run JOB --restore DIR/savepoint-EPOCH` resumes from it.
     Savepoint(SavepointArgs),
+    /// Measure a job: run it several times and print wall time, events/s, CPU time and peak RSS.
+    ///
+    /// Takes every `run` flag. Build with --release for meaningful numbers (the table says which
+    /// profile it ran in).
+    Bench(Box<BenchArgs>),
+}
+
+#[derive(clap::Args, Debug)]
+struct BenchArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// How many runs; the table shows each and their median.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    runs: usize,
 }
 
 #[derive(clap::Args, Debug)]
@@ -187,6 +201,7 @@ pub fn main(jobs: Vec<JobSpec>) -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run(args) => run(&jobs, *args),
+        Command::Bench(args) => bench(&jobs, *args),
         Command::Savepoint(args) => match paystream_engine::checkpoint::request_savepoint(&args.checkpoint_dir, args.stop, args.timeout) {
             Ok(path) => {
                 println!("{}", path.display());
@@ -275,6 +290,28 @@ fn plan_run(jobs: &[JobSpec], args: &RunArgs) -> Result<(RunPlan, RunOptions)> {
         bail!("--workers must be at least 1");
     }
     Ok((plan, options))
+}
+
+fn bench(jobs: &[JobSpec], args: BenchArgs) -> ExitCode {
+    let mut run_args = args.run;
+    run_args.quiet = true;
+    let (plan, options) = match plan_run(jobs, &run_args) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    match crate::bench::measure(&plan, &options, args.runs.max(1)) {
+        Ok(table) => {
+            print!("{table}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn run(jobs: &[JobSpec], args: RunArgs) -> ExitCode {

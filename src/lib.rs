@@ -14,6 +14,7 @@
 //! }
 //! ```
 
+pub mod bench;
 pub mod cli;
 
 pub use paystream_engine as engine;
