@@ -8,7 +8,9 @@
 //! `paystream-operators` are cheaper where results are final.
 //!
 //! Times are coarsened to `granularity_ms` of watermark before they enter differential dataflow,
-//! which costs per distinct time, not per record. Collections do not take part in checkpoints
+//! which costs per distinct time, not per record. A changelog's final state is the same for any
+//! worker count; its intermediate revisions are not (they follow how input batches met the
+//! watermark), so neither are the changelog file's bytes. Collections do not take part in checkpoints
 //! yet: a job that uses them refuses to run with `--checkpoint-dir`.
 
 use std::rc::Rc;
@@ -123,17 +125,25 @@ impl<'scope, D: Key> Collection<'scope, D> {
     pub fn changelog(self, name: &str) -> Stream<'scope, Change<D>> {
         let ctx = self.ctx;
         ctx.register_step(name);
-        let changes =
-            self.inner.consolidate().inner.unary::<CapacityContainerBuilder<Vec<(u64, Change<D>)>>, _, _, _>(Pipeline, name, |_, _| {
-                |input, output| {
-                    input.for_each(|cap, data| {
-                        let mut session = output.session(&cap);
-                        for (row, time, diff) in data.drain(..) {
+        let consolidated = self.inner.consolidate().inner;
+        let changes = consolidated.unary::<CapacityContainerBuilder<Vec<(u64, Change<D>)>>, _, _, _>(Pipeline, name, |_, _| {
+            |input, output| {
+                input.for_each(|cap, data| {
+                    // Each change travels at its own time (never below the batch's), so a sink
+                    // writes a revision after what it revises.
+                    data.sort_by(|a, b| a.1.cmp(&b.1));
+                    let mut changes = data.drain(..).peekable();
+                    while let Some((row, time, diff)) = changes.next() {
+                        let at = cap.delayed(&time, 0);
+                        let mut session = output.session(&at);
+                        session.give((time.wm, Change { data: row, diff: diff as i64 }));
+                        while let Some((row, _, diff)) = changes.next_if(|c| c.1 == time) {
                             session.give((time.wm, Change { data: row, diff: diff as i64 }));
                         }
-                    });
-                }
-            });
+                    }
+                });
+            }
+        });
         Stream::from_parts(changes, ctx)
     }
 }

@@ -117,11 +117,19 @@ pub struct Summary {
 /// Builds the job once on one thread without running it, to report a bad parameter, source or
 /// job structure before any worker starts. Returns the job's checkpoint participants.
 pub fn check(plan: &RunPlan) -> Result<Vec<ParticipantKind>> {
+    check_with(plan, None)
+}
+
+/// [`check`] for a run with these checkpoint settings (some steps refuse checkpoints).
+pub fn check_with(plan: &RunPlan, checkpoint: Option<&CheckpointConfig>) -> Result<Vec<ParticipantKind>> {
     let plan = Arc::new(plan.clone());
+    let checkpoint = checkpoint.cloned();
     timely::execute_directly(move |worker| {
         let metrics = Arc::new(Metrics::new(1));
         worker.dataflow::<crate::time::Time, _, _>(|scope| {
-            let mut builder = JobBuilder::new(scope, BuildContext::new(plan.clone(), metrics, true));
+            let mut ctx = BuildContext::new(plan.clone(), metrics, true);
+            ctx.checkpoint = checkpoint.clone();
+            let mut builder = JobBuilder::new(scope, ctx);
             let params = plan.params.clone();
             (plan.spec.build)(&mut builder, &params).and_then(|_| builder.finish()).map_err(|e| e.to_string())
         })
@@ -240,7 +248,7 @@ pub fn run(plan: &RunPlan, options: &RunOptions) -> Result<Summary> {
 /// exists, verifies and fits the job; and gets the checkpoint directory and sinks ready.
 pub fn prepare(plan: &RunPlan, options: &RunOptions) -> Result<Prepared> {
     let config = options.timely_config()?;
-    let participants = check(plan)?;
+    let participants = check_with(plan, options.checkpoint.as_ref())?;
     let restore = match &options.restore {
         Some(what) => {
             let r = choose_restore(options.checkpoint.as_ref().map(|c| c.dir.as_path()), what)?;

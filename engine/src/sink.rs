@@ -4,7 +4,8 @@
 //! which writes them. Worker 0 holds each timestamp's records until the input frontier passes it,
 //! then writes them sorted (by line, or by a key the job gives and then by line), so a file's
 //! content depends only on the input, never on thread timing: runs with 1, 2 or N workers, or
-//! several processes, write the same bytes.
+//! several processes, write the same bytes (updating views excepted: their revisions follow how
+//! input met the watermark, see `crate::collection`).
 //!
 //! Delivery guarantees:
 //! * Without checkpoints, a file sink writes `PATH.inprogress` and renames it to `PATH` when the

@@ -81,7 +81,8 @@ fn build(job: &mut JobBuilder<'_>, params: &Params) -> Result<()> {
         .count()
         .changelog("exposure:changes")
         .map("exposure:row", |c| ExposureChange { merchant_id: c.data.0, exposure_cents: c.data.1, diff: c.diff })
-        .sink("exposure")?;
+        // Within a time step, retractions before insertions: an upserting consumer ends right.
+        .sink_ordered_by("exposure", |c| u64::from(c.diff > 0))?;
 
     payments
         .to_collection("cards:pairs", granularity, |p: Payment| vec![((p.merchant_id, p.card_id), 1)])
@@ -90,5 +91,5 @@ fn build(job: &mut JobBuilder<'_>, params: &Params) -> Result<()> {
         .count()
         .changelog("cards:changes")
         .map("cards:row", |c| CardsChange { merchant_id: c.data.0, cards: c.data.1, diff: c.diff })
-        .sink("distinct_cards")
+        .sink_ordered_by("distinct_cards", |c| u64::from(c.diff > 0))
 }
