@@ -131,7 +131,7 @@ impl<'scope, D: Key> Collection<'scope, D> {
                 input.for_each(|cap, data| {
                     // Each change travels at its own time (never below the batch's), so a sink
                     // writes a revision after what it revises.
-                    data.sort_by(|a, b| a.1.cmp(&b.1));
+                    data.sort_by_key(|c| c.1);
                     let mut changes = data.drain(..).peekable();
                     while let Some((row, time, diff)) = changes.next() {
                         let at = cap.delayed(&time, 0);
