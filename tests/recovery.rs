@@ -676,7 +676,7 @@ fn fraud_detection_survives_kill_9() {
         &JobRun::fraud(),
         5,
         2,
-        &[inject("sink:before-stage:3", Some(Crash::Inject("manifest:before-write:2")))],
+        &[inject("part:before-write:15", Some(Crash::Inject("manifest:before-write:2")))],
     );
 }
 
