@@ -8,7 +8,7 @@
 //!
 //! | option | default | meaning |
 //! |---|---|---|
-//! | `count` | 1000000 | events in all (the source ends after them) |
+//! | `count` | 1000000 | events in all (the source ends after them); blocked cards 1000, adjustments 50000 |
 //! | `seed` | 42 | changes every random choice |
 //! | `partitions` | 16 | partitions the sequence is dealt into |
 //! | `events_per_sec` | 10000 | events per second of event time |
@@ -220,14 +220,20 @@ impl Shape {
 
 impl Generate for Adjustment {
     fn generator(options: &mut GenOptions) -> Result<Generator<Self>> {
-        let shape = Shape::from_options(options)?;
+        // By default, one adjustment per `adjust_every` of the default 1,000,000 payments.
+        let count = options.get("count", 50_000u64)?;
+        let mut shape = Shape::from_options(options)?;
+        shape.count = count;
         Ok(Generator { count: shape.count, partitions: shape.partitions, record: Arc::new(move |i| shape.adjustment(i)) })
     }
 }
 
 impl Generate for BlockedCard {
     fn generator(options: &mut GenOptions) -> Result<Generator<Self>> {
-        let shape = Shape::from_options(options)?;
+        // A table changes far less often than payments arrive: 1,000 changes by default.
+        let count = options.get("count", 1_000u64)?;
+        let mut shape = Shape::from_options(options)?;
+        shape.count = count;
         Ok(Generator { count: shape.count, partitions: shape.partitions, record: Arc::new(move |i| shape.blocked_card(i)) })
     }
 }

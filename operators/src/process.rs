@@ -44,7 +44,8 @@ impl<O> Context<'_, O> {
     pub fn timestamp(&self) -> u64 {
         self.now_ms
     }
-    /// Drops this key's state after this call.
+    /// Drops this key's state after this call (its timers stay registered, as in Flink; a timer
+    /// that fires later sees a fresh, default state).
     pub fn clear_state(&mut self) {
         self.clear = true;
     }
@@ -148,9 +149,9 @@ impl<K: Key, V: Data, F: ProcessFunction<K, V>> ProcessLogic<K, V, F> {
             self.processing_timers.insert((t, key.clone()));
         }
         if clear {
+            // As in Flink, clearing state leaves the key's timers registered: removing them would
+            // scan every timer of every key (quadratic when each record sets one).
             self.states.remove(&key);
-            self.timers.retain(|(_, k)| *k != key);
-            self.processing_timers.retain(|(_, k)| *k != key);
         }
     }
 }
@@ -196,7 +197,6 @@ impl<K: Key, V: Data, F: ProcessFunction<K, V>> KeyedLogic<K, V> for ProcessLogi
                 if self.last_seen.get(&key).is_some_and(|last| self.ttl.is_some_and(|ttl| last.saturating_add(ttl) == expiry)) {
                     self.states.remove(&key);
                     self.last_seen.remove(&key);
-                    self.timers.retain(|(_, k)| *k != key);
                 }
             }
         }

@@ -47,7 +47,7 @@ impl<'scope, K: Key, A: Data, B: Data> TemporalJoin<'scope, K, A, B> {
             matches!(side, Side::Left(_)) && ts.saturating_add(retention) < message_time
         };
         merge(name, self.left, self.table, late)
-            .keyed_logic(name, TemporalLogic { retention, rows: HashMap::new(), waiting: BTreeMap::new(), watermark: 0 })
+            .keyed_logic(name, TemporalLogic { retention, rows: HashMap::new(), waiting: BTreeMap::new(), watermark: 0, pruned_to: 0 })
     }
 }
 
@@ -61,6 +61,8 @@ struct TemporalLogic<K, A, B> {
     /// Left records waiting for the watermark to pass their event time.
     waiting: BTreeMap<u64, Vec<(K, A)>>,
     watermark: u64,
+    /// The horizon rows were last pruned to.
+    pruned_to: u64,
 }
 
 impl<K: Key, A: Data, B: Data> KeyedLogic<K, Side<A, Option<B>>> for TemporalLogic<K, A, B> {
@@ -95,8 +97,13 @@ impl<K: Key, A: Data, B: Data> KeyedLogic<K, Side<A, Option<B>>> for TemporalLog
                 out.push((ts, Joined { key, left, right }));
             }
         }
-        // Drop rows superseded by one in effect for the whole retention.
+        // Drop rows superseded by one in effect for the whole retention. Every key is visited, so
+        // only when the horizon has moved by a quarter of the retention (or a second) since.
         let horizon = watermark.saturating_sub(self.retention);
+        if horizon < self.pruned_to.saturating_add((self.retention / 4).max(1_000)) && watermark != u64::MAX {
+            return;
+        }
+        self.pruned_to = horizon;
         self.rows.retain(|_, list| {
             let in_effect = list.partition_point(|(t, _)| *t <= horizon);
             if in_effect > 1 {
