@@ -9,16 +9,11 @@
 //! process functions; a behind record counts in a sliding window iff the window ends after `W(r)`;
 //! a behind table row takes effect at `W(r)`.
 
+#[macro_use]
+mod common;
+use common::*;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
-
-/// How long any one run (or set of concurrent runs) may take before the test fails instead of hanging.
-const TIMEOUT: Duration = Duration::from_secs(60);
+use std::path::Path;
 
 const PAYMENT_HEADER: &str = "ts_ms,txn_id,card_id,merchant_id,amount_cents,currency,country,status";
 const AUTH_HEADER: &str = "txn_id,ts_ms,auth_code";
@@ -32,128 +27,6 @@ macro_rules! args {
 
 // ---------------------------------------------------------------------------------------------
 // Temporary directories and running the binary (after tests/cli.rs).
-
-/// A fresh directory under the system temp dir, removed when the test passes (kept when it fails).
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("paystream-fraud-{tag}-{}-{nanos}-{n}", std::process::id()));
-        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
-        TempDir(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-
-    fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("test files kept in {}", self.0.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-fn file_uri(path: &Path) -> String {
-    format!("file:{}", path.display())
-}
-
-/// What a finished run left behind.
-#[derive(Debug)]
-struct Outcome {
-    label: String,
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Outcome {
-    fn assert_success(&self) -> &Self {
-        assert_eq!(self.code, Some(0), "{}: expected exit code 0\nstdout:\n{}\nstderr:\n{}", self.label, self.stdout, self.stderr);
-        self
-    }
-}
-
-struct Running {
-    label: String,
-    child: Child,
-    stdout: JoinHandle<Vec<u8>>,
-    stderr: JoinHandle<Vec<u8>>,
-}
-
-fn drain<R: Read + Send + 'static>(mut pipe: R) -> JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = pipe.read_to_end(&mut buf);
-        buf
-    })
-}
-
-/// Starts `paystream ARGS` in `cwd`.
-fn spawn(label: &str, args: Vec<String>, cwd: &Path) -> Running {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_paystream"))
-        .args(args)
-        .current_dir(cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{label}: cannot start paystream: {e}"));
-    let stdout = drain(child.stdout.take().expect("piped stdout"));
-    let stderr = drain(child.stderr.take().expect("piped stderr"));
-    Running { label: label.to_string(), child, stdout, stderr }
-}
-
-/// Waits for all of `runs`; if any is still running after [`TIMEOUT`], kills them all and fails.
-fn wait_all(mut runs: Vec<Running>) -> Vec<Outcome> {
-    let deadline = Instant::now() + TIMEOUT;
-    let mut codes: Vec<Option<Option<i32>>> = runs.iter().map(|_| None).collect();
-    loop {
-        for (run, code) in runs.iter_mut().zip(codes.iter_mut()) {
-            if code.is_none() {
-                if let Some(status) = run.child.try_wait().unwrap_or_else(|e| panic!("{}: cannot wait: {e}", run.label)) {
-                    *code = Some(status.code());
-                }
-            }
-        }
-        if codes.iter().all(Option::is_some) {
-            break;
-        }
-        if Instant::now() > deadline {
-            for run in runs.iter_mut() {
-                let _ = run.child.kill();
-                let _ = run.child.wait();
-            }
-            let mut report = String::new();
-            for (run, code) in runs.into_iter().zip(&codes) {
-                let stderr = String::from_utf8_lossy(&run.stderr.join().unwrap_or_default()).into_owned();
-                report.push_str(&format!("\n{} (exit: {code:?}) stderr:\n{stderr}", run.label));
-            }
-            panic!("runs did not finish within {TIMEOUT:?} and were killed:{report}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    runs.into_iter()
-        .zip(codes)
-        .map(|(run, code)| Outcome {
-            label: run.label,
-            code: code.flatten(),
-            stdout: String::from_utf8_lossy(&run.stdout.join().unwrap_or_default()).into_owned(),
-            stderr: String::from_utf8_lossy(&run.stderr.join().unwrap_or_default()).into_owned(),
-        })
-        .collect()
-}
 
 /// Runs `paystream run JOB ARGS --sink SINK=DIR/LABEL-wN/FILE --workers N -q` for N = 1 and 2 at
 /// once, checks both succeed and wrote the same lines (in any order), and returns the data lines
@@ -180,10 +53,6 @@ fn run_on_1_and_2_workers(dir: &TempDir, label: &str, job: &str, args: &[String]
     results.swap_remove(0)
 }
 
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
-}
-
 fn write(path: &Path, header: &str, lines: impl IntoIterator<Item = String>) {
     let mut text = format!("{header}\n");
     for line in lines {
@@ -193,77 +62,8 @@ fn write(path: &Path, header: &str, lines: impl IntoIterator<Item = String>) {
     std::fs::write(path, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
 }
 
-/// Splits one CSV line (RFC 4180 quoting).
-fn split_csv(line: &str) -> Vec<String> {
-    let mut fields = Vec::new();
-    let mut field = String::new();
-    let mut chars = line.chars().peekable();
-    let mut quoted = false;
-    while let Some(c) = chars.next() {
-        match (quoted, c) {
-            (false, '"') if field.is_empty() => quoted = true,
-            (false, ',') => fields.push(std::mem::take(&mut field)),
-            (true, '"') if chars.peek() == Some(&'"') => {
-                chars.next();
-                field.push('"');
-            }
-            (true, '"') => quoted = false,
-            (_, c) => field.push(c),
-        }
-    }
-    assert!(!quoted, "unterminated quote in output line {line:?}");
-    fields.push(field);
-    fields
-}
-
-/// Reads a CSV file the program wrote: checks its header and returns its data lines.
-fn data_lines(path: &Path, header: &str) -> Vec<String> {
-    let text = read(path);
-    let mut lines = text.lines();
-    assert_eq!(lines.next(), Some(header), "header of {}", path.display());
-    lines.map(String::from).collect()
-}
-
-/// Compares two sorted lists as multisets, listing a few of the differences when they differ.
-fn assert_same<T: Ord + Clone + std::fmt::Debug>(what: &str, expected: &[T], actual: &[T]) {
-    if expected == actual {
-        return;
-    }
-    let mut counts: BTreeMap<&T, i64> = BTreeMap::new();
-    for e in expected {
-        *counts.entry(e).or_default() += 1;
-    }
-    for a in actual {
-        *counts.entry(a).or_default() -= 1;
-    }
-    let missing: Vec<_> = counts.iter().filter(|(_, c)| **c > 0).map(|(r, c)| (*r, *c)).take(10).collect();
-    let extra: Vec<_> = counts.iter().filter(|(_, c)| **c < 0).map(|(r, c)| (*r, -*c)).take(10).collect();
-    panic!(
-        "{what}: expected {} rows, got {}\nmissing (first 10, with multiplicity): {missing:#?}\nunexpected (first 10): {extra:#?}",
-        expected.len(),
-        actual.len()
-    );
-}
-
 // ---------------------------------------------------------------------------------------------
 // Records, done here independently of the program.
-
-/// SplitMix64, for deterministic test inputs.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Payment {

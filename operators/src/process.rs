@@ -306,6 +306,21 @@ impl<K, V, S> Default for ProcessGroup<K, V, S> {
 mod tests {
     use super::*;
 
+    /// The logic around a function, as `process` builds it (without TTL).
+    fn logic_of<F: ProcessFunction<u64, u64>>(function: F) -> ProcessLogic<u64, u64, F> {
+        ProcessLogic {
+            function,
+            ttl: None,
+            states: HashMap::new(),
+            last_seen: HashMap::new(),
+            pending: BTreeMap::new(),
+            timers: BTreeSet::new(),
+            processing_timers: BTreeSet::new(),
+            expiry: BTreeSet::new(),
+            watermark: 0,
+        }
+    }
+
     /// Counts each key's records and emits the count when a timer 10 ms after the first fires.
     struct CountThenReport;
 
@@ -326,17 +341,7 @@ mod tests {
 
     #[test]
     fn timers_fire_after_records_at_their_time() {
-        let mut logic = ProcessLogic {
-            function: CountThenReport,
-            ttl: None,
-            states: HashMap::new(),
-            last_seen: HashMap::new(),
-            pending: BTreeMap::new(),
-            timers: BTreeSet::new(),
-            processing_timers: BTreeSet::new(),
-            expiry: BTreeSet::new(),
-            watermark: 0,
-        };
+        let mut logic = logic_of(CountThenReport);
         let mut out = Vec::new();
         for ts in [100u64, 105, 110, 111] {
             logic.on_record(0, ts, 1, 0);
@@ -369,17 +374,7 @@ mod tests {
 
     #[test]
     fn processing_time_timers_fire_by_the_wall_clock() {
-        let mut logic = ProcessLogic {
-            function: Timeout,
-            ttl: None,
-            states: HashMap::new(),
-            last_seen: HashMap::new(),
-            pending: BTreeMap::new(),
-            timers: BTreeSet::new(),
-            processing_timers: BTreeSet::new(),
-            expiry: BTreeSet::new(),
-            watermark: 0,
-        };
+        let mut logic = logic_of(Timeout);
         let mut out = Vec::new();
         logic.on_record(0, 10, 4, 0);
         logic.on_watermark(11, &mut out);
