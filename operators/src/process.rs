@@ -97,20 +97,7 @@ fn build<'scope, K: Key, V: Data, F: ProcessFunction<K, V>>(
 ) -> Stream<'scope, F::Out> {
     let (kept, late) = input.divert(&format!("{name}:lateness"), |message_time, ts, _| ts < message_time);
     let _ = late.count_as(&format!("{name}:late"), &format!("late_dropped:{name}"));
-    kept.keyed_logic(
-        name,
-        ProcessLogic {
-            function,
-            ttl,
-            states: HashMap::new(),
-            last_seen: HashMap::new(),
-            pending: BTreeMap::new(),
-            timers: BTreeSet::new(),
-            processing_timers: BTreeSet::new(),
-            expiry: BTreeSet::new(),
-            watermark: 0,
-        },
-    )
+    kept.keyed_logic(name, ProcessLogic::new(function, ttl))
 }
 
 struct ProcessLogic<K, V, F: ProcessFunction<K, V>> {
@@ -131,6 +118,20 @@ struct ProcessLogic<K, V, F: ProcessFunction<K, V>> {
 }
 
 impl<K: Key, V: Data, F: ProcessFunction<K, V>> ProcessLogic<K, V, F> {
+    fn new(function: F, ttl: Option<u64>) -> Self {
+        ProcessLogic {
+            function,
+            ttl,
+            states: HashMap::new(),
+            last_seen: HashMap::new(),
+            pending: BTreeMap::new(),
+            timers: BTreeSet::new(),
+            processing_timers: BTreeSet::new(),
+            expiry: BTreeSet::new(),
+            watermark: 0,
+        }
+    }
+
     fn call(
         &mut self,
         key: K,
@@ -308,17 +309,7 @@ mod tests {
 
     /// The logic around a function, as `process` builds it (without TTL).
     fn logic_of<F: ProcessFunction<u64, u64>>(function: F) -> ProcessLogic<u64, u64, F> {
-        ProcessLogic {
-            function,
-            ttl: None,
-            states: HashMap::new(),
-            last_seen: HashMap::new(),
-            pending: BTreeMap::new(),
-            timers: BTreeSet::new(),
-            processing_timers: BTreeSet::new(),
-            expiry: BTreeSet::new(),
-            watermark: 0,
-        }
+        ProcessLogic::new(function, None)
     }
 
     /// Counts each key's records and emits the count when a timer 10 ms after the first fires.
