@@ -797,7 +797,7 @@ fn damaged_checkpoint_falls_back() {
 
 #[test]
 fn renamed_step_is_refused() {
-    let job = JobRun::throughput(100_000);
+    let job = JobRun::throughput(THROUGHPUT_EVENTS);
     let dir = TempDir::new("renamed");
     let (out, chk) = (dir.join("out"), dir.join("chk"));
     kill_at_checkpoint("first run", &job.checkpointed(&out, &chk, &[]), &dir.0, &chk, 2);
