@@ -8,57 +8,12 @@ use common::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-const PAYMENT_HEADER: &str = "ts_ms,txn_id,card_id,merchant_id,amount_cents,currency,country,status";
 const WINDOW_HEADER: &str =
     "window_start_ms,window_end_ms,merchant_id,count,sum_amount_cents,approved_count,approval_rate,max_amount_cents,p99_amount_cents";
 const DEAD_LETTER_HEADER: &str = "source,origin,line,reason,raw";
 
-macro_rules! args {
-    ($($a:expr),* $(,)?) => { vec![$($a.to_string()),*] };
-}
-
-// ---------------------------------------------------------------------------------------------
-// Temporary directories and running the binary.
-
 // ---------------------------------------------------------------------------------------------
 // CSV and payments, done here independently of the program.
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Payment {
-    ts_ms: u64,
-    txn_id: String,
-    card_id: u64,
-    merchant_id: u64,
-    amount_cents: i64,
-    currency: String,
-    country: String,
-    status: String,
-}
-
-impl Payment {
-    fn to_line(&self) -> String {
-        format!(
-            "{},{},{},{},{},{},{},{}",
-            self.ts_ms, self.txn_id, self.card_id, self.merchant_id, self.amount_cents, self.currency, self.country, self.status
-        )
-    }
-
-    fn parse(line: &str) -> Payment {
-        let f: Vec<&str> = line.split(',').collect();
-        assert_eq!(f.len(), 8, "payment line {line:?}");
-        let num = |i: usize| f[i].parse::<u64>().unwrap_or_else(|e| panic!("column {i} of {line:?}: {e}"));
-        Payment {
-            ts_ms: num(0),
-            txn_id: f[1].to_string(),
-            card_id: num(2),
-            merchant_id: num(3),
-            amount_cents: f[4].parse().unwrap_or_else(|e| panic!("amount of {line:?}: {e}")),
-            currency: f[5].to_string(),
-            country: f[6].to_string(),
-            status: f[7].to_string(),
-        }
-    }
-}
 
 /// The data rows of a payments CSV file written by the test or the generator, in file order.
 fn read_payments(path: &Path) -> Vec<Payment> {
@@ -66,12 +21,7 @@ fn read_payments(path: &Path) -> Vec<Payment> {
 }
 
 fn write_payments(path: &Path, rows: &[Payment]) {
-    let mut text = format!("{PAYMENT_HEADER}\n");
-    for p in rows {
-        text.push_str(&p.to_line());
-        text.push('\n');
-    }
-    std::fs::write(path, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    write_csv(path, PAYMENT_HEADER, rows.iter().map(Payment::to_line));
 }
 
 /// `n` payments (plus a few probes) in one partition, out of order: most within 3.5 s of the

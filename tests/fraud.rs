@@ -15,15 +15,10 @@ use common::*;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
-const PAYMENT_HEADER: &str = "ts_ms,txn_id,card_id,merchant_id,amount_cents,currency,country,status";
 const AUTH_HEADER: &str = "txn_id,ts_ms,auth_code";
 const BLOCKED_HEADER: &str = "ts_ms,card_id,blocked";
 const MATCH_HEADER: &str = "txn_id,payment_ts_ms,auth_ts_ms,card_id,amount_cents";
 const ALERT_HEADER: &str = "rule,card_id,txn_id,ts_ms,detail";
-
-macro_rules! args {
-    ($($a:expr),* $(,)?) => { vec![$($a.to_string()),*] };
-}
 
 // ---------------------------------------------------------------------------------------------
 // Temporary directories and running the binary (after tests/cli.rs).
@@ -53,54 +48,8 @@ fn run_on_1_and_2_workers(dir: &TempDir, label: &str, job: &str, args: &[String]
     results.swap_remove(0)
 }
 
-fn write(path: &Path, header: &str, lines: impl IntoIterator<Item = String>) {
-    let mut text = format!("{header}\n");
-    for line in lines {
-        text.push_str(&line);
-        text.push('\n');
-    }
-    std::fs::write(path, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
-}
-
 // ---------------------------------------------------------------------------------------------
 // Records, done here independently of the program.
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Payment {
-    ts_ms: u64,
-    txn_id: String,
-    card_id: u64,
-    merchant_id: u64,
-    amount_cents: i64,
-    currency: String,
-    country: String,
-    status: String,
-}
-
-impl Payment {
-    fn to_line(&self) -> String {
-        format!(
-            "{},{},{},{},{},{},{},{}",
-            self.ts_ms, self.txn_id, self.card_id, self.merchant_id, self.amount_cents, self.currency, self.country, self.status
-        )
-    }
-
-    fn parse(line: &str) -> Payment {
-        let f: Vec<&str> = line.split(',').collect();
-        assert_eq!(f.len(), 8, "payment line {line:?}");
-        let num = |i: usize| f[i].parse::<u64>().unwrap_or_else(|e| panic!("column {i} of {line:?}: {e}"));
-        Payment {
-            ts_ms: num(0),
-            txn_id: f[1].to_string(),
-            card_id: num(2),
-            merchant_id: num(3),
-            amount_cents: f[4].parse().unwrap_or_else(|e| panic!("amount of {line:?}: {e}")),
-            currency: f[5].to_string(),
-            country: f[6].to_string(),
-            status: f[7].to_string(),
-        }
-    }
-}
 
 #[derive(Clone, Debug)]
 struct Auth {
@@ -155,7 +104,7 @@ where
     std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
     let parts: Vec<Vec<T>> = (0..n).map(|k| rows.iter().skip(k).step_by(n).cloned().collect()).collect();
     for (k, part) in parts.iter().enumerate() {
-        write(&dir.join(format!("part-{k}.csv")), header, part.iter().map(&line));
+        write_csv(&dir.join(format!("part-{k}.csv")), header, part.iter().map(&line));
     }
     parts
 }
@@ -619,11 +568,11 @@ fn fraud_detection_raises_exactly_the_alerts_in_the_data() {
         .collect();
     let auths = shuffle_within(&mut s.rng, auths, |a| a.ts_ms, 1_500);
     let auths_path = dir.join("authorizations.csv");
-    write(&auths_path, AUTH_HEADER, auths.iter().map(Auth::to_line));
+    write_csv(&auths_path, AUTH_HEADER, auths.iter().map(Auth::to_line));
     let late = s.late_rows.clone();
     let blocked = shuffle_within(&mut s.rng, s.blocked.clone(), |b| b.ts_ms + late.get(&(b.ts_ms, b.card_id)).copied().unwrap_or(0), 1_500);
     let blocked_path = dir.join("blocked_cards.csv");
-    write(&blocked_path, BLOCKED_HEADER, blocked.iter().map(Blocked::to_line));
+    write_csv(&blocked_path, BLOCKED_HEADER, blocked.iter().map(Blocked::to_line));
 
     // The records delayed on purpose are behind their watermark, and no other record is.
     let mut behind = BTreeSet::new();

@@ -15,27 +15,13 @@ use common::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-const PAYMENT_HEADER: &str = "ts_ms,txn_id,card_id,merchant_id,amount_cents,currency,country,status";
 const ADJUSTMENT_HEADER: &str = "ts_ms,txn_id,merchant_id,amount_cents,kind";
 const EXPOSURE_HEADER: &str = "merchant_id,exposure_cents,diff";
 const CARDS_HEADER: &str = "merchant_id,cards,diff";
 const DEAD_LETTER_HEADER: &str = "source,origin,line,reason,raw";
 
-macro_rules! args {
-    ($($a:expr),* $(,)?) => { vec![$($a.to_string()),*] };
-}
-
 // ---------------------------------------------------------------------------------------------
 // Temporary directories and running the binary (after tests/cli.rs).
-
-fn write_csv(path: &Path, header: &str, lines: impl IntoIterator<Item = String>) {
-    let mut text = format!("{header}\n");
-    for line in lines {
-        text.push_str(&line);
-        text.push('\n');
-    }
-    std::fs::write(path, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
-}
 
 // ---------------------------------------------------------------------------------------------
 // Inputs, and the answers computed in batch.

@@ -10,6 +10,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// Lists command-line arguments: `args!["run", job, format!(...)]`.
+macro_rules! args {
+    ($($a:expr),* $(,)?) => { vec![$($a.to_string()),*] };
+}
+
+/// The CSV header of a payment.
+pub const PAYMENT_HEADER: &str = "ts_ms,txn_id,card_id,merchant_id,amount_cents,currency,country,status";
+
 /// How long any one run (or set of concurrent runs) may take before the test fails instead of hanging.
 pub const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -216,4 +224,52 @@ pub fn assert_same<T: Ord + Clone + std::fmt::Debug>(what: &str, expected: &[T],
         expected.len(),
         actual.len()
     );
+}
+
+/// Writes a CSV file: the header, then one line each.
+pub fn write_csv(path: &Path, header: &str, lines: impl IntoIterator<Item = String>) {
+    let mut text = format!("{header}\n");
+    for line in lines {
+        text.push_str(&line);
+        text.push('\n');
+    }
+    std::fs::write(path, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+}
+
+/// A payment as the tests write and read it (kept apart from the program's own type).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Payment {
+    pub ts_ms: u64,
+    pub txn_id: String,
+    pub card_id: u64,
+    pub merchant_id: u64,
+    pub amount_cents: i64,
+    pub currency: String,
+    pub country: String,
+    pub status: String,
+}
+
+impl Payment {
+    pub fn to_line(&self) -> String {
+        format!(
+            "{},{},{},{},{},{},{},{}",
+            self.ts_ms, self.txn_id, self.card_id, self.merchant_id, self.amount_cents, self.currency, self.country, self.status
+        )
+    }
+
+    pub fn parse(line: &str) -> Payment {
+        let f: Vec<&str> = line.split(',').collect();
+        assert_eq!(f.len(), 8, "payment line {line:?}");
+        let num = |i: usize| f[i].parse::<u64>().unwrap_or_else(|e| panic!("column {i} of {line:?}: {e}"));
+        Payment {
+            ts_ms: num(0),
+            txn_id: f[1].to_string(),
+            card_id: num(2),
+            merchant_id: num(3),
+            amount_cents: f[4].parse().unwrap_or_else(|e| panic!("amount of {line:?}: {e}")),
+            currency: f[5].to_string(),
+            country: f[6].to_string(),
+            status: f[7].to_string(),
+        }
+    }
 }
