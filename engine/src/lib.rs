@@ -17,6 +17,7 @@ pub mod faults;
 pub mod job;
 pub mod keyed;
 pub mod keygroup;
+pub mod latency;
 pub mod metrics;
 pub mod record;
 pub mod runtime;
