@@ -196,16 +196,23 @@ fn build(job: &mut JobBuilder<'_>, params: &Params) -> Result<()> {
     let geo_alerts = payments.clone().key_by("geo:by-card", |p| p.card_id).process("geo-velocity", geo);
     let testing_alerts = payments.clone().key_by("testing:by-card", |p| p.card_id).process("card-testing", testing);
 
+    // The join holds a payment's time and card (its `txn_id` moved into the key) and nothing of an
+    // authorization but its time.
     let unauthorized = payments
-        .key_by("unauthorized:payments-by-txn", |p| p.txn_id.clone())
-        .interval_join(auths.key_by("unauthorized:auths-by-txn", |a| a.txn_id.clone()))
+        .key_by_split("unauthorized:payments-by-txn", |p| (p.txn_id, (p.ts_ms, p.card_id)))
+        .interval_join(auths.key_by_split("unauthorized:auths-by-txn", |a| (a.txn_id, ())))
         .between(0, auth_window)
         .with_unmatched_left()
         .join("unauthorized")
         .flat_map("unauthorized:alert", move |j| {
-            j.right
-                .is_none()
-                .then(|| alert("unauthorized", &j.left, format!("no authorization within {} ms", millis(auth_window as u64).as_millis())))
+            let (ts_ms, card_id) = j.left;
+            j.right.is_none().then(|| Alert {
+                rule: "unauthorized".to_string(),
+                card_id,
+                txn_id: j.key,
+                ts_ms,
+                detail: format!("no authorization within {} ms", millis(auth_window as u64).as_millis()),
+            })
         });
 
     velocity.union(blocked_alerts).union(geo_alerts).union(testing_alerts).union(unauthorized).sink("alerts")
