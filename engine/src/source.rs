@@ -40,7 +40,7 @@ use timely::dataflow::Scope;
 use crate::checkpoint::{self, Participant};
 use crate::decode::LineDecoder;
 use crate::job::BuildContext;
-use crate::record::{split_csv_line, CsvRecord, DeadLetter};
+use crate::record::{CsvRecord, DeadLetter};
 use crate::stream::TStream;
 use crate::time::OutOfOrder;
 use crate::time::Time;
@@ -205,10 +205,7 @@ impl FilePartition {
 
 /// Parses one CSV line into a record.
 pub fn parse_csv_line<T: CsvRecord>(line: &str) -> Result<T, String> {
-    let mut fields = Vec::with_capacity(16);
-    split_csv_line(line, &mut fields)?;
-    let refs: Vec<&str> = fields.iter().map(|f| f.as_ref()).collect();
-    T::from_csv_fields(&refs)
+    T::from_csv_line(line)
 }
 
 impl<T: Data + CsvRecord> Partition<T> for FilePartition {
