@@ -23,7 +23,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::str::FromStr;
@@ -38,8 +38,9 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::Scope;
 
 use crate::checkpoint::{self, Participant};
+use crate::decode::LineDecoder;
 use crate::job::BuildContext;
-use crate::record::{split_csv_line, CsvRecord, DeadLetter};
+use crate::record::{CsvRecord, DeadLetter};
 use crate::stream::TStream;
 use crate::time::OutOfOrder;
 use crate::time::Time;
@@ -230,11 +231,8 @@ impl<T: 'static> Partition<T> for GenPartition<T> {
 pub(crate) struct FilePartition {
     source: String,
     path: PathBuf,
-    format: Format,
     reader: BufReader<File>,
-    line_no: u64,
-    offset: u64,
-    buf: Vec<u8>,
+    decoder: LineDecoder,
 }
 
 impl FilePartition {
@@ -243,101 +241,30 @@ impl FilePartition {
         Ok(FilePartition {
             source: source.to_string(),
             path: path.to_path_buf(),
-            format,
             reader: BufReader::with_capacity(1 << 20, file),
-            line_no: 0,
-            offset: 0,
-            buf: Vec::with_capacity(256),
+            decoder: LineDecoder::new(source, path.display().to_string(), format),
         })
-    }
-
-    fn dead(&self, reason: String, raw: &str) -> DeadLetter {
-        DeadLetter {
-            source: self.source.clone(),
-            origin: self.path.display().to_string(),
-            line: self.line_no,
-            reason,
-            raw: raw.to_string(),
-        }
     }
 }
 
 /// Parses one CSV line into a record.
 pub fn parse_csv_line<T: CsvRecord>(line: &str) -> Result<T, String> {
-    let mut fields = Vec::with_capacity(16);
-    split_csv_line(line, &mut fields)?;
-    let refs: Vec<&str> = fields.iter().map(|f| f.as_ref()).collect();
-    T::from_csv_fields(&refs)
+    T::from_csv_line(line)
 }
 
 impl<T: Data + CsvRecord> Partition<T> for FilePartition {
     fn read(&mut self, max: usize, out: &mut Vec<T>, dead: &mut Vec<DeadLetter>) -> ReadStatus {
-        let mut produced = 0;
-        let dead_before = dead.len();
-        // Dead letters count toward the batch, so a file of bad lines is still read in slices.
-        while produced + (dead.len() - dead_before) < max {
-            self.buf.clear();
-            match self.reader.read_until(b'\n', &mut self.buf) {
-                Ok(0) => return ReadStatus::Done,
-                Ok(n) => self.offset += n as u64,
-                Err(e) => {
-                    self.line_no += 1;
-                    dead.push(self.dead(format!("read error: {e}; the rest of the file is skipped"), ""));
-                    return ReadStatus::Done;
-                }
-            }
-            self.line_no += 1;
-            while matches!(self.buf.last(), Some(b'\n' | b'\r')) {
-                self.buf.pop();
-            }
-            let line = match std::str::from_utf8(&self.buf) {
-                Ok(l) => l,
-                Err(e) => {
-                    let raw = String::from_utf8_lossy(&self.buf).into_owned();
-                    dead.push(self.dead(format!("not UTF-8: {e}"), &raw));
-                    continue;
-                }
-            };
-            if line.trim().is_empty() {
-                continue;
-            }
-            let parsed = match self.format {
-                Format::Csv => {
-                    if self.line_no == 1 && line.trim().eq_ignore_ascii_case(&T::csv_header()) {
-                        continue;
-                    }
-                    parse_csv_line::<T>(line)
-                }
-                Format::JsonLines => serde_json::from_str::<T>(line).map_err(|e| format!("invalid JSON record: {e}")),
-            };
-            match parsed {
-                Ok(record) => {
-                    out.push(record);
-                    produced += 1;
-                }
-                Err(reason) => {
-                    let reason = if self.line_no == 1 && self.format == Format::Csv {
-                        format!("{reason} (a header line must read {:?})", T::csv_header())
-                    } else {
-                        reason
-                    };
-                    let d = self.dead(reason, line);
-                    dead.push(d);
-                }
-            }
-        }
-        ReadStatus::More
+        self.decoder.read(&mut self.reader, max, out, dead)
     }
     fn position(&self) -> Position {
-        Position { offset: self.offset, line: self.line_no }
+        Position { offset: self.decoder.offset(), line: self.decoder.line_no() }
     }
     fn seek(&mut self, position: &Position) -> Result<()> {
         use std::io::Seek;
         self.reader
             .seek(std::io::SeekFrom::Start(position.offset))
             .map_err(|e| anyhow!("source {}: cannot resume {} at byte {}: {e}", self.source, self.path.display(), position.offset))?;
-        self.offset = position.offset;
-        self.line_no = position.line;
+        self.decoder.resume_at(position.offset, position.line);
         Ok(())
     }
 }
