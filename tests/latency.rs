@@ -35,7 +35,8 @@ fn rate_paces_the_sources_and_the_summary_reports_latency() {
             "--rate",
             "10000",
             "--source",
-            "payments=gen:count=20000",
+            // 40 s of event time: records close three 10 s windows before the input ends.
+            "payments=gen:count=20000,events_per_sec=500",
             "--sink",
             format!("windows={}", file_uri(&out)),
         ],
@@ -45,6 +46,16 @@ fn rate_paces_the_sources_and_the_summary_reports_latency() {
     let wall = started.elapsed().as_secs_f64();
     // 20,000 events at 10,000 per second cannot take less than two seconds.
     assert!(wall >= 1.9, "20,000 events paced at 10,000/s finished in {wall:.2} s");
+    let measured: u64 = outcome
+        .stderr
+        .split(" results: ")
+        .next()
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|n| n.replace(',', "").parse().ok())
+        .unwrap_or_else(|| panic!("no result count in:\n{}", outcome.stderr));
+    // The windows closed by records are measured; those the end of input closes are not.
+    let written = read(&out).lines().count() as u64 - 1;
+    assert!(measured > 0 && measured < written, "{measured} of {written} results measured:\n{}", outcome.stderr);
     let figures = latency_line(&outcome.stderr);
     let names: Vec<&str> = figures.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["p50", "p99", "p99.9", "max"], "{}", outcome.stderr);
@@ -61,7 +72,7 @@ fn rate_paces_the_sources_and_the_summary_reports_latency() {
             "throughput-windows",
             "-q",
             "--source",
-            "payments=gen:count=20000",
+            "payments=gen:count=20000,events_per_sec=500",
             "--sink",
             format!("windows={}", file_uri(&reference))
         ],

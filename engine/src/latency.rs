@@ -17,7 +17,9 @@
 //! by a record it is at least the time since that record's ingestion would be, minus nothing: the
 //! alert could not be written before the watermark passed it. Only one process's workers are
 //! combined, so latency is measured in single-process runs. File sinks with checkpoints count a
-//! result when it is staged, not when the checkpoint publishes it.
+//! result when it is staged, not when the checkpoint publishes it. Results that only the end of a
+//! bounded input closes (the last windows, flushed when the sources finish) are not counted: no
+//! record completed them.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -138,10 +140,9 @@ impl LatencyClock {
         let mut s = self.lock();
         let i = s.history.partition_point(|(wm, _)| *wm <= time);
         let since = match s.history.get(i) {
+            // Closed by the end of a bounded input, not by a record: nothing to measure from.
+            Some((u64::MAX, _)) | None => return,
             Some((_, at)) => now.saturating_duration_since(*at),
-            // Written before any recorded advance passed it (the end of input drops the
-            // capabilities without an advance): measure from the latest advance.
-            None => s.history.back().map_or(Duration::ZERO, |(_, at)| now.saturating_duration_since(*at)),
         };
         let micros = (since.as_micros().min(MAX_MICROS as u128) as u64).max(1);
         s.histogram.saturating_record_n(micros, lines as u64);
@@ -207,6 +208,11 @@ mod tests {
         // Now 200, at 20 ms.
         c.record(99, 1); // passed by the advance to 100 (at 10 ms): about 40 ms ago
         c.record(150, 1); // passed by the advance to 200 (at 20 ms): about 30 ms ago
+        c.record(250, 5); // not passed yet
+                          // The end of input passes everything: results it closes are not measured.
+        c.advance(1, 0, u64::MAX, t0 + Duration::from_millis(30));
+        c.advance(0, 0, u64::MAX, t0 + Duration::from_millis(30));
+        c.record(400, 7);
         let h = c.histogram();
         assert_eq!(h.len(), 2);
         let (lo, hi) = (h.min(), h.max());
