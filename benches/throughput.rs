@@ -5,7 +5,7 @@
 //! has no workers to be deterministic across); after the timed runs the bench checks that the
 //! loop's file and the job's file hold the same lines (count and an order-independent checksum),
 //! so the comparison is between equal work. Both use the same generator, whose cost is part of
-//! both sides.
+//! both sides, and the same allocator (mimalloc, as the `paystream` binary).
 //!
 //! `cargo bench --bench throughput` (release profile). Environment: `EVENTS` (default 2000000),
 //! `RUNS` (default 3; medians are reported), `JOBS` (comma-separated job names, default both),
@@ -26,6 +26,10 @@ use paystream::engine::{CsvRecord, Generate};
 use paystream::jobs::throughput::MerchantWindow;
 use paystream::jobs::velocity::VelocityAlert;
 use paystream::jobs::{Payment, Status};
+
+/// The allocator of the paystream binary (src/main.rs), for the loops and the engine alike.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The hash maps of the loops: the same fast hasher the engine's window state uses, so the loop
 /// is what a performance-minded person would write.
