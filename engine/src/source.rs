@@ -521,6 +521,8 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
             }
             let held = records_cap.time().wm;
             let mut read = 0u64;
+            // `on_time` is handed over whole each activation: size it once, not by doubling.
+            on_time.reserve(per_partition * parts.len());
             for part in parts.iter_mut().filter(|p| !p.done) {
                 let status = part.reader.read(per_partition, &mut batch, &mut dead_letters);
                 if !batch.is_empty() {
