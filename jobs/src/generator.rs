@@ -46,21 +46,14 @@ fn mix(mut z: u64) -> u64 {
 
 /// `prefix` followed by `n` in decimal, as `format!("{prefix}{n}")` writes it but in one exact
 /// allocation: transaction ids are made for every generated event, and `format!` (its formatting
-/// machinery and the reallocations of a growing string) cost more than the rest of a payment.
-fn id(prefix: u8, mut n: u64) -> String {
-    let mut digits = [0u8; 21];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    let mut id = String::with_capacity(1 + digits.len() - at);
-    id.push(char::from(prefix));
-    id.extend(digits[at..].iter().map(|d| char::from(*d)));
+/// machinery and the reallocations of a string grown from empty) cost more than the rest of a
+/// payment.
+fn id(prefix: char, n: u64) -> String {
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(n);
+    let mut id = String::with_capacity(1 + digits.len());
+    id.push(prefix);
+    id.push_str(digits);
     id
 }
 
@@ -184,7 +177,7 @@ impl Shape {
         };
         Payment {
             ts_ms: self.payment_ts_ms(index),
-            txn_id: id(b't', index),
+            txn_id: id('t', index),
             card_id,
             merchant_id,
             amount_cents,
@@ -200,7 +193,7 @@ impl Shape {
         let delay = self.random(index, 7) % (self.auth_delay_ms + 1);
         Authorization {
             // An unauthorized payment's slot carries an authorization of some other transaction.
-            txn_id: id(if unauthorized { b'x' } else { b't' }, index),
+            txn_id: id(if unauthorized { 'x' } else { 't' }, index),
             ts_ms: self.payment_ts_ms(index) + delay,
             auth_code: format!("{:06}", self.random(index, 8) % 1_000_000),
         }
@@ -288,8 +281,8 @@ mod tests {
     #[test]
     fn ids_are_prefixed_decimals() {
         for n in [0, 7, 10, 42, 99_999, 1_000_000, u64::MAX] {
-            assert_eq!(id(b't', n), format!("t{n}"));
-            assert_eq!(id(b'x', n), format!("x{n}"));
+            assert_eq!(id('t', n), format!("t{n}"));
+            assert_eq!(id('x', n), format!("x{n}"));
         }
     }
 
