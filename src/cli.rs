@@ -51,6 +51,10 @@ struct BenchArgs {
     /// How many runs; the table shows each and their median.
     #[arg(long, value_name = "N", default_value_t = 3)]
     runs: usize,
+    /// Then run the job paced at 25%, 50% and 90% of the measured maximum throughput (median
+    /// events/s of the runs) and report latency percentiles at each load.
+    #[arg(long)]
+    latency: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -130,9 +134,27 @@ struct RunArgs {
     #[arg(long)]
     allow_dropped_state: bool,
 
+    /// Flow control: batches of 4096 records a source worker may have on their way to the sinks
+    /// before it waits for them to land. Bounds memory when a sink, a
+    /// worker or a hot key is slow, and keeps sources of different workers aligned. 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = paystream_engine::runtime::DEFAULT_MAX_IN_FLIGHT)]
+    max_in_flight: usize,
+
+    /// Pace all sources together at this many events per second (a replay at a fixed rate), and
+    /// report the latency from each result's completing record's ingestion to its sink.
+    #[arg(long, value_name = "EVENTS_PER_SEC", value_parser = parse_rate)]
+    rate: Option<f64>,
+
     /// Print no progress lines and no summary.
     #[arg(short, long)]
     quiet: bool,
+}
+
+fn parse_rate(text: &str) -> std::result::Result<f64, String> {
+    match text.trim().replace('_', "").parse::<f64>() {
+        Ok(r) if r.is_finite() && r >= 1.0 => Ok(r),
+        _ => Err(format!("{text:?} is not a rate: give events per second, at least 1, such as 500000")),
+    }
 }
 
 /// Parses `500ms`, `1s`, `2m` or a bare number of milliseconds.
@@ -281,6 +303,8 @@ fn plan_run(jobs: &[JobSpec], args: &RunArgs) -> Result<(RunPlan, RunOptions)> {
         }),
         restore: args.restore.clone(),
         allow_dropped_state: args.allow_dropped_state,
+        max_in_flight: args.max_in_flight,
+        rate: args.rate,
         ..RunOptions::default()
     };
     if options.restore.as_deref() == Some("latest") && options.checkpoint.is_none() {
@@ -302,7 +326,7 @@ fn bench(jobs: &[JobSpec], args: BenchArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match crate::bench::measure(&plan, &options, args.runs.max(1)) {
+    match crate::bench::measure(&plan, &options, args.runs.max(1), args.latency) {
         Ok(table) => {
             print!("{table}");
             ExitCode::SUCCESS

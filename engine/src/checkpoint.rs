@@ -41,8 +41,11 @@ use serde::{Deserialize, Serialize};
 use crate::Result;
 
 const MAGIC: &[u8; 4] = b"PSCK";
-/// The version of the part format; a reader refuses other versions.
-pub const FORMAT_VERSION: u32 = 1;
+/// The version of the part format; a reader refuses other versions. Bumped whenever what a step
+/// saves changes shape, so an old checkpoint is refused by name instead of misread:
+/// * 2: the joins of `auth-match` (`auth-window`) and `fraud-detection` (`unauthorized`) hold
+///   only the fields they use of payments and authorizations.
+pub const FORMAT_VERSION: u32 = 2;
 const MANIFEST: &str = "MANIFEST";
 
 /// How a run checkpoints.

@@ -2,6 +2,8 @@
 //! `kill -9` would) the N-th time (default 1st) execution reaches the named point. Points:
 //! `part:before-write`, `manifest:before-write`, `manifest:after-write`, `sink:before-stage`,
 //! `sink:before-publish`. Unset, it costs one relaxed atomic load per point.
+//!
+//! `PAYSTREAM_SLOW_SINK=MICROS` slows every sink writer down (see [`slow_sink`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -24,5 +26,15 @@ pub fn point(name: &str) {
             eprintln!("paystream: crash injected at {name}");
             std::process::abort();
         }
+    }
+}
+
+/// A deliberately slow sink, for flow-control tests: `PAYSTREAM_SLOW_SINK=MICROS` makes a sink's
+/// writer wait that many microseconds per line it writes. Unset, it costs one load per write.
+pub fn slow_sink(lines: usize) {
+    static DELAY: OnceLock<Option<u64>> = OnceLock::new();
+    let delay = DELAY.get_or_init(|| std::env::var("PAYSTREAM_SLOW_SINK").ok().and_then(|v| v.parse().ok()));
+    if let Some(micros) = delay {
+        std::thread::sleep(std::time::Duration::from_micros(micros * lines as u64));
     }
 }

@@ -207,6 +207,10 @@ pub(crate) struct BuildContext {
     pub(crate) restore: Option<Arc<Restore>>,
     /// Commit progress, shared with the coordinator (process 0).
     pub(crate) commit: Option<Arc<CommitState>>,
+    /// Flow control: every sink's input frontier, which sources compare their reads against.
+    pub(crate) flow: crate::source::FlowControl,
+    /// Sources built so far on this worker: the next one's number.
+    pub(crate) sources_built: std::cell::Cell<usize>,
     /// Checkpoint participants this worker's dataflow has: sources, stateful steps, sinks.
     pub(crate) participants: RefCell<Vec<ParticipantKind>>,
     step_names: RefCell<BTreeSet<String>>,
@@ -224,6 +228,8 @@ impl BuildContext {
             checkpoint: None,
             restore: None,
             commit: None,
+            flow: crate::source::FlowControl::new(0),
+            sources_built: Default::default(),
             participants: Default::default(),
             step_names: Default::default(),
             used_sources: Default::default(),

@@ -8,15 +8,18 @@
 //! * [`job`]: job specifications, parameters and the [`JobBuilder`] a job function receives.
 //! * [`stream`]: [`Stream`] and [`KeyedStream`] with the stateless operators.
 //! * [`keyed`]: the event-time keyed operator primitive windows and joins are built on.
+//! * [`decode`]: the `file:` source's line reading and decoding, usable on any buffered reader.
 //! * [`source`] and [`sink`]: connectors addressed by URI (`gen:`, `file:`, `stdout:`).
 //! * [`runtime`]: running a job on threads or processes, with progress and a summary.
 
 pub mod checkpoint;
 pub mod collection;
+pub mod decode;
 pub mod faults;
 pub mod job;
 pub mod keyed;
 pub mod keygroup;
+pub mod latency;
 pub mod metrics;
 pub mod record;
 pub mod runtime;

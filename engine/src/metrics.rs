@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use crate::latency::{LatencyClock, Pacing};
+
 /// Counters of one process.
 #[derive(Debug)]
 pub struct Metrics {
@@ -14,6 +16,10 @@ pub struct Metrics {
     counters: Mutex<BTreeMap<String, u64>>,
     /// Named per-worker levels, such as `state:STEP` (entries of state held).
     gauges: Mutex<BTreeMap<String, Vec<u64>>>,
+    /// The events-per-second budget of this process's sources, when paced.
+    pacing: Option<Pacing>,
+    /// End-to-end latency measurement, when on.
+    latency: Option<LatencyClock>,
 }
 
 impl Metrics {
@@ -24,7 +30,24 @@ impl Metrics {
             watermarks: (0..workers).map(|_| AtomicU64::new(0)).collect(),
             counters: Mutex::new(BTreeMap::new()),
             gauges: Mutex::new(BTreeMap::new()),
+            pacing: None,
+            latency: None,
         }
+    }
+    /// Paces the sources at `rate` events per second in all (when given) and measures latency;
+    /// the job has `sources` sources on each worker.
+    pub fn with_latency(mut self, rate: Option<f64>, sources: usize) -> Self {
+        self.pacing = rate.map(Pacing::new);
+        self.latency = Some(LatencyClock::new(self.watermarks.len(), sources));
+        self
+    }
+    /// The sources' shared budget, when paced.
+    pub fn pacing(&self) -> Option<&Pacing> {
+        self.pacing.as_ref()
+    }
+    /// The latency clock, when latency is measured.
+    pub fn latency(&self) -> Option<&LatencyClock> {
+        self.latency.as_ref()
     }
     /// Adds to the count of events read by sources.
     pub fn add_events_read(&self, n: u64) {

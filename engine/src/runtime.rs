@@ -39,7 +39,17 @@ pub struct RunOptions {
     pub restore: Option<String>,
     /// Restore even when the checkpoint holds state no step of the job owns (it is discarded).
     pub allow_dropped_state: bool,
+    /// Flow control: how many read batches a source worker may have on their way to the sinks
+    /// before it waits; 0 turns flow control off.
+    pub max_in_flight: usize,
+    /// Pace all sources together at this many events per second (and measure latency).
+    pub rate: Option<f64>,
+    /// Measure end-to-end latency (see `crate::latency`); implied by `rate`.
+    pub measure_latency: bool,
 }
+
+/// The default of [`RunOptions::max_in_flight`]; see `BENCHMARKS.md` for how it was chosen.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 4;
 
 impl Default for RunOptions {
     fn default() -> Self {
@@ -53,6 +63,9 @@ impl Default for RunOptions {
             checkpoint: None,
             restore: None,
             allow_dropped_state: false,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            rate: None,
+            measure_latency: false,
         }
     }
 }
@@ -112,6 +125,18 @@ pub struct Summary {
     pub counters: std::collections::BTreeMap<String, u64>,
     /// Named levels at the end (`state:STEP`: entries of state held), summed over workers.
     pub gauges: std::collections::BTreeMap<String, u64>,
+    /// The process's peak resident memory so far, in bytes (Linux; `None` elsewhere).
+    pub peak_rss_bytes: Option<u64>,
+    /// Ingestion-to-sink latency of the results, when measured.
+    pub latency: Option<crate::latency::LatencySummary>,
+}
+
+/// The process's peak resident set size (`VmHWM` of `/proc/self/status`), in bytes.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.trim_start_matches("VmHWM:").trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// Builds the job once on one thread without running it, to report a bad parameter, source or
@@ -279,7 +304,12 @@ pub fn run_prepared(prepared: Prepared) -> Result<Summary> {
     let is_first_process = options.process == 0;
     let first_epoch = restore.as_ref().map_or(0, |r| r.manifest.epoch + 1);
     let plan = Arc::new(plan);
-    let metrics = Arc::new(Metrics::new(options.workers));
+    let mut metrics = Metrics::new(options.workers);
+    if options.measure_latency || options.rate.is_some() {
+        let sources = participants.iter().filter(|p| matches!(p, ParticipantKind::Source(_))).count();
+        metrics = metrics.with_latency(options.rate, sources);
+    }
+    let metrics = Arc::new(metrics);
     let start = Instant::now();
     let done = Arc::new(AtomicBool::new(false));
     let reporter = options.progress.then(|| {
@@ -309,10 +339,12 @@ pub fn run_prepared(prepared: Prepared) -> Result<Summary> {
         .collect();
     let worker_metrics = metrics.clone();
     let checkpoint = options.checkpoint.clone();
+    let max_in_flight = options.max_in_flight;
     let guards = timely::execute(config, move |worker| {
         let plan = plan.clone();
         let mut ctx = BuildContext::new(plan.clone(), worker_metrics.clone(), false);
         ctx.checkpoint = checkpoint.clone();
+        ctx.flow = crate::source::FlowControl::new(max_in_flight);
         ctx.restore = restore.clone();
         ctx.commit = Some(commit.clone());
         worker.dataflow::<crate::time::Time, _, _>(|scope| {
@@ -348,7 +380,14 @@ pub fn run_prepared(prepared: Prepared) -> Result<Summary> {
             }
         }
     }
-    Ok(Summary { events_read: metrics.events_read(), elapsed: start.elapsed(), counters: metrics.counters(), gauges: metrics.gauges() })
+    Ok(Summary {
+        events_read: metrics.events_read(),
+        elapsed: start.elapsed(),
+        counters: metrics.counters(),
+        gauges: metrics.gauges(),
+        peak_rss_bytes: peak_rss_bytes(),
+        latency: metrics.latency().map(|c| crate::latency::LatencySummary::of(&c.histogram())),
+    })
 }
 
 fn report_progress(job: &str, metrics: &Metrics, done: &AtomicBool, start: Instant, every: Duration) {
@@ -400,6 +439,20 @@ pub fn describe(plan: &RunPlan, options: &RunOptions, summary: &Summary) -> Stri
     );
     if options.processes > 1 {
         out.push_str(&format!(" by process {} of {}", options.process, options.processes));
+    }
+    if let Some(bytes) = summary.peak_rss_bytes {
+        out.push_str(&format!(", peak memory {} MiB", bytes.div_ceil(1 << 20)));
+    }
+    if let Some(l) = &summary.latency {
+        let ms = |us: u64| us as f64 / 1000.0;
+        out.push_str(&format!(
+            "\n  latency, ingestion to sink, over {} results: p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms",
+            group_digits(l.count),
+            ms(l.p50),
+            ms(l.p99),
+            ms(l.p999),
+            ms(l.max)
+        ));
     }
     for (name, uri) in &plan.sinks {
         if let Some(n) = summary.counters.get(&format!("written:{name}")) {

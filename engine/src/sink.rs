@@ -32,6 +32,7 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Probe;
 
 use crate::checkpoint::{self, CommitState, Participant};
 use crate::metrics::Metrics;
@@ -264,6 +265,10 @@ pub(crate) fn build_sink<T: Data + CsvRecord>(stream: Stream<'_, T>, name: &str,
     let mut builder = OperatorBuilder::new(format!("sink:{name}"), scope);
     let activator = scope.activator_for(builder.operator_info().address);
     let mut input = builder.new_input(encoded, Exchange::new(|_| 0));
+    // The sink sends nothing; its output's frontier is its input's, messages still queued for it
+    // included, which is what flow control watches.
+    let (_output, landed) = builder.new_output::<Vec<()>>();
+    landed.probe_with(&ctx.flow.probe);
     builder.build(move |_capabilities| {
         let mut target: Option<Target> = None;
         let mut failed = false;
@@ -311,6 +316,10 @@ pub(crate) fn build_sink<T: Data + CsvRecord>(stream: Stream<'_, T>, name: &str,
                 let mut lines = pending.remove(&time).unwrap_or_default();
                 lines.sort_unstable();
                 written += lines.len() as u64;
+                crate::faults::slow_sink(lines.len());
+                if let (Some(clock), false) = (metrics.latency(), sink_name == crate::job::DEAD_LETTERS) {
+                    clock.record(time.wm, lines.len());
+                }
                 match out {
                     Target::Direct(writer, _) => {
                         for (_, line) in lines {

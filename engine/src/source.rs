@@ -23,7 +23,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::str::FromStr;
@@ -38,8 +38,9 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::Scope;
 
 use crate::checkpoint::{self, Participant};
+use crate::decode::LineDecoder;
 use crate::job::BuildContext;
-use crate::record::{split_csv_line, CsvRecord, DeadLetter};
+use crate::record::{CsvRecord, DeadLetter};
 use crate::stream::TStream;
 use crate::time::OutOfOrder;
 use crate::time::Time;
@@ -49,6 +50,50 @@ use crate::{Data, Result};
 /// Records read per partition per activation: large enough that timely's per-message cost is
 /// amortised, small enough that operators downstream run often.
 pub const BATCH: usize = 4096;
+
+/// A paced source waits at least this long between reads, so that it does not spin.
+const PACING_TICK: std::time::Duration = std::time::Duration::from_micros(200);
+
+/// Flow control: sources wait rather than read far ahead of what the sinks have taken in.
+///
+/// Every sink's input frontier is mirrored into one probe per worker. A record a source sent at
+/// timestamp `t` is *in flight* until the probe's frontier has passed `t`, that is until it, and
+/// everything derived from it, has reached every sink (timely's progress tracking counts messages
+/// still queued in channels, including those on their way to another worker). A source worker with
+/// `max_in_flight` batches ([`BATCH`] records each) in flight reads nothing until some land, so a
+/// slow sink, a slow worker or a hot key makes the sources wait instead of filling channels, and
+/// sources on different workers stay within a few batches of each other (watermark alignment),
+/// which bounds what joins buffer for the side that is ahead.
+///
+/// Records sent at the source's current timestamp do not count: they cannot land before the source
+/// moves on. Input whose watermark never advances (every record with the same event time) is
+/// therefore not bounded by this mechanism.
+#[derive(Clone)]
+pub struct FlowControl {
+    pub(crate) probe: timely::dataflow::operators::probe::Handle<Time>,
+    /// Batches a source worker may have in flight; 0: no limit.
+    pub(crate) max_in_flight: usize,
+}
+
+impl FlowControl {
+    pub(crate) fn new(max_in_flight: usize) -> Self {
+        FlowControl { probe: Default::default(), max_in_flight }
+    }
+
+    /// Drops the batches that have landed; returns whether a source may read another one now.
+    /// `in_flight` holds, per timestamp sent at, how many records were sent at it.
+    fn may_read(&self, in_flight: &mut std::collections::VecDeque<(Time, usize)>, current: &Time) -> bool {
+        if self.max_in_flight == 0 {
+            in_flight.clear();
+            return true;
+        }
+        while in_flight.front().is_some_and(|(t, _)| !self.probe.less_equal(t)) {
+            in_flight.pop_front();
+        }
+        let waiting: usize = in_flight.iter().filter(|(t, _)| t != current).map(|(_, n)| n).sum();
+        waiting < self.max_in_flight * BATCH
+    }
+}
 
 /// The options of a `gen:` URI, handed to the record type's generator.
 #[derive(Debug)]
@@ -186,11 +231,8 @@ impl<T: 'static> Partition<T> for GenPartition<T> {
 pub(crate) struct FilePartition {
     source: String,
     path: PathBuf,
-    format: Format,
     reader: BufReader<File>,
-    line_no: u64,
-    offset: u64,
-    buf: Vec<u8>,
+    decoder: LineDecoder,
 }
 
 impl FilePartition {
@@ -199,101 +241,30 @@ impl FilePartition {
         Ok(FilePartition {
             source: source.to_string(),
             path: path.to_path_buf(),
-            format,
             reader: BufReader::with_capacity(1 << 20, file),
-            line_no: 0,
-            offset: 0,
-            buf: Vec::with_capacity(256),
+            decoder: LineDecoder::new(source, path.display().to_string(), format),
         })
-    }
-
-    fn dead(&self, reason: String, raw: &str) -> DeadLetter {
-        DeadLetter {
-            source: self.source.clone(),
-            origin: self.path.display().to_string(),
-            line: self.line_no,
-            reason,
-            raw: raw.to_string(),
-        }
     }
 }
 
 /// Parses one CSV line into a record.
 pub fn parse_csv_line<T: CsvRecord>(line: &str) -> Result<T, String> {
-    let mut fields = Vec::with_capacity(16);
-    split_csv_line(line, &mut fields)?;
-    let refs: Vec<&str> = fields.iter().map(|f| f.as_ref()).collect();
-    T::from_csv_fields(&refs)
+    T::from_csv_line(line)
 }
 
 impl<T: Data + CsvRecord> Partition<T> for FilePartition {
     fn read(&mut self, max: usize, out: &mut Vec<T>, dead: &mut Vec<DeadLetter>) -> ReadStatus {
-        let mut produced = 0;
-        let dead_before = dead.len();
-        // Dead letters count toward the batch, so a file of bad lines is still read in slices.
-        while produced + (dead.len() - dead_before) < max {
-            self.buf.clear();
-            match self.reader.read_until(b'\n', &mut self.buf) {
-                Ok(0) => return ReadStatus::Done,
-                Ok(n) => self.offset += n as u64,
-                Err(e) => {
-                    self.line_no += 1;
-                    dead.push(self.dead(format!("read error: {e}; the rest of the file is skipped"), ""));
-                    return ReadStatus::Done;
-                }
-            }
-            self.line_no += 1;
-            while matches!(self.buf.last(), Some(b'\n' | b'\r')) {
-                self.buf.pop();
-            }
-            let line = match std::str::from_utf8(&self.buf) {
-                Ok(l) => l,
-                Err(e) => {
-                    let raw = String::from_utf8_lossy(&self.buf).into_owned();
-                    dead.push(self.dead(format!("not UTF-8: {e}"), &raw));
-                    continue;
-                }
-            };
-            if line.trim().is_empty() {
-                continue;
-            }
-            let parsed = match self.format {
-                Format::Csv => {
-                    if self.line_no == 1 && line.trim().eq_ignore_ascii_case(&T::csv_header()) {
-                        continue;
-                    }
-                    parse_csv_line::<T>(line)
-                }
-                Format::JsonLines => serde_json::from_str::<T>(line).map_err(|e| format!("invalid JSON record: {e}")),
-            };
-            match parsed {
-                Ok(record) => {
-                    out.push(record);
-                    produced += 1;
-                }
-                Err(reason) => {
-                    let reason = if self.line_no == 1 && self.format == Format::Csv {
-                        format!("{reason} (a header line must read {:?})", T::csv_header())
-                    } else {
-                        reason
-                    };
-                    let d = self.dead(reason, line);
-                    dead.push(d);
-                }
-            }
-        }
-        ReadStatus::More
+        self.decoder.read(&mut self.reader, max, out, dead)
     }
     fn position(&self) -> Position {
-        Position { offset: self.offset, line: self.line_no }
+        Position { offset: self.decoder.offset(), line: self.decoder.line_no() }
     }
     fn seek(&mut self, position: &Position) -> Result<()> {
         use std::io::Seek;
         self.reader
             .seek(std::io::SeekFrom::Start(position.offset))
             .map_err(|e| anyhow!("source {}: cannot resume {} at byte {}: {e}", self.source, self.path.display(), position.offset))?;
-        self.offset = position.offset;
-        self.line_no = position.line;
+        self.decoder.resume_at(position.offset, position.line);
         Ok(())
     }
 }
@@ -472,6 +443,17 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
     let participant = Participant::Source { name: name.to_string(), worker: scope.index() };
     let mut epoch = ctx.first_epoch();
     let mut next_tick = checkpoints.as_ref().map(|c| Instant::now() + c.interval);
+    let flow = ctx.flow.clone();
+    let source_number = ctx.sources_built.get();
+    ctx.sources_built.set(source_number + 1);
+    // The ingestion instant of the latest record that raised a watermark, for latency.
+    let ingested = |pacing: Option<&crate::latency::Pacing>, index: Option<u64>| match (pacing, index) {
+        (Some(p), Some(i)) => p.due(i),
+        _ => Instant::now(),
+    };
+    let mut reported_wm = 0u64;
+    let mut rotate = 0usize;
+    let mut in_flight: std::collections::VecDeque<(Time, usize)> = Default::default();
 
     builder.build(move |mut capabilities| {
         let dead_cap = capabilities.pop();
@@ -482,6 +464,9 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
         };
         if caps.is_none() {
             metrics.set_watermark(local_worker, u64::MAX);
+            if let Some(clock) = metrics.latency() {
+                clock.advance(local_worker, source_number, u64::MAX, Instant::now());
+            }
         }
         // A worker without partitions still takes part in checkpoints, with an empty part.
         let mut wrote_final = false;
@@ -519,12 +504,39 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
                     next_tick = Some(Instant::now() + c.interval);
                 }
             }
+            if !flow.may_read(&mut in_flight, records_cap.time()) {
+                // Wait for the sinks to take in what was sent; look again shortly.
+                activator.activate_after(std::time::Duration::from_micros(500));
+                return;
+            }
             let held = records_cap.time().wm;
             let mut read = 0u64;
+            // Paced: read only the events that are due, dealt over the live partitions, starting
+            // from a different one each time so that none falls behind.
+            let live_parts = parts.iter().filter(|p| !p.done).count().max(1);
+            let (mut next_index, mut budget) = (0u64, usize::MAX);
+            if let Some(p) = metrics.pacing() {
+                let (first, n) = p.take(per_partition * live_parts);
+                if n == 0 {
+                    activator.activate_after(p.wait().max(PACING_TICK));
+                    return;
+                }
+                (next_index, budget) = (first, n);
+                rotate = (rotate + 1) % parts.len();
+            }
             // `on_time` is handed over whole each activation: size it once, not by doubling.
             on_time.reserve(per_partition * parts.len());
-            for part in parts.iter_mut().filter(|p| !p.done) {
-                let status = part.reader.read(per_partition, &mut batch, &mut dead_letters);
+            let share = budget.div_ceil(live_parts).min(per_partition);
+            let mut raised: Option<u64> = None;
+            let count = parts.len();
+            for i in 0..count {
+                let part = &mut parts[(i + rotate) % count];
+                let max = share.min(budget);
+                if part.done || max == 0 {
+                    continue;
+                }
+                let status = part.reader.read(max, &mut batch, &mut dead_letters);
+                budget = budget.saturating_sub(batch.len());
                 if !batch.is_empty() {
                     part.last_data = Instant::now();
                     part.idle = false;
@@ -540,7 +552,9 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
                     if part.max_ts.is_none_or(|m| ts > m) {
                         part.max_ts = Some(ts);
                         part.watermark = part.watermark.max(strategy.watermark(ts));
+                        raised = Some(next_index);
                     }
+                    next_index += 1;
                 }
                 match status {
                     ReadStatus::Done => {
@@ -558,12 +572,18 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
             metrics.add_events_read(read);
             {
                 let mut handle = records_out.activate();
+                let mut sent = |t: Time, n: usize| match in_flight.back_mut() {
+                    Some((last, count)) if *last == t => *count += n,
+                    _ => in_flight.push_back((t, n)),
+                };
                 if !on_time.is_empty() {
+                    sent(*records_cap.time(), on_time.len());
                     handle.session(&*records_cap).give_container(&mut on_time);
                     on_time.clear();
                 }
                 for (wm, mut records) in std::mem::take(&mut behind) {
                     let c = records_cap.delayed(&Time::new(epoch, wm));
+                    sent(*c.time(), records.len());
                     handle.session(&c).give_container(&mut records);
                 }
             }
@@ -579,6 +599,9 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
             if parts.iter().all(|p| p.done) {
                 caps = None;
                 metrics.set_watermark(local_worker, u64::MAX);
+                if let Some(clock) = metrics.latency() {
+                    clock.advance(local_worker, source_number, u64::MAX, ingested(metrics.pacing(), next_index.checked_sub(1)));
+                }
                 activator.activate();
                 return;
             }
@@ -590,6 +613,13 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
                 }
             }
             metrics.set_watermark(local_worker, records_cap.time().wm);
+            if let Some(clock) = metrics.latency() {
+                let wm = records_cap.time().wm;
+                if wm > reported_wm {
+                    reported_wm = wm;
+                    clock.advance(local_worker, source_number, wm, ingested(metrics.pacing(), raised));
+                }
+            }
             if read > 0 || had_dead_letters {
                 activator.activate();
             } else {

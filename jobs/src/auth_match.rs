@@ -6,6 +6,7 @@
 
 use paystream_engine::{csv_record, JobBuilder, JobSpec, OutOfOrder, ParamSpec, Params, Result, SinkSpec, SourceSpec};
 use paystream_operators::JoinExt;
+use serde::{Deserialize, Serialize};
 
 use crate::payment::{Authorization, Payment};
 
@@ -51,22 +52,32 @@ csv_record! {
     }
 }
 
+/// The part of a payment the join holds (its `txn_id` is the key).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Paid {
+    ts_ms: u64,
+    card_id: u64,
+    amount_cents: i64,
+}
+
 fn build(job: &mut JobBuilder<'_>, params: &Params) -> Result<()> {
     let max_delay: i64 = params.get("max_delay_ms")?;
     let bound: u64 = params.get("out_of_orderness_ms")?;
     let payments = job.source::<Payment>("payments")?.assign_timestamps(|p| p.ts_ms, OutOfOrder::millis(bound))?;
     let auth_bound: u64 = params.get("auth_out_of_orderness_ms")?;
     let auths = job.source::<Authorization>("authorizations")?.assign_timestamps(|a| a.ts_ms, OutOfOrder::millis(auth_bound))?;
+    // The join keeps of a payment only what a row needs, and of an authorization its time; the
+    // transaction id is moved out of each record into the key.
     payments
-        .key_by("payments-by-txn", |p| p.txn_id.clone())
-        .interval_join(auths.key_by("auths-by-txn", |a| a.txn_id.clone()))
+        .key_by_split("payments-by-txn", |p| (p.txn_id, Paid { ts_ms: p.ts_ms, card_id: p.card_id, amount_cents: p.amount_cents }))
+        .interval_join(auths.key_by_split("auths-by-txn", |a| (a.txn_id, a.ts_ms)))
         .between(0, max_delay)
         .join("auth-window")
         .flat_map("to-row", |j| {
-            j.right.map(|a| AuthMatch {
-                txn_id: j.left.txn_id.clone(),
+            j.right.map(|auth_ts_ms| AuthMatch {
+                txn_id: j.key,
                 payment_ts_ms: j.left.ts_ms,
-                auth_ts_ms: a.ts_ms,
+                auth_ts_ms,
                 card_id: j.left.card_id,
                 amount_cents: j.left.amount_cents,
             })

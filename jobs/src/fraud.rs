@@ -16,7 +16,8 @@ use paystream_engine::{csv_record, millis, secs, JobBuilder, JobSpec, OutOfOrder
 use paystream_operators::{Context, Count, JoinExt, ProcessExt, ProcessFunction, Sliding, WindowExt};
 use serde::{Deserialize, Serialize};
 
-use crate::payment::{Authorization, BlockedCard, Payment};
+use crate::payment::{Authorization, BlockedCard, CompactPayment, Payment};
+use crate::text::ShortText;
 
 /// The job's specification, for the registry.
 pub const SPEC: JobSpec = JobSpec {
@@ -76,8 +77,8 @@ csv_record! {
     }
 }
 
-fn alert(rule: &str, p: &Payment, detail: String) -> Alert {
-    Alert { rule: rule.to_string(), card_id: p.card_id, txn_id: p.txn_id.clone(), ts_ms: p.ts_ms, detail }
+fn alert(rule: &str, p: &CompactPayment, detail: String) -> Alert {
+    Alert { rule: rule.to_string(), card_id: p.card_id, txn_id: p.txn_id.to_string(), ts_ms: p.ts_ms, detail }
 }
 
 /// Geo-velocity: the card's recent payments (time, country), newest last.
@@ -85,11 +86,11 @@ struct GeoVelocity {
     window_ms: u64,
 }
 
-impl ProcessFunction<u64, Payment> for GeoVelocity {
-    type State = Vec<(u64, String)>;
+impl ProcessFunction<u64, CompactPayment> for GeoVelocity {
+    type State = Vec<(u64, ShortText)>;
     type Out = Alert;
 
-    fn on_record(&self, ctx: &mut Context<'_, Alert>, _card: &u64, recent: &mut Vec<(u64, String)>, ts: u64, p: Payment) {
+    fn on_record(&self, ctx: &mut Context<'_, Alert>, _card: &u64, recent: &mut Vec<(u64, ShortText)>, ts: u64, p: CompactPayment) {
         recent.retain(|(t, _)| t.saturating_add(self.window_ms) >= ts);
         if let Some((t, country)) = recent.iter().find(|(_, c)| *c != p.country) {
             let detail = format!("{country} then {} within {} ms", p.country, ts - t);
@@ -99,7 +100,7 @@ impl ProcessFunction<u64, Payment> for GeoVelocity {
         ctx.register_timer(ts.saturating_add(self.window_ms).saturating_add(1));
     }
 
-    fn on_timer(&self, ctx: &mut Context<'_, Alert>, _card: &u64, recent: &mut Vec<(u64, String)>, timer: u64) {
+    fn on_timer(&self, ctx: &mut Context<'_, Alert>, _card: &u64, recent: &mut Vec<(u64, ShortText)>, timer: u64) {
         recent.retain(|(t, _)| t.saturating_add(self.window_ms) >= timer);
         if recent.is_empty() {
             ctx.clear_state();
@@ -115,11 +116,11 @@ struct CardTesting {
     window_ms: u64,
 }
 
-impl ProcessFunction<u64, Payment> for CardTesting {
+impl ProcessFunction<u64, CompactPayment> for CardTesting {
     type State = Vec<u64>;
     type Out = Alert;
 
-    fn on_record(&self, ctx: &mut Context<'_, Alert>, _card: &u64, probes: &mut Vec<u64>, ts: u64, p: Payment) {
+    fn on_record(&self, ctx: &mut Context<'_, Alert>, _card: &u64, probes: &mut Vec<u64>, ts: u64, p: CompactPayment) {
         probes.retain(|t| t.saturating_add(self.window_ms) >= ts);
         if p.amount_cents < self.small_cents {
             probes.push(ts);
@@ -163,7 +164,8 @@ fn build(job: &mut JobBuilder<'_>, params: &Params) -> Result<()> {
     };
     let auth_window: i64 = params.get("auth_window_ms")?;
 
-    let payments = job.source::<Payment>("payments")?.assign_timestamps(|p| p.ts_ms, bound)?;
+    // Each payment goes to all five rules: as a CompactPayment, the four copies do not allocate.
+    let payments = job.source::<Payment>("payments")?.assign_timestamps(|p| p.ts_ms, bound)?.map("payments:compact", CompactPayment::from);
     let auth_bound = OutOfOrder::millis(params.get("auth_out_of_orderness_ms")?);
     let auths = job.source::<Authorization>("authorizations")?.assign_timestamps(|a| a.ts_ms, auth_bound)?;
     let blocked = job.source::<BlockedCard>("blocked_cards")?.assign_timestamps(|b| b.ts_ms, bound)?;
@@ -196,16 +198,23 @@ fn build(job: &mut JobBuilder<'_>, params: &Params) -> Result<()> {
     let geo_alerts = payments.clone().key_by("geo:by-card", |p| p.card_id).process("geo-velocity", geo);
     let testing_alerts = payments.clone().key_by("testing:by-card", |p| p.card_id).process("card-testing", testing);
 
+    // The join holds a payment's time and card (its `txn_id` moved into the key) and nothing of an
+    // authorization but its time.
     let unauthorized = payments
-        .key_by("unauthorized:payments-by-txn", |p| p.txn_id.clone())
-        .interval_join(auths.key_by("unauthorized:auths-by-txn", |a| a.txn_id.clone()))
+        .key_by_split("unauthorized:payments-by-txn", |p| (p.txn_id, (p.ts_ms, p.card_id)))
+        .interval_join(auths.key_by_split("unauthorized:auths-by-txn", |a| (ShortText::from(a.txn_id), ())))
         .between(0, auth_window)
         .with_unmatched_left()
         .join("unauthorized")
         .flat_map("unauthorized:alert", move |j| {
-            j.right
-                .is_none()
-                .then(|| alert("unauthorized", &j.left, format!("no authorization within {} ms", millis(auth_window as u64).as_millis())))
+            let (ts_ms, card_id) = j.left;
+            j.right.is_none().then(|| Alert {
+                rule: "unauthorized".to_string(),
+                card_id,
+                txn_id: j.key.into(),
+                ts_ms,
+                detail: format!("no authorization within {} ms", millis(auth_window as u64).as_millis()),
+            })
         });
 
     velocity.union(blocked_alerts).union(geo_alerts).union(testing_alerts).union(unauthorized).sink("alerts")

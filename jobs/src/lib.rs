@@ -17,6 +17,7 @@ pub mod generate;
 pub mod generator;
 pub mod payment;
 pub mod registry;
+pub mod text;
 pub mod throughput;
 pub mod velocity;
 

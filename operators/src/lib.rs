@@ -6,6 +6,7 @@
 pub mod aggregate;
 pub mod join;
 pub mod process;
+mod slots;
 pub mod window;
 
 pub use aggregate::{

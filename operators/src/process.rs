@@ -100,13 +100,24 @@ fn build<'scope, K: Key, V: Data, F: ProcessFunction<K, V>>(
     kept.keyed_logic(name, ProcessLogic::new(function, ttl))
 }
 
+/// How many emptied `pending` lists a process function keeps for reuse.
+const SPARE_LISTS: usize = 64;
+
+/// Per-key maps: foldhash is several times cheaper than std's SipHash on small keys such as card
+/// ids; the maps are never iterated into output, so their order does not matter.
+type KeyMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 struct ProcessLogic<K, V, F: ProcessFunction<K, V>> {
     function: F,
     ttl: Option<u64>,
-    states: HashMap<K, F::State>,
-    last_seen: HashMap<K, u64>,
+    states: KeyMap<K, F::State>,
+    last_seen: KeyMap<K, u64>,
     /// Records waiting for the watermark, by event time.
     pending: BTreeMap<u64, Vec<(K, V)>>,
+    /// Emptied lists of `pending` (a few), kept for the next event times instead of allocating anew.
+    spare_lists: Vec<Vec<(K, V)>>,
+    /// The timer lists of [`Context`], kept between calls for the same reason.
+    spare_timers: (Vec<u64>, Vec<u64>),
     /// (time, key) of registered timers.
     timers: BTreeSet<(u64, K)>,
     /// (wall-clock ms, key) of registered processing-time timers.
@@ -122,9 +133,11 @@ impl<K: Key, V: Data, F: ProcessFunction<K, V>> ProcessLogic<K, V, F> {
         ProcessLogic {
             function,
             ttl,
-            states: HashMap::new(),
-            last_seen: HashMap::new(),
+            states: KeyMap::default(),
+            last_seen: KeyMap::default(),
             pending: BTreeMap::new(),
+            spare_lists: Vec::new(),
+            spare_timers: (Vec::new(), Vec::new()),
             timers: BTreeSet::new(),
             processing_timers: BTreeSet::new(),
             expiry: BTreeSet::new(),
@@ -139,16 +152,18 @@ impl<K: Key, V: Data, F: ProcessFunction<K, V>> ProcessLogic<K, V, F> {
         out: &mut Vec<(u64, F::Out)>,
         body: impl FnOnce(&F, &mut Context<'_, F::Out>, &K, &mut F::State),
     ) {
-        let mut ctx = Context { out, timers: Vec::new(), processing_timers: Vec::new(), now_ms, clear: false };
+        let (timers, processing_timers) = std::mem::take(&mut self.spare_timers);
+        let mut ctx = Context { out, timers, processing_timers, now_ms, clear: false };
         let state = self.states.entry(key.clone()).or_default();
         body(&self.function, &mut ctx, &key, state);
-        let (timers, processing_timers, clear) = (ctx.timers, ctx.processing_timers, ctx.clear);
-        for t in timers {
+        let (mut timers, mut processing_timers, clear) = (ctx.timers, ctx.processing_timers, ctx.clear);
+        for t in timers.drain(..) {
             self.timers.insert((t, key.clone()));
         }
-        for t in processing_timers {
+        for t in processing_timers.drain(..) {
             self.processing_timers.insert((t, key.clone()));
         }
+        self.spare_timers = (timers, processing_timers);
         if clear {
             // As in Flink, clearing state leaves the key's timers registered: removing them would
             // scan every timer of every key (quadratic when each record sets one).
@@ -166,7 +181,8 @@ impl<K: Key, V: Data, F: ProcessFunction<K, V>> KeyedLogic<K, V> for ProcessLogi
     type Out = F::Out;
 
     fn on_record(&mut self, _message_time: u64, ts: u64, key: K, value: V) {
-        self.pending.entry(ts).or_default().push((key, value));
+        let spare = &mut self.spare_lists;
+        self.pending.entry(ts).or_insert_with(|| spare.pop().unwrap_or_default()).push((key, value));
     }
 
     fn on_watermark(&mut self, watermark: u64, out: &mut Vec<(u64, Self::Out)>) {
@@ -273,12 +289,15 @@ impl<K: Key, V: Data, F: ProcessFunction<K, V>> ProcessLogic<K, V, F> {
     fn release(&mut self, ts: u64, out: &mut Vec<(u64, F::Out)>) {
         let mut records = self.pending.remove(&ts).unwrap_or_default();
         records.sort_by(|(ka, va), (kb, vb)| ka.cmp(kb).then_with(|| tie_break(va, vb)));
-        for (key, value) in records {
+        for (key, value) in records.drain(..) {
             if let Some(ttl) = self.ttl {
                 self.last_seen.insert(key.clone(), ts);
                 self.expiry.insert((ts.saturating_add(ttl), key.clone()));
             }
             self.call(key, ts, out, |f, ctx, key, state| f.on_record(ctx, key, state, ts, value));
+        }
+        if self.spare_lists.len() < SPARE_LISTS {
+            self.spare_lists.push(records);
         }
     }
 }

@@ -91,8 +91,14 @@ pub fn drain<R: Read + Send + 'static>(mut pipe: R) -> JoinHandle<Vec<u8>> {
 
 /// Starts `paystream ARGS` in `cwd`.
 pub fn spawn(label: &str, args: Vec<String>, cwd: &Path) -> Running {
+    spawn_env(label, args, cwd, &[])
+}
+
+/// Starts `paystream ARGS` in `cwd` with extra environment variables.
+pub fn spawn_env(label: &str, args: Vec<String>, cwd: &Path, env: &[(&str, &str)]) -> Running {
     let mut child = Command::new(env!("CARGO_BIN_EXE_paystream"))
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(cwd)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -1,0 +1,252 @@
+//! Decoding a file's lines into records: the `file:` source's reading loop, apart from the file.
+//!
+//! [`LineDecoder`] reads CSV or JSON lines from any buffered reader, counts lines and bytes (for
+//! checkpoint positions and dead-letter line numbers) and turns each line into a record or a
+//! [`DeadLetter`] with the reason. The file source wraps it around a file; the decode benchmark
+//! runs the very same code over lines held in memory.
+
+use std::io::BufRead;
+
+use crate::record::{CsvRecord, DeadLetter};
+use crate::source::ReadStatus;
+use crate::uri::Format;
+
+/// Reads lines of one format and decodes them into records of type `T`.
+pub struct LineDecoder {
+    source: String,
+    origin: String,
+    format: Format,
+    /// Lines read so far (1-based number of the last line read).
+    line_no: u64,
+    /// Bytes consumed so far.
+    offset: u64,
+    buf: Vec<u8>,
+}
+
+impl LineDecoder {
+    /// A decoder for the source named `source`, reading from `origin` (a file name, for dead letters).
+    pub fn new(source: &str, origin: String, format: Format) -> Self {
+        LineDecoder { source: source.to_string(), origin, format, line_no: 0, offset: 0, buf: Vec::with_capacity(256) }
+    }
+
+    /// Lines read so far.
+    pub fn line_no(&self) -> u64 {
+        self.line_no
+    }
+
+    /// Bytes consumed so far.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Continues counting from a checkpointed position (the reader must be moved there too).
+    pub fn resume_at(&mut self, offset: u64, line_no: u64) {
+        self.offset = offset;
+        self.line_no = line_no;
+        self.buf.clear();
+    }
+
+    fn dead(&self, reason: String, raw: &str) -> DeadLetter {
+        DeadLetter { source: self.source.clone(), origin: self.origin.clone(), line: self.line_no, reason, raw: raw.to_string() }
+    }
+
+    /// Reads up to `max` records (dead letters count toward `max`) from `reader` into `out`,
+    /// and unreadable lines into `dead`. Returns [`ReadStatus::Done`] at the end of the input.
+    ///
+    /// A line held whole in the reader's buffer is decoded where it lies; only a line that
+    /// straddles two fills of the buffer (or ends the input without a line break) is copied.
+    pub fn read<T, R>(&mut self, reader: &mut R, max: usize, out: &mut Vec<T>, dead: &mut Vec<DeadLetter>) -> ReadStatus
+    where
+        T: CsvRecord + serde::de::DeserializeOwned,
+        R: BufRead,
+    {
+        let mut produced = 0;
+        let dead_before = dead.len();
+        // Dead letters count toward the batch, so a file of bad lines is still read in slices.
+        while produced + (dead.len() - dead_before) < max {
+            let available = match reader.fill_buf() {
+                Ok(bytes) => bytes,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.buf.clear();
+                    self.line_no += 1;
+                    dead.push(self.dead(format!("read error: {e}; the rest of the file is skipped"), ""));
+                    return ReadStatus::Done;
+                }
+            };
+            let consumed = match memchr::memchr(b'\n', available) {
+                Some(end) if self.buf.is_empty() => {
+                    produced += self.decode_line(&available[..end], end + 1, out, dead);
+                    end + 1
+                }
+                Some(end) => {
+                    self.buf.extend_from_slice(&available[..=end]);
+                    let line = std::mem::take(&mut self.buf);
+                    produced += self.decode_line(&line[..line.len() - 1], line.len(), out, dead);
+                    self.buf = line;
+                    self.buf.clear();
+                    end + 1
+                }
+                None if available.is_empty() => {
+                    if self.buf.is_empty() {
+                        return ReadStatus::Done;
+                    }
+                    // The last line, without a line break.
+                    let line = std::mem::take(&mut self.buf);
+                    produced += self.decode_line(&line, line.len(), out, dead);
+                    self.buf = line;
+                    self.buf.clear();
+                    continue;
+                }
+                None => {
+                    // Part of a line: gather it until its end arrives. Not yet counted in `offset`.
+                    let n = available.len();
+                    self.buf.extend_from_slice(available);
+                    reader.consume(n);
+                    continue;
+                }
+            };
+            reader.consume(consumed);
+        }
+        ReadStatus::More
+    }
+
+    /// Decodes one line (its bytes, the line break excluded; `consumed` bytes of input with it)
+    /// into `out` or `dead`, counting it. Returns 1 if it yielded a record.
+    #[inline]
+    fn decode_line<T>(&mut self, bytes: &[u8], consumed: usize, out: &mut Vec<T>, dead: &mut Vec<DeadLetter>) -> usize
+    where
+        T: CsvRecord + serde::de::DeserializeOwned,
+    {
+        self.offset += consumed as u64;
+        self.line_no += 1;
+        let mut bytes = bytes;
+        while let [rest @ .., b'\n' | b'\r'] = bytes {
+            bytes = rest;
+        }
+        let line = match std::str::from_utf8(bytes) {
+            Ok(l) => l,
+            Err(e) => {
+                let raw = String::from_utf8_lossy(bytes).into_owned();
+                dead.push(self.dead(format!("not UTF-8: {e}"), &raw));
+                return 0;
+            }
+        };
+        if is_blank(line) {
+            return 0;
+        }
+        let parsed = match self.format {
+            Format::Csv => {
+                if self.line_no == 1 && line.trim().eq_ignore_ascii_case(&T::csv_header()) {
+                    return 0;
+                }
+                T::from_csv_line(line)
+            }
+            Format::JsonLines => serde_json::from_str::<T>(line).map_err(|e| format!("invalid JSON record: {e}")),
+        };
+        match parsed {
+            Ok(record) => {
+                out.push(record);
+                1
+            }
+            Err(reason) => {
+                let reason = if self.line_no == 1 && self.format == Format::Csv {
+                    format!("{reason} (a header line must read {:?})", T::csv_header())
+                } else {
+                    reason
+                };
+                let d = self.dead(reason, line);
+                dead.push(d);
+                0
+            }
+        }
+    }
+}
+
+/// Whether a line is empty or only white space (`str::trim`'s white space), checking no more than
+/// the first character of an ordinary line.
+#[inline]
+fn is_blank(line: &str) -> bool {
+    match line.as_bytes().first() {
+        None => true,
+        // Every ASCII character that `trim` removes is at most a space.
+        Some(&b) if b > b' ' && b.is_ascii() => false,
+        Some(_) => line.trim().is_empty(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    crate::__csv_record_with_serde! {
+        "serde",
+        #[derive(Clone, Debug, PartialEq)]
+        struct Row {
+            id: u64,
+            name: String,
+        }
+    }
+
+    const INPUT: &[u8] = b"id,name\n1,a\r\n\n  \n2,\"b,c\"\n\xff\n3,x,y\n4,d";
+
+    /// Reads everything in slices of `max`, with a reader buffer of `capacity` bytes; returns the
+    /// records, the dead letters and the position after each read.
+    fn read_all(input: &[u8], capacity: usize, max: usize, format: Format) -> (Vec<Row>, Vec<DeadLetter>, Vec<(u64, u64)>) {
+        let mut reader = std::io::BufReader::with_capacity(capacity, input);
+        let mut decoder = LineDecoder::new("rows", "in.csv".into(), format);
+        let (mut rows, mut dead, mut positions) = (Vec::new(), Vec::new(), Vec::new());
+        loop {
+            let status = decoder.read(&mut reader, max, &mut rows, &mut dead);
+            positions.push((decoder.offset(), decoder.line_no()));
+            if status == ReadStatus::Done {
+                return (rows, dead, positions);
+            }
+        }
+    }
+
+    #[test]
+    fn lines_split_across_buffer_fills_decode_the_same() {
+        let (rows, dead, positions) = read_all(INPUT, 1 << 16, 2, Format::Csv);
+        assert_eq!(rows, vec![Row { id: 1, name: "a".into() }, Row { id: 2, name: "b,c".into() }, Row { id: 4, name: "d".into() }]);
+        let reasons: Vec<(u64, &str)> = dead.iter().map(|d| (d.line, d.reason.as_str())).collect();
+        assert_eq!(reasons[0].0, 6);
+        assert!(reasons[0].1.starts_with("not UTF-8"), "{reasons:?}");
+        assert_eq!(reasons[1], (7, "expected 2 columns (id,name), found 3"));
+        assert_eq!(dead[1].raw, "3,x,y");
+        assert_eq!(positions.last(), Some(&(INPUT.len() as u64, 8)));
+        for capacity in 1..12 {
+            assert_eq!(read_all(INPUT, capacity, 2, Format::Csv), (rows.clone(), dead.clone(), positions.clone()), "capacity {capacity}");
+        }
+    }
+
+    #[test]
+    fn resuming_at_a_position_reads_the_rest() {
+        let (rows, dead, _) = read_all(INPUT, 1 << 16, 2, Format::Csv);
+        let mut reader = INPUT;
+        let mut decoder = LineDecoder::new("rows", "in.csv".into(), Format::Csv);
+        let (mut first, mut first_dead) = (Vec::new(), Vec::new());
+        decoder.read(&mut reader, 1, &mut first, &mut first_dead);
+        let (offset, line) = (decoder.offset(), decoder.line_no());
+        assert_eq!((offset, line), (13, 2), "the header and the first record, CR LF included");
+        let mut resumed = LineDecoder::new("rows", "in.csv".into(), Format::Csv);
+        resumed.resume_at(offset, line);
+        let mut rest_reader = &INPUT[offset as usize..];
+        let (mut rest, mut rest_dead) = (Vec::new(), Vec::new());
+        while resumed.read(&mut rest_reader, 100, &mut rest, &mut rest_dead) != ReadStatus::Done {}
+        first.extend(rest);
+        first_dead.extend(rest_dead);
+        assert_eq!((first, first_dead), (rows, dead));
+    }
+
+    #[test]
+    fn json_lines_decode_and_refuse_with_reasons() {
+        let input = b"{\"id\":1,\"name\":\"a\"}\n\n{\"id\":\"x\",\"name\":\"b\"}\n{\"name\":\"c\",\"id\":3}";
+        let (rows, dead, positions) = read_all(input, 7, 10, Format::JsonLines);
+        assert_eq!(rows, vec![Row { id: 1, name: "a".into() }, Row { id: 3, name: "c".into() }]);
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].line, 3);
+        assert!(dead[0].reason.starts_with("invalid JSON record: invalid type"), "{}", dead[0].reason);
+        assert_eq!(positions.last(), Some(&(input.len() as u64, 4)));
+    }
+}
