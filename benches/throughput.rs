@@ -1,22 +1,42 @@
-//! Throughput of `throughput-windows` on generated payments, against a hand-written
-//! single-threaded loop over the same events, measured in the same run.
+//! Throughput of `throughput-windows` and `card-velocity` on generated payments, each against a
+//! hand-written single-threaded loop over the same events, measured in the same run.
+//!
+//! Each loop computes exactly what its job computes and writes the same CSV lines (unsorted: it
+//! has no workers to be deterministic across); after the timed runs the bench checks that the
+//! loop's file and the job's file hold the same lines (count and an order-independent checksum),
+//! so the comparison is between equal work. Both use the same generator, whose cost is part of
+//! both sides, and the same allocator (mimalloc, as the `paystream` binary).
 //!
 //! `cargo bench --bench throughput` (release profile). Environment: `EVENTS` (default 2000000),
-//! `RUNS` (default 3; medians are reported).
+//! `RUNS` (default 3; medians are reported), `JOBS` (comma-separated job names, default both),
+//! `LOOP_ONLY=1` (run only the loops: for profiling them).
 
 use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use paystream::engine::checkpoint::CheckpointConfig;
-
 use paystream::engine::job::RunPlan;
+use paystream::engine::keygroup::stable_hash;
 use paystream::engine::runtime::{run, RunOptions};
 use paystream::engine::source::GenOptions;
-use paystream::engine::Generate;
+use paystream::engine::{CsvRecord, Generate};
+use paystream::jobs::throughput::MerchantWindow;
+use paystream::jobs::velocity::VelocityAlert;
 use paystream::jobs::{Payment, Status};
 
-/// count, sum of amounts, approved count, max amount: the job's per-window statistics.
-type Stats = (u64, i64, u64, i64);
+/// The allocator of the paystream binary (src/main.rs), for the loops and the engine alike.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The hash maps of the loops: the same fast hasher the engine's window state uses, so the loop
+/// is what a performance-minded person would write.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// The jobs' out-of-orderness bound (their default), ms.
+const BOUND_MS: u64 = 2_000;
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -27,79 +47,264 @@ fn median(mut xs: Vec<f64>) -> f64 {
     xs[xs.len() / 2]
 }
 
-/// The same computation as the job, written by hand: generate, window, aggregate, in one loop.
-fn baseline(events: u64) -> usize {
+/// CPU seconds (user + system, all threads) this process has used so far.
+fn cpu_secs() -> f64 {
+    // SAFETY: getrusage only writes into the struct we pass.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(u.ru_utime) + secs(u.ru_stime)
+}
+
+/// Runs `f` `runs` times: median wall seconds and median CPU seconds.
+fn timed(runs: usize, mut f: impl FnMut()) -> (f64, f64) {
+    let (mut walls, mut cpus) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let (t, c) = (Instant::now(), cpu_secs());
+        f();
+        walls.push(t.elapsed().as_secs_f64());
+        cpus.push(cpu_secs() - c);
+    }
+    (median(walls), median(cpus))
+}
+
+fn generator(events: u64) -> paystream::engine::source::Generator<Payment> {
     let mut options = GenOptions::new([("count".to_string(), events.to_string())].into());
-    let generator = Payment::generator(&mut options).expect("generator");
-    let bound = 2_000;
-    let mut open: BTreeMap<u64, HashMap<u64, Stats>> = BTreeMap::new();
-    let mut results = 0usize;
+    Payment::generator(&mut options).expect("generator")
+}
+
+fn writer<T: CsvRecord>(path: &Path) -> BufWriter<File> {
+    let mut out = BufWriter::with_capacity(1 << 20, File::create(path).expect("create the loop's output"));
+    writeln!(out, "{}", T::csv_header()).expect("write");
+    out
+}
+
+fn write_row(out: &mut BufWriter<File>, line: &mut String, row: &impl CsvRecord) {
+    line.clear();
+    row.write_csv(line);
+    line.push('\n');
+    out.write_all(line.as_bytes()).expect("write");
+}
+
+/// `throughput-windows` by hand: per merchant and 10 s tumbling window, count, sum, approvals,
+/// max and p99 amount (an HdrHistogram at 2 significant digits, as the job's `Percentiles`).
+fn throughput_loop(events: u64, path: &Path) {
+    struct Acc {
+        count: u64,
+        sum: i64,
+        approved: u64,
+        max: i64,
+        amounts: hdrhistogram::Histogram<u32>,
+        amounts_max: u64,
+    }
+    let generator = generator(events);
+    let size = 10_000;
+    let mut out = writer::<MerchantWindow>(path);
+    let mut line = String::new();
+    let mut open: BTreeMap<u64, Map<u64, Acc>> = BTreeMap::new();
+    let mut emit = |end: u64, accs: Map<u64, Acc>| {
+        for (merchant_id, a) in accs {
+            let p99 = a.amounts.value_at_quantile(0.99).min(a.amounts_max);
+            let row = MerchantWindow {
+                window_start_ms: end - size,
+                window_end_ms: end,
+                merchant_id,
+                count: a.count,
+                sum_amount_cents: a.sum,
+                approved_count: a.approved,
+                approval_rate: a.approved as f64 / a.count as f64,
+                max_amount_cents: a.max,
+                p99_amount_cents: p99,
+            };
+            write_row(&mut out, &mut line, &row);
+        }
+    };
     let mut max_ts = 0u64;
     // The job reads the generator's partitions round-robin; for the loop, the index order is the same data.
     for i in 0..generator.count {
         let p = (generator.record)(i);
         max_ts = max_ts.max(p.ts_ms);
-        let watermark = max_ts.saturating_sub(bound);
-        let end = p.ts_ms - p.ts_ms % 10_000 + 10_000;
+        let watermark = max_ts.saturating_sub(BOUND_MS);
+        let end = p.ts_ms - p.ts_ms % size + size;
         if end <= watermark {
-            continue;
+            continue; // late: the job sends it to `late_payments` (the default generator makes none)
         }
-        let acc = open.entry(end).or_default().entry(p.merchant_id).or_insert((0, 0, 0, i64::MIN));
-        acc.0 += 1;
-        acc.1 += p.amount_cents;
-        acc.2 += u64::from(p.status == Status::Approved);
-        acc.3 = acc.3.max(p.amount_cents);
+        let acc = open.entry(end).or_default().entry(p.merchant_id).or_insert_with(|| Acc {
+            count: 0,
+            sum: 0,
+            approved: 0,
+            max: i64::MIN,
+            amounts: hdrhistogram::Histogram::new(2).expect("2 significant digits"),
+            amounts_max: 0,
+        });
+        acc.count += 1;
+        acc.sum += p.amount_cents;
+        acc.approved += u64::from(p.status == Status::Approved);
+        acc.max = acc.max.max(p.amount_cents);
+        let amount = (p.amount_cents.max(0) as u64).min(u64::MAX / 4);
+        let _ = acc.amounts.record(amount);
+        acc.amounts_max = acc.amounts_max.max(amount);
         while let Some(entry) = open.first_entry() {
             if *entry.key() > watermark {
                 break;
             }
-            results += entry.remove().len();
+            let end = *entry.key();
+            emit(end, entry.remove());
         }
     }
-    results + open.values().map(HashMap::len).sum::<usize>()
+    while let Some((end, accs)) = open.pop_first() {
+        emit(end, accs);
+    }
+    out.flush().expect("flush");
 }
+
+/// `card-velocity` by hand: per card, count and sum in 60 s windows sliding every 10 s; a row for
+/// every window with at least 3 payments. Each payment is added to the 6 windows covering it.
+fn velocity_loop(events: u64, path: &Path) {
+    let generator = generator(events);
+    let (size, slide, min_count) = (60_000u64, 10_000u64, 3u64);
+    let mut out = writer::<VelocityAlert>(path);
+    let mut line = String::new();
+    // Window end -> card -> (count, sum).
+    let mut open: BTreeMap<u64, Map<u64, (u64, i64)>> = BTreeMap::new();
+    let mut emit = |end: u64, accs: Map<u64, (u64, i64)>| {
+        for (card_id, (count, sum_amount_cents)) in accs {
+            if count >= min_count {
+                let row = VelocityAlert { window_start_ms: end - size, window_end_ms: end, card_id, count, sum_amount_cents };
+                write_row(&mut out, &mut line, &row);
+            }
+        }
+    };
+    let mut max_ts = 0u64;
+    for i in 0..generator.count {
+        let p = (generator.record)(i);
+        max_ts = max_ts.max(p.ts_ms);
+        let watermark = max_ts.saturating_sub(BOUND_MS);
+        let last_start = p.ts_ms - p.ts_ms % slide;
+        if last_start + size <= watermark {
+            continue; // late for every window: the job sends it to `late_payments` (none by default)
+        }
+        // Windows [start, start + size) with start a multiple of the slide and ts inside.
+        let first_start = if p.ts_ms >= size { ((p.ts_ms - size) / slide + 1) * slide } else { 0 };
+        for start in (first_start..=last_start).step_by(slide as usize) {
+            let end = start + size;
+            if end > watermark {
+                let acc = open.entry(end).or_default().entry(p.card_id).or_insert((0, 0));
+                acc.0 += 1;
+                acc.1 += p.amount_cents;
+            }
+        }
+        while let Some(entry) = open.first_entry() {
+            if *entry.key() > watermark {
+                break;
+            }
+            let end = *entry.key();
+            emit(end, entry.remove());
+        }
+    }
+    while let Some((end, accs)) = open.pop_first() {
+        emit(end, accs);
+    }
+    out.flush().expect("flush");
+}
+
+/// Lines of a file (header included) and an order-independent checksum of them.
+fn lines_and_checksum(path: &Path) -> (u64, u64) {
+    let file = BufReader::new(File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())));
+    file.lines().fold((0, 0), |(n, sum), line| (n + 1, sum.wrapping_add(stable_hash(&line.expect("read")))))
+}
+
+struct Workload {
+    job: &'static str,
+    sink: &'static str,
+    baseline: fn(u64, &Path),
+    /// (label, workers, checkpoint interval)
+    variants: &'static [(&'static str, usize, Option<u64>)],
+}
+
+const WORKLOADS: [Workload; 2] = [
+    Workload {
+        job: "throughput-windows",
+        sink: "windows",
+        baseline: throughput_loop,
+        variants: &[
+            ("paystream, 1 worker", 1, None),
+            ("paystream, 2 workers", 2, None),
+            ("paystream, 1 worker, chk 1s", 1, Some(1_000)),
+            ("paystream, 1 worker, chk 200ms", 1, Some(200)),
+        ],
+    },
+    Workload {
+        job: "card-velocity",
+        sink: "alerts",
+        baseline: velocity_loop,
+        variants: &[("paystream, 1 worker", 1, None), ("paystream, 2 workers", 2, None)],
+    },
+];
 
 fn main() {
     let events = env("EVENTS", 2_000_000);
     let runs = env("RUNS", 3) as usize;
+    let loop_only = env("LOOP_ONLY", 0) == 1;
+    let only: Option<Vec<String>> = std::env::var("JOBS").ok().map(|j| j.split(',').map(str::to_string).collect());
     let jobs = paystream::jobs::all_jobs();
-    let spec = jobs.iter().find(|j| j.name == "throughput-windows").expect("job");
     let dir = std::env::temp_dir().join("paystream-bench");
-    let sources = [("payments".to_string(), format!("gen:count={events}"))].into();
-    let sinks = [("windows".to_string(), format!("file:{}", dir.join("windows.csv").display()))].into();
-    let plan = RunPlan::resolve(spec, &sources, &sinks, &BTreeMap::new()).expect("plan");
-
-    println!("throughput-windows, {events} generated events, median of {runs} runs (release build)");
-    println!("{:<32} {:>10} {:>14} {:>10}", "variant", "wall s", "events/s", "vs loop");
-    let loop_secs = median(
-        (0..runs)
-            .map(|_| {
-                let t = Instant::now();
-                std::hint::black_box(baseline(events));
-                t.elapsed().as_secs_f64()
-            })
-            .collect(),
-    );
-    println!("{:<32} {:>10.3} {:>14.0} {:>10}", "hand-written loop", loop_secs, events as f64 / loop_secs, "1.00x");
-    let checkpoints = dir.join("checkpoints");
-    let variants: [(&str, usize, Option<u64>); 4] = [
-        ("paystream, 1 worker", 1, None),
-        ("paystream, 2 workers", 2, None),
-        ("paystream, 1 worker, chk 1s", 1, Some(1_000)),
-        ("paystream, 1 worker, chk 200ms", 1, Some(200)),
-    ];
-    for (label, workers, interval_ms) in variants {
-        let checkpoint =
-            interval_ms.map(|ms| CheckpointConfig { dir: checkpoints.clone(), interval: Duration::from_millis(ms), retain: 3 });
-        let options = RunOptions { workers, checkpoint, ..RunOptions::default() };
-        let secs = median(
-            (0..runs)
-                .map(|_| {
-                    std::fs::remove_dir_all(&checkpoints).ok();
-                    run(&plan, &options).expect("run").elapsed.as_secs_f64()
-                })
-                .collect(),
+    std::fs::create_dir_all(&dir).expect("bench directory");
+    let mut ratios = Vec::new();
+    for w in WORKLOADS.iter().filter(|w| only.as_ref().is_none_or(|o| o.iter().any(|j| j == w.job))) {
+        let loop_file = dir.join(format!("{}-loop.csv", w.job));
+        let job_file: PathBuf = dir.join(format!("{}.csv", w.sink));
+        println!("\n{}, {events} generated events, median of {runs} runs (release build)", w.job);
+        println!("{:<32} {:>8} {:>12} {:>12} {:>9} {:>9}", "variant", "wall s", "events/s", "CPU µs/evt", "vs loop", "CPU vs");
+        let per_event = |cpu: f64| cpu * 1e6 / events as f64;
+        let (loop_wall, loop_cpu) = timed(runs, || (w.baseline)(events, &loop_file));
+        println!(
+            "{:<32} {:>8.3} {:>12.0} {:>12.3} {:>9} {:>9}",
+            "hand-written loop",
+            loop_wall,
+            events as f64 / loop_wall,
+            per_event(loop_cpu),
+            "1.00x",
+            "1.00x"
         );
-        println!("{:<32} {:>10.3} {:>14.0} {:>9.2}x", label, secs, events as f64 / secs, loop_secs / secs);
+        if loop_only {
+            continue;
+        }
+        let spec = jobs.iter().find(|j| j.name == w.job).expect("job");
+        let sources = [("payments".to_string(), format!("gen:count={events}"))].into();
+        let sinks = [(w.sink.to_string(), format!("file:{}", job_file.display()))].into();
+        let plan = RunPlan::resolve(spec, &sources, &sinks, &BTreeMap::new()).expect("plan");
+        let checkpoints = dir.join("checkpoints");
+        for &(label, workers, interval_ms) in w.variants {
+            let checkpoint =
+                interval_ms.map(|ms| CheckpointConfig { dir: checkpoints.clone(), interval: Duration::from_millis(ms), retain: 3 });
+            let options = RunOptions { workers, checkpoint, ..RunOptions::default() };
+            let (wall, cpu) = timed(runs, || {
+                std::fs::remove_dir_all(&checkpoints).ok();
+                run(&plan, &options).expect("run");
+            });
+            println!(
+                "{:<32} {:>8.3} {:>12.0} {:>12.3} {:>8.2}x {:>8.2}x",
+                label,
+                wall,
+                events as f64 / wall,
+                per_event(cpu),
+                loop_wall / wall,
+                loop_cpu / cpu
+            );
+            if workers == 1 && interval_ms.is_none() {
+                ratios.push((w.job, loop_wall / wall, loop_cpu / cpu));
+            }
+            // Every variant must write what the loop wrote.
+            let (want, got) = (lines_and_checksum(&loop_file), lines_and_checksum(&job_file));
+            assert_eq!(got, want, "{} ({label}) wrote other lines than the hand-written loop: (lines, checksum)", w.job);
+        }
+        println!("output checked: {} lines, the same as the loop's", lines_and_checksum(&loop_file).0 - 1);
+    }
+    if !ratios.is_empty() {
+        println!("\nengine/loop, 1 worker (wall; CPU):");
+        for (job, wall, cpu) in ratios {
+            println!("  {job:<20} {wall:.2}x; {cpu:.2}x");
+        }
     }
 }

@@ -323,7 +323,7 @@ pub(crate) fn build_sink<T: Data + CsvRecord>(stream: Stream<'_, T>, name: &str,
                 match out {
                     Target::Direct(writer, _) => {
                         for (_, line) in lines {
-                            if let Err(e) = writeln!(writer, "{line}") {
+                            if let Err(e) = writer.write_all(line.as_bytes()).and_then(|_| writer.write_all(b"\n")) {
                                 report(&metrics, &sink_name, format!("write failed: {e}"));
                                 failed = true;
                                 return;

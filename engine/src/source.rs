@@ -524,6 +524,8 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
                 (next_index, budget) = (first, n);
                 rotate = (rotate + 1) % parts.len();
             }
+            // `on_time` is handed over whole each activation: size it once, not by doubling.
+            on_time.reserve(per_partition * parts.len());
             let share = budget.div_ceil(live_parts).min(per_partition);
             let mut raised: Option<u64> = None;
             let count = parts.len();

@@ -198,6 +198,13 @@ impl<'scope, T: Data> Stream<'scope, T> {
                 let mut diverted_handle = diverted_out.activate();
                 input.for_each(|cap, data| {
                     let Some(&time) = cap.stamp().iter().next() else { return };
+                    if !data.iter().any(|(ts, x)| divert(time.wm, *ts, x)) {
+                        // The common case: nothing to divert; pass the batch on without copying it.
+                        let c = cap.delayed(&time, 0);
+                        kept_handle.session(&c).give_container(data);
+                        return;
+                    }
+                    keep.reserve(data.len());
                     for (ts, x) in data.drain(..) {
                         if divert(time.wm, ts, &x) {
                             away.push((ts, x));

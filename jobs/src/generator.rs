@@ -44,6 +44,19 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// `prefix` followed by `n` in decimal, as `format!("{prefix}{n}")` writes it but in one exact
+/// allocation: transaction ids are made for every generated event, and `format!` (its formatting
+/// machinery and the reallocations of a string grown from empty) cost more than the rest of a
+/// payment.
+fn id(prefix: char, n: u64) -> String {
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(n);
+    let mut id = String::with_capacity(1 + digits.len());
+    id.push(prefix);
+    id.push_str(digits);
+    id
+}
+
 /// The shared shape of generated streams.
 #[derive(Clone, Debug)]
 pub struct Shape {
@@ -164,7 +177,7 @@ impl Shape {
         };
         Payment {
             ts_ms: self.payment_ts_ms(index),
-            txn_id: format!("t{index}"),
+            txn_id: id('t', index),
             card_id,
             merchant_id,
             amount_cents,
@@ -180,7 +193,7 @@ impl Shape {
         let delay = self.random(index, 7) % (self.auth_delay_ms + 1);
         Authorization {
             // An unauthorized payment's slot carries an authorization of some other transaction.
-            txn_id: if unauthorized { format!("x{index}") } else { format!("t{index}") },
+            txn_id: id(if unauthorized { 'x' } else { 't' }, index),
             ts_ms: self.payment_ts_ms(index) + delay,
             auth_code: format!("{:06}", self.random(index, 8) % 1_000_000),
         }
@@ -263,6 +276,14 @@ mod tests {
         let s = Shape::from_options(&mut o).unwrap();
         o.finish().unwrap();
         s
+    }
+
+    #[test]
+    fn ids_are_prefixed_decimals() {
+        for n in [0, 7, 10, 42, 99_999, 1_000_000, u64::MAX] {
+            assert_eq!(id('t', n), format!("t{n}"));
+            assert_eq!(id('x', n), format!("x{n}"));
+        }
     }
 
     #[test]

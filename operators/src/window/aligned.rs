@@ -6,11 +6,12 @@
 //! message time and are then applied in message-time order, interleaved with window firings, so the
 //! updates they cause are the same whatever the arrival order.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, BTreeSet};
 
 use paystream_engine::checkpoint::{decode, encode};
 use paystream_engine::keygroup::key_group;
-use paystream_engine::{Data, Key, KeyedLogic};
+use paystream_engine::{Data, Key, KeyMap, KeyedLogic};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -57,8 +58,9 @@ pub(crate) struct AlignedLogic<K, V, A: Aggregate<V>> {
     lateness: u64,
     aggregate: A,
     /// Accumulators by pane start, then key.
-    panes: BTreeMap<u64, HashMap<K, A::Acc>>,
-    /// Ends of windows that hold data and have not fired.
+    panes: BTreeMap<u64, KeyMap<K, A::Acc>>,
+    /// Ends of windows that hold data and have not fired. A pane's windows are added when the
+    /// pane is created (see [`AlignedLogic::on_record`]), not once per record.
     unfired: BTreeSet<u64>,
     /// Records late for some window, by message time.
     late: BTreeMap<u64, Vec<(u64, K, V)>>,
@@ -72,6 +74,24 @@ impl<K: Key, V: Data, A: Aggregate<V>> AlignedLogic<K, V, A> {
 
     fn add(&mut self, ts: u64, key: K, value: &V) {
         let acc = self.panes.entry(ts - ts % self.pane).or_default().entry(key).or_insert_with(|| self.aggregate.init());
+        self.aggregate.add(acc, value);
+    }
+
+    /// Adds a record that is on time for every window covering it. The first record of a pane
+    /// registers the pane's windows as unfired (every record of a pane is covered by the same
+    /// windows): a pane that exists already had them registered, and none of them has fired,
+    /// since a record is only on time while its first window is open.
+    fn add_on_time(&mut self, ts: u64, key: K, value: &V) {
+        let accs = match self.panes.entry(ts - ts % self.pane) {
+            Entry::Occupied(pane) => pane.into_mut(),
+            Entry::Vacant(pane) => {
+                for (_, end) in self.shape.windows_of(ts) {
+                    self.unfired.insert(end);
+                }
+                pane.insert(KeyMap::default())
+            }
+        };
+        let acc = accs.entry(key).or_insert_with(|| self.aggregate.init());
         self.aggregate.add(acc, value);
     }
 
@@ -92,7 +112,19 @@ impl<K: Key, V: Data, A: Aggregate<V>> AlignedLogic<K, V, A> {
     fn fire(&mut self, end: u64, out: &mut Vec<(u64, WindowResult<K, A::Out>)>) {
         self.unfired.remove(&end);
         let start = end.saturating_sub(self.shape.size);
-        let mut merged: HashMap<K, A::Acc> = HashMap::new();
+        let result = |key: K, acc: &A::Acc| {
+            (end - 1, WindowResult { start_ms: start, end_ms: end, key, value: self.aggregate.result(acc), is_update: false })
+        };
+        if self.pane == self.shape.size {
+            // Tumbling: the window is one pane, nothing to merge.
+            if let Some(pane) = self.panes.get(&start) {
+                out.extend(pane.iter().map(|(key, acc)| result(key.clone(), acc)));
+            }
+            return;
+        }
+        // Sized for the largest pane, which every key of the others usually joins: no regrowth.
+        let largest = self.panes.range(start..end).map(|(_, p)| p.len()).max().unwrap_or(0);
+        let mut merged: KeyMap<K, A::Acc> = KeyMap::with_capacity_and_hasher(largest, Default::default());
         for pane in self.panes.range(start..end).map(|(_, p)| p) {
             for (key, acc) in pane {
                 match merged.get_mut(key) {
@@ -103,9 +135,7 @@ impl<K: Key, V: Data, A: Aggregate<V>> AlignedLogic<K, V, A> {
                 }
             }
         }
-        for (key, acc) in merged {
-            out.push((end - 1, WindowResult { start_ms: start, end_ms: end, key, value: self.aggregate.result(&acc), is_update: false }));
-        }
+        out.extend(merged.into_iter().map(|(key, acc)| result(key, &acc)));
     }
 
     /// Applies the late records that travelled at `time`, then emits one update per window and key
@@ -136,7 +166,7 @@ impl<K: Key, V: Data, A: Aggregate<V>> AlignedLogic<K, V, A> {
 
     /// Accumulators held (one per key and pane) plus records waiting: the state-size metric.
     pub(crate) fn state_len(&self) -> usize {
-        self.panes.values().map(HashMap::len).sum::<usize>() + self.late.values().map(Vec::len).sum::<usize>()
+        self.panes.values().map(KeyMap::len).sum::<usize>() + self.late.values().map(Vec::len).sum::<usize>()
     }
 }
 
@@ -148,10 +178,7 @@ impl<K: Key, V: Data, A: Aggregate<V>> KeyedLogic<K, V> for AlignedLogic<K, V, A
         if first_end <= message_time {
             self.late.entry(message_time).or_default().push((ts_ms, key, value));
         } else {
-            for (_, end) in self.shape.windows_of(ts_ms) {
-                self.unfired.insert(end);
-            }
-            self.add(ts_ms, key, &value);
+            self.add_on_time(ts_ms, key, &value);
         }
     }
 
