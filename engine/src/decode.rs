@@ -142,7 +142,10 @@ impl LineDecoder {
                 }
                 T::from_csv_line(line)
             }
-            Format::JsonLines => serde_json::from_str::<T>(line).map_err(|e| format!("invalid JSON record: {e}")),
+            Format::JsonLines => match T::from_plain_json_line(line) {
+                Some(record) => Ok(record),
+                None => serde_json::from_str::<T>(line).map_err(|e| format!("invalid JSON record: {e}")),
+            },
         };
         match parsed {
             Ok(record) => {
@@ -248,5 +251,43 @@ mod tests {
         assert_eq!(dead[0].line, 3);
         assert!(dead[0].reason.starts_with("invalid JSON record: invalid type"), "{}", dead[0].reason);
         assert_eq!(positions.last(), Some(&(input.len() as u64, 4)));
+    }
+
+    /// Plain lines take the fast path, others serde_json's: records and dead letters are those of
+    /// serde_json alone.
+    #[test]
+    fn json_lines_decode_as_with_serde_json_alone() {
+        let lines = [
+            r#"{"id":1,"name":"a"}"#,
+            r#"{"id":2,"name":"b\"c"}"#,
+            r#"{ "id":3, "name":"c" }"#,
+            r#"{"name":"d","id":4}"#,
+            r#"{"id":5,"name":"e","extra":[1,{"x":null}]}"#,
+            r#"{"id":6,"name":"f","id":7}"#,
+            r#"{"id":-8,"name":"g"}"#,
+            r#"{"id":09,"name":"h"}"#,
+            r#"{"id":10,"name":"tab	here"}"#,
+            r#"{"id":11,"name":null}"#,
+            r#"{"id":1.0,"name":"k"}"#,
+            r#"{"id":18446744073709551615,"name":"l"}"#,
+            r#"{"id":18446744073709551616,"name":"m"}"#,
+            r#"{"id":13,"name":"n"}x"#,
+            r#"{"id":14,"name":"o"#,
+            r#"{"id":15,"name":"\u00e9"}"#,
+            r#"{"id":16,"name":"é"}"#,
+        ];
+        let input = lines.join("\n");
+        let (rows, dead, _) = read_all(input.as_bytes(), 1 << 16, 100, Format::JsonLines);
+        let (mut expected_rows, mut expected_reasons) = (Vec::new(), Vec::new());
+        for (index, line) in lines.iter().enumerate() {
+            match serde_json::from_str::<Row>(line) {
+                Ok(row) => expected_rows.push(row),
+                Err(e) => expected_reasons.push((index as u64 + 1, format!("invalid JSON record: {e}"), line.to_string())),
+            }
+        }
+        assert_eq!(rows, expected_rows);
+        let reasons: Vec<(u64, String, String)> = dead.into_iter().map(|d| (d.line, d.reason, d.raw)).collect();
+        assert_eq!(reasons, expected_reasons);
+        assert_eq!((rows.len(), reasons.len()), (8, 9), "{rows:?} {reasons:?}");
     }
 }

@@ -163,6 +163,15 @@ pub trait CsvRecord: Sized {
         from_csv_line_general(line)
     }
 
+    /// Builds a record from one JSON line when the line is the plain object that the file sink
+    /// writes for it, or `None`: the caller then decodes the line with serde_json, which also
+    /// words the errors. [`csv_record!`](crate::csv_record) records without serde attributes
+    /// override it (see [`split_flat_json`]); the answer, when there is one, is the record
+    /// serde_json would give.
+    fn from_plain_json_line(_line: &str) -> Option<Self> {
+        None
+    }
+
     /// The header line, without the line break.
     fn csv_header() -> String {
         Self::csv_columns().join(",")
@@ -307,6 +316,269 @@ pub fn from_csv_line_general<T: CsvRecord>(line: &str) -> Result<T, String> {
     T::from_csv_fields(&refs)
 }
 
+/// The value texts of a JSON line that is exactly `{"name0":value0,"name1":value1,...}` with
+/// the keys `names` in that order, each once, no white space between the tokens and no string
+/// with an escape; `None` for any other line (the caller then parses the line with serde_json).
+///
+/// A string value is returned with its quotes. Any other value is the text up to the next `,` or
+/// `}`, and is not checked here: [`json_value`] parses it with serde_json, which refuses a text
+/// that is not one whole JSON value (an object or array is refused before that). Parsed this way,
+/// each value means what it means inside the whole line, so a record built from these values is
+/// the one serde_json would build, for a struct whose `Deserialize` is derived without attributes.
+#[inline]
+pub fn split_flat_json<'a, const N: usize>(line: &'a str, names: &[&str; N]) -> Option<[&'a str; N]> {
+    let bytes = line.as_bytes();
+    if N == 0 || bytes.first() != Some(&b'{') || bytes.last() != Some(&b'}') {
+        return None;
+    }
+    let mut values = [""; N];
+    let mut at = 1;
+    for (index, name) in names.iter().enumerate() {
+        // `"name":`
+        let name_end = at + 1 + name.len();
+        if bytes.get(at) != Some(&b'"') || bytes.get(at + 1..name_end)? != name.as_bytes() || bytes.get(name_end..name_end + 2)? != b"\":" {
+            return None;
+        }
+        let start = name_end + 2;
+        let end = match *bytes.get(start)? {
+            b'"' => {
+                // The closing quote, unless an escape comes first.
+                let close = start + 1 + bytes[start + 1..].iter().position(|&b| b == b'"' || b == b'\\')?;
+                if bytes[close] != b'"' {
+                    return None;
+                }
+                close + 1
+            }
+            b'{' | b'[' => return None,
+            _ => start + bytes[start..].iter().position(|&b| b == b',' || b == b'}')?,
+        };
+        let separator = if index + 1 == N { b'}' } else { b',' };
+        if bytes.get(end) != Some(&separator) {
+            return None;
+        }
+        values[index] = line.get(start..end)?;
+        at = end + 1;
+    }
+    if at != bytes.len() {
+        return None;
+    }
+    Some(values)
+}
+
+/// One value text from [`split_flat_json`], read as serde_json reads it inside the line; `None`
+/// if serde_json would refuse it.
+///
+/// Plain integers and strings without escapes or control characters, which are most values of
+/// most records, are handed to `T` through [`PlainJsonValue`]; any other text is parsed by
+/// serde_json itself.
+#[inline]
+pub fn json_value<T: serde::de::DeserializeOwned>(text: &str) -> Option<T> {
+    match PlainJsonValue::new(text) {
+        Some(value) => T::deserialize(value).ok(),
+        None => serde_json::from_str(text).ok(),
+    }
+}
+
+/// A JSON value of the kinds that [`json_value`] reads without serde_json, as a serde
+/// `Deserializer` that calls the visitor exactly as serde_json's does for the same text (the
+/// same `visit_*` method with the same value) or fails where serde_json fails. Where serde_json
+/// would do something else (raw values, 128-bit integers) it fails too, and the caller falls
+/// back to serde_json.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum PlainJsonValue<'a> {
+    /// An integer without sign, fraction or exponent, below 10^19: serde_json visits `u64`.
+    Unsigned(u64),
+    /// A negative integer without fraction or exponent, down to -(10^18 - 1): serde_json visits `i64`.
+    Negative(i64),
+    /// A string without escapes or control characters (the text between the quotes): serde_json
+    /// visits a borrowed `str`.
+    Str(&'a str),
+}
+
+impl<'a> PlainJsonValue<'a> {
+    /// The value of a JSON text when it is one of the plain kinds, without white space around it.
+    #[inline]
+    pub fn new(text: &'a str) -> Option<Self> {
+        let bytes = text.as_bytes();
+        match bytes {
+            [b'"', inner @ .., b'"'] => {
+                if inner.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\') {
+                    return None;
+                }
+                // The quotes are ASCII, so the inner text is at character boundaries.
+                text.get(1..text.len() - 1).map(PlainJsonValue::Str)
+            }
+            [b'-', digits @ ..] => json_digits(digits, true).map(|n| PlainJsonValue::Negative(-(n as i64))),
+            digits => json_digits(digits, false).map(PlainJsonValue::Unsigned),
+        }
+    }
+
+    fn unexpected(self) -> serde::de::Unexpected<'a> {
+        match self {
+            PlainJsonValue::Unsigned(n) => serde::de::Unexpected::Unsigned(n),
+            PlainJsonValue::Negative(n) => serde::de::Unexpected::Signed(n),
+            PlainJsonValue::Str(s) => serde::de::Unexpected::Str(s),
+        }
+    }
+
+    fn refuse<V, E: serde::de::Error>(self, expected: &str) -> Result<V, E> {
+        Err(E::invalid_type(self.unexpected(), &expected))
+    }
+}
+
+/// The magnitude of a JSON integer without fraction or exponent, from its digits: no leading
+/// zero but in `0` itself, which serde_json refuses, and no `-0`, which serde_json reads as a
+/// float. At most 19 digits (18 when negative), so that serde_json too reads a `u64` (an `i64`).
+#[inline]
+fn json_digits(digits: &[u8], negative: bool) -> Option<u64> {
+    match digits {
+        [b'0'] if !negative => Some(0),
+        [b'1'..=b'9', ..] => parse_plain_digits(digits, if negative { 18 } else { 19 }),
+        _ => None,
+    }
+}
+
+macro_rules! plain_json_numbers {
+    ($($method:ident),*) => {$(
+        fn $method<V: serde::de::Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+            match self {
+                PlainJsonValue::Unsigned(n) => visitor.visit_u64(n),
+                PlainJsonValue::Negative(n) => visitor.visit_i64(n),
+                PlainJsonValue::Str(_) => self.refuse("a number"),
+            }
+        }
+    )*};
+}
+
+macro_rules! plain_json_strings {
+    ($($method:ident),*) => {$(
+        fn $method<V: serde::de::Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+            match self {
+                PlainJsonValue::Str(s) => visitor.visit_borrowed_str(s),
+                _ => self.refuse("a string"),
+            }
+        }
+    )*};
+}
+
+macro_rules! plain_json_refused {
+    ($($method:ident),*) => {$(
+        fn $method<V: serde::de::Visitor<'de>>(self, _visitor: V) -> Result<V::Value, Self::Error> {
+            self.refuse(stringify!($method))
+        }
+    )*};
+}
+
+impl<'de> serde::Deserializer<'de> for PlainJsonValue<'de> {
+    type Error = serde::de::value::Error;
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        match self {
+            PlainJsonValue::Unsigned(n) => visitor.visit_u64(n),
+            PlainJsonValue::Negative(n) => visitor.visit_i64(n),
+            PlainJsonValue::Str(s) => visitor.visit_borrowed_str(s),
+        }
+    }
+
+    plain_json_numbers!(
+        deserialize_u8,
+        deserialize_u16,
+        deserialize_u32,
+        deserialize_u64,
+        deserialize_i8,
+        deserialize_i16,
+        deserialize_i32,
+        deserialize_i64,
+        deserialize_f32,
+        deserialize_f64
+    );
+    plain_json_strings!(deserialize_char, deserialize_str, deserialize_string, deserialize_identifier);
+    plain_json_refused!(deserialize_bool, deserialize_i128, deserialize_u128, deserialize_unit, deserialize_seq, deserialize_map);
+
+    fn deserialize_bytes<V: serde::de::Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        match self {
+            PlainJsonValue::Str(s) => visitor.visit_borrowed_bytes(s.as_bytes()),
+            _ => self.refuse("bytes"),
+        }
+    }
+
+    fn deserialize_byte_buf<V: serde::de::Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        self.deserialize_bytes(visitor)
+    }
+
+    fn deserialize_option<V: serde::de::Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        // A plain value is never `null`.
+        visitor.visit_some(self)
+    }
+
+    fn deserialize_unit_struct<V: serde::de::Visitor<'de>>(self, _name: &'static str, _visitor: V) -> Result<V::Value, Self::Error> {
+        self.refuse("unit")
+    }
+
+    fn deserialize_newtype_struct<V: serde::de::Visitor<'de>>(self, name: &'static str, visitor: V) -> Result<V::Value, Self::Error> {
+        // serde_json reads its raw values through a newtype with a private name.
+        if name.starts_with('$') {
+            return self.refuse("not a raw value");
+        }
+        visitor.visit_newtype_struct(self)
+    }
+
+    fn deserialize_tuple<V: serde::de::Visitor<'de>>(self, _len: usize, _visitor: V) -> Result<V::Value, Self::Error> {
+        self.refuse("a tuple")
+    }
+
+    fn deserialize_tuple_struct<V: serde::de::Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _len: usize,
+        _visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        self.refuse("a tuple")
+    }
+
+    fn deserialize_struct<V: serde::de::Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _fields: &'static [&'static str],
+        _visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        self.refuse("a struct")
+    }
+
+    fn deserialize_enum<V: serde::de::Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _variants: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        match self {
+            // A string names a unit variant, as in serde_json: any other kind of variant fails.
+            PlainJsonValue::Str(s) => visitor.visit_enum(serde::de::value::BorrowedStrDeserializer::new(s)),
+            _ => self.refuse("an enum"),
+        }
+    }
+
+    fn deserialize_ignored_any<V: serde::de::Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        visitor.visit_unit()
+    }
+}
+
+/// Whether an attribute (its tokens inside `#[...]`) may change how serde reads a record: a
+/// `serde(...)` attribute, or one behind `cfg_attr`. Records with one take no JSON fast path.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __attribute_may_be_serde {
+    (serde $($rest:tt)*) => {
+        true
+    };
+    (cfg_attr $($rest:tt)*) => {
+        true
+    };
+    ($($other:tt)*) => {
+        false
+    };
+}
+
 /// Declares a struct that is a [`CsvRecord`] and a serde record, with the columns in field order.
 ///
 /// ```
@@ -339,16 +611,16 @@ macro_rules! csv_record {
 macro_rules! __csv_record_with_serde {
     (
         $serde:literal,
-        $(#[$meta:meta])*
+        $(#[$($meta:tt)*])*
         $vis:vis struct $name:ident {
-            $( $(#[$fmeta:meta])* $fvis:vis $field:ident : $ty:ty ),* $(,)?
+            $( $(#[$($fmeta:tt)*])* $fvis:vis $field:ident : $ty:ty ),* $(,)?
         }
     ) => {
-        $(#[$meta])*
+        $(#[$($meta)*])*
         #[derive($crate::__private::serde::Serialize, $crate::__private::serde::Deserialize)]
         #[serde(crate = $serde)]
         $vis struct $name {
-            $( $(#[$fmeta])* $fvis $field : $ty ),*
+            $( $(#[$($fmeta)*])* $fvis $field : $ty ),*
         }
 
         impl $crate::record::CsvRecord for $name {
@@ -377,6 +649,26 @@ macro_rules! __csv_record_with_serde {
                     Some(fields) => Self::from_csv_fields(&fields),
                     None => $crate::record::from_csv_line_general::<Self>(line),
                 }
+            }
+            #[allow(unused_assignments)]
+            fn from_plain_json_line(line: &str) -> Option<Self> {
+                // A serde attribute may rename, skip or reinterpret fields: serde_json alone then.
+                const SERDE_ATTRIBUTES: bool = false
+                    $( || $crate::__attribute_may_be_serde!($($meta)*) )*
+                    $( $( || $crate::__attribute_may_be_serde!($($fmeta)*) )* )*;
+                const NAMES: [&str; <[&str]>::len(&[$(stringify!($field)),*])] = [$(stringify!($field)),*];
+                if SERDE_ATTRIBUTES {
+                    return None;
+                }
+                let values = $crate::record::split_flat_json(line, &NAMES)?;
+                let mut index = 0usize;
+                Some($name {
+                    $( $field: {
+                        let value = $crate::record::json_value::<$ty>(values[index])?;
+                        index += 1;
+                        value
+                    } ),*
+                })
             }
             fn write_csv(&self, out: &mut String) {
                 let mut first = true;
@@ -457,6 +749,312 @@ mod tests {
             (u8::MAX.to_string(), i32::MIN.to_string(), usize::MAX.to_string())
         );
         assert_eq!((written(true), written(false)), ("true".to_string(), "false".to_string()));
+    }
+
+    #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+    #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+    enum Kind {
+        Sale,
+        Refund,
+        #[allow(dead_code)]
+        Tagged(u8),
+    }
+
+    impl CsvField for Kind {
+        fn parse_field(text: &str) -> Result<Self, String> {
+            serde_json::from_str(&format!("{text:?}")).map_err(|e| e.to_string())
+        }
+        fn write_field(&self, out: &mut String) {
+            out.push_str(serde_json::to_string(self).unwrap_or_default().trim_matches('"'))
+        }
+    }
+
+    #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+    struct Cents(i64);
+
+    impl CsvField for Cents {
+        fn parse_field(text: &str) -> Result<Self, String> {
+            i64::parse_field(text).map(Cents)
+        }
+        fn write_field(&self, out: &mut String) {
+            self.0.write_field(out)
+        }
+    }
+
+    crate::__csv_record_with_serde! {
+        "serde",
+        /// Every kind of field a record is likely to hold.
+        #[derive(Clone, Debug, PartialEq)]
+        struct Mixed {
+            ts_ms: u64,
+            id: String,
+            small: u8,
+            delta: i64,
+            cents: Cents,
+            kind: Kind,
+            note: Option<String>,
+            count: Option<u32>,
+            rate: f64,
+            flag: bool,
+        }
+    }
+
+    crate::__csv_record_with_serde! {
+        "serde",
+        #[derive(Clone, Debug, PartialEq)]
+        struct Renamed {
+            #[serde(rename = "b")]
+            a: u64,
+            c: u64,
+        }
+    }
+
+    /// A small deterministic generator (xorshift), so that failures reproduce.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+        fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
+            &xs[self.below(xs.len())]
+        }
+    }
+
+    fn mixed(rng: &mut Rng) -> Mixed {
+        let ids = ["t1", "", "a,b", "q\"uote", "back\\slash", "é€", "tab\there", "x}y", "{\"k\":1}", " pad "];
+        let notes = [None, Some(String::new()), Some("n".to_string()), Some("line\nbreak".to_string())];
+        let big = [0u64, 1, 9, 10, 99, 1_767_225_599_154, 999_999_999_999_999_999, 9_999_999_999_999_999_999, u64::MAX];
+        Mixed {
+            ts_ms: big[rng.below(big.len())],
+            id: rng.pick(&ids).to_string(),
+            small: rng.next() as u8,
+            delta: *rng.pick(&[0, -1, 1, -999_999_999_999_999_999, i64::MIN, i64::MAX, 42]),
+            cents: Cents(*rng.pick(&[0, -5, 123_456])),
+            kind: *rng.pick(&[Kind::Sale, Kind::Refund]),
+            note: rng.pick(&notes).clone(),
+            count: *rng.pick(&[None, Some(0), Some(7), Some(u32::MAX)]),
+            rate: *rng.pick(&[0.0, -0.0, 0.5, 1e300, -2.25, 1.0 / 3.0]),
+            flag: rng.next().is_multiple_of(2),
+        }
+    }
+
+    /// Changes a line the way a broken or hand-written file might: bytes with a meaning in JSON
+    /// inserted, deleted or replaced, white space, escapes, keys moved, doubled or unknown.
+    fn mutate(rng: &mut Rng, line: &str) -> String {
+        const PIECES: &[&str] = &[
+            "\"",
+            "\\",
+            ",",
+            ":",
+            "{",
+            "}",
+            "[",
+            "]",
+            " ",
+            "\t",
+            "0",
+            "-",
+            "1",
+            "9",
+            "e",
+            ".",
+            "n",
+            "null",
+            "true",
+            "\u{1}",
+            "é",
+            "\\u0041",
+            "\\\"",
+            "-0",
+            "00",
+            "1e2",
+            "\"SALE\"",
+            "\"x\":1,",
+            "\"ts_ms\":5,",
+            "{}",
+            "[]",
+            "18446744073709551616",
+        ];
+        let mut chars: Vec<char> = line.chars().collect();
+        for _ in 0..1 + rng.below(3) {
+            let at = rng.below(chars.len() + 1);
+            match rng.below(5) {
+                0 | 1 => {
+                    let piece: Vec<char> = rng.pick(PIECES).chars().collect();
+                    chars.splice(at..at, piece);
+                }
+                2 if at < chars.len() => {
+                    chars.remove(at);
+                }
+                3 if at < chars.len() => {
+                    let piece: Vec<char> = rng.pick(PIECES).chars().collect();
+                    chars.splice(at..at + 1, piece);
+                }
+                _ => {
+                    // Swap two fields, or repeat one.
+                    let text: String = chars.iter().collect();
+                    let inner = text.trim_start_matches('{').trim_end_matches('}');
+                    let fields: Vec<&str> = inner.split(",\"").collect();
+                    if fields.len() > 2 {
+                        let (i, j) = (1 + rng.below(fields.len() - 1), 1 + rng.below(fields.len() - 1));
+                        let mut fields: Vec<String> = fields.iter().map(|f| f.to_string()).collect();
+                        if rng.next().is_multiple_of(2) {
+                            fields.swap(i, j);
+                        } else {
+                            let copy = fields[i].clone();
+                            fields.insert(j, copy);
+                        }
+                        chars = format!("{{{}}}", fields.join(",\"")).chars().collect();
+                    }
+                }
+            }
+        }
+        chars.into_iter().collect()
+    }
+
+    /// The JSON fast path answers for every line the file sink writes, with serde_json's record,
+    /// and for any other line either answers with serde_json's record or leaves it to serde_json.
+    #[test]
+    fn plain_json_lines_decode_as_serde_json_does() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let (mut fast, mut agreed, mut refused, mut escaped) = (0, 0, 0, 0);
+        for _ in 0..3_000 {
+            let record = mixed(&mut rng);
+            let line = serde_json::to_string(&record).unwrap();
+            // Strings with escapes are left to serde_json; any other line is read here.
+            let expected = if line.contains('\\') { None } else { Some(record.clone()) };
+            assert_eq!(Mixed::from_plain_json_line(&line), expected, "{line}");
+            if line.contains('\\') {
+                escaped += 1;
+            }
+            for _ in 0..20 {
+                let changed = mutate(&mut rng, &line);
+                let by_serde = serde_json::from_str::<Mixed>(&changed).ok();
+                match Mixed::from_plain_json_line(&changed) {
+                    Some(r) => {
+                        assert_eq!(Some(r), by_serde, "{changed}");
+                        fast += 1;
+                    }
+                    None if by_serde.is_some() => agreed += 1,
+                    None => refused += 1,
+                }
+            }
+        }
+        // The mutations reach all three outcomes, so the checks above are not vacuous.
+        assert!(fast > 500 && agreed > 2_000 && refused > 10_000 && escaped < 2_000, "{fast} {agreed} {refused} {escaped}");
+    }
+
+    #[test]
+    fn plain_json_values_are_read_as_serde_json_reads_them() {
+        fn check<T: serde::de::DeserializeOwned + PartialEq + std::fmt::Debug>(text: &str) -> bool {
+            let ours = json_value::<T>(text);
+            if ours.is_some() {
+                assert_eq!(ours, serde_json::from_str::<T>(text).ok(), "{} {text:?}", std::any::type_name::<T>());
+            }
+            ours.is_some()
+        }
+        let texts = [
+            "0",
+            "00",
+            "01",
+            "-0",
+            "-00",
+            "1",
+            "-1",
+            "255",
+            "256",
+            "-128",
+            "-129",
+            "4294967295",
+            "4294967296",
+            "999999999999999999",
+            "-999999999999999999",
+            "9999999999999999999",
+            "-9999999999999999999",
+            "18446744073709551615",
+            "18446744073709551616",
+            "1.5",
+            "1e3",
+            "-",
+            "+1",
+            " 1",
+            "1 ",
+            "\"\"",
+            "\"a\"",
+            "\"ab\"",
+            "\"é\"",
+            "\"SALE\"",
+            "\"REFUND\"",
+            "\"Sale\"",
+            "\"TAGGED\"",
+            "\"12\"",
+            "\"a\u{1}\"",
+            "\"a\\\"",
+            "\"a\\\"b\"",
+            "\"a\"b\"",
+            "\"",
+            "null",
+            "true",
+            "false",
+            "{}",
+            "[]",
+            "[1]",
+        ];
+        let mut answered = 0;
+        for text in texts {
+            answered += usize::from(check::<u8>(text));
+            answered += usize::from(check::<u32>(text));
+            answered += usize::from(check::<u64>(text));
+            answered += usize::from(check::<u128>(text));
+            answered += usize::from(check::<i8>(text));
+            answered += usize::from(check::<i64>(text));
+            answered += usize::from(check::<i128>(text));
+            answered += usize::from(check::<f32>(text));
+            answered += usize::from(check::<f64>(text));
+            answered += usize::from(check::<bool>(text));
+            answered += usize::from(check::<char>(text));
+            answered += usize::from(check::<String>(text));
+            answered += usize::from(check::<Option<u64>>(text));
+            answered += usize::from(check::<Option<String>>(text));
+            answered += usize::from(check::<Kind>(text));
+            answered += usize::from(check::<Cents>(text));
+            answered += usize::from(check::<()>(text));
+            answered += usize::from(check::<Vec<u8>>(text));
+            answered += usize::from(check::<serde_json::Value>(text));
+        }
+        assert!(answered > 100, "{answered}");
+        assert_eq!(PlainJsonValue::new("12"), Some(PlainJsonValue::Unsigned(12)));
+        assert_eq!(PlainJsonValue::new("-12"), Some(PlainJsonValue::Negative(-12)));
+        assert_eq!(PlainJsonValue::new("\"x\""), Some(PlainJsonValue::Str("x")));
+        assert_eq!(PlainJsonValue::new("-0"), None);
+    }
+
+    /// Records whose serde attributes may change how a line reads take serde_json's path only.
+    #[test]
+    fn records_with_serde_attributes_take_no_json_fast_path() {
+        assert_eq!(Renamed::from_plain_json_line(r#"{"a":1,"c":2}"#), None);
+        assert_eq!(Renamed::from_plain_json_line(r#"{"b":1,"c":2}"#), None);
+        assert_eq!(split_flat_json(r#"{"b":1,"c":"x"}"#, &["b", "c"]), Some(["1", "\"x\""]));
+        for line in [
+            r#"{"b":1,"c":"x"} "#,
+            r#" {"b":1,"c":"x"}"#,
+            r#"{"b":1, "c":"x"}"#,
+            r#"{"b":[1],"c":"x"}"#,
+            r#"{"b":1,"c":"\n"}"#,
+            r#"{"b":1}"#,
+            "{}",
+            "{",
+            "",
+        ] {
+            assert_eq!(split_flat_json(line, &["b", "c"]), None, "{line}");
+        }
     }
 
     fn split(line: &str) -> Result<Vec<String>, String> {
