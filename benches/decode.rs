@@ -8,6 +8,10 @@
 //! figures include freeing the records' strings. Splitting the buffer into lines alone is timed
 //! too, as a floor. The target is 5,000,000 lines per second per core.
 
+/// The allocator of the `paystream` binary, so that the bench measures what users run.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::time::Instant;
 
 use paystream::engine::decode::LineDecoder;

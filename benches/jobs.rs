@@ -7,6 +7,10 @@
 //! temporary directory as four files per source (so that two workers each read two), holding the
 //! same records as the generator's sequence.
 
+/// The allocator of the `paystream` binary, so that the bench measures what users run.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
