@@ -206,6 +206,7 @@ mod tests {
         let bytes = paystream_engine::checkpoint::encode(&few).expect("encodes");
         assert_eq!(bytes, paystream_engine::checkpoint::encode(&vec![4u32]).expect("encodes"));
         few.retain(|_| false);
-        assert!(few.is_empty() && few.len() == 0);
+        assert!(few.is_empty());
+        assert_eq!(few.len(), 0, "len agrees with is_empty");
     }
 }
