@@ -8,9 +8,7 @@
 //! figures include freeing the records' strings. Splitting the buffer into lines alone is timed
 //! too, as a floor. The target is 5,000,000 lines per second per core.
 
-/// The allocator of the `paystream` binary, so that the bench measures what users run.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+mod common;
 
 use std::time::Instant;
 
@@ -20,16 +18,9 @@ use paystream::engine::uri::Format;
 use paystream::engine::{CsvRecord, DeadLetter, Generate};
 use paystream::jobs::Payment;
 
+use common::{env, median};
+
 const TARGET_LINES_PER_SEC: f64 = 5_000_000.0;
-
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(|a, b| a.total_cmp(b));
-    xs[xs.len() / 2]
-}
 
 /// What a run must reproduce: the count and two sums of the generated payments.
 #[derive(Debug, Default, PartialEq, Eq, Clone, Copy)]

@@ -7,9 +7,7 @@
 //! temporary directory as four files per source (so that two workers each read two), holding the
 //! same records as the generator's sequence.
 
-/// The allocator of the `paystream` binary, so that the bench measures what users run.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+mod common;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -25,26 +23,10 @@ use paystream::engine::source::GenOptions;
 use paystream::engine::Generate;
 use paystream::jobs::{Authorization, BlockedCard, Payment};
 
+use common::{cpu_seconds, env, median};
+
 const JOBS: [&str; 4] = ["throughput-windows", "card-velocity", "auth-match", "fraud-detection"];
 const FILES_PER_SOURCE: u64 = 4;
-
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(|a, b| a.total_cmp(b));
-    xs[xs.len() / 2]
-}
-
-/// CPU seconds (user + system) this process has used so far.
-fn cpu_seconds() -> f64 {
-    // SAFETY: getrusage only writes into the struct we pass.
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    secs(u.ru_utime) + secs(u.ru_stime)
-}
 
 /// Writes the generator's first `count` records of type `T` as CSV, dealt over four files.
 fn write_csv<T: Generate + CsvRecord>(dir: &Path, count: u64) -> PathBuf {

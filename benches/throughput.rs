@@ -11,6 +11,8 @@
 //! `RUNS` (default 3; medians are reported), `JOBS` (comma-separated job names, default both),
 //! `LOOP_ONLY=1` (run only the loops: for profiling them).
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
@@ -27,9 +29,7 @@ use paystream::jobs::throughput::MerchantWindow;
 use paystream::jobs::velocity::VelocityAlert;
 use paystream::jobs::{Payment, Status};
 
-/// The allocator of the paystream binary (src/main.rs), for the loops and the engine alike.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+use common::{cpu_seconds, env, median};
 
 /// The hash maps of the loops: the same fast hasher the engine's window state uses, so the loop
 /// is what a performance-minded person would write.
@@ -38,32 +38,14 @@ type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 /// The jobs' out-of-orderness bound (their default), ms.
 const BOUND_MS: u64 = 2_000;
 
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(|a, b| a.total_cmp(b));
-    xs[xs.len() / 2]
-}
-
-/// CPU seconds (user + system, all threads) this process has used so far.
-fn cpu_secs() -> f64 {
-    // SAFETY: getrusage only writes into the struct we pass.
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    secs(u.ru_utime) + secs(u.ru_stime)
-}
-
 /// Runs `f` `runs` times: median wall seconds and median CPU seconds.
 fn timed(runs: usize, mut f: impl FnMut()) -> (f64, f64) {
     let (mut walls, mut cpus) = (Vec::new(), Vec::new());
     for _ in 0..runs {
-        let (t, c) = (Instant::now(), cpu_secs());
+        let (t, c) = (Instant::now(), cpu_seconds());
         f();
         walls.push(t.elapsed().as_secs_f64());
-        cpus.push(cpu_secs() - c);
+        cpus.push(cpu_seconds() - c);
     }
     (median(walls), median(cpus))
 }
