@@ -24,6 +24,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+mod common;
+
+use common::Rng;
 use paystream::engine::source::BATCH;
 use paystream::engine::testing::run_partitions;
 use paystream::engine::{millis, OutOfOrder};
@@ -57,27 +60,6 @@ fn is_left(e: &Ev) -> bool {
 
 // ---------------------------------------------------------------------------------------------
 // Deterministic random input.
-
-/// SplitMix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
 
 /// The shape of random input.
 #[derive(Clone, Copy, Debug)]

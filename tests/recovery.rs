@@ -12,15 +12,18 @@
 
 #![cfg(unix)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use common::{Rng, TempDir};
 
 /// How long any one run may take before the test kills it and fails instead of hanging.
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -43,38 +46,6 @@ const FRAUD_EVENTS: u64 = 40_000;
 
 /// The signal of `std::process::abort`, which fault injection calls.
 const SIGABRT: i32 = 6;
-
-// ---------------------------------------------------------------------------------------------
-// Temporary directories.
-
-/// A fresh directory under the system temp dir, removed when the test passes (kept for a look
-/// when it fails).
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("paystream-recovery-{tag}-{}-{nanos}-{n}", std::process::id()));
-        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
-        TempDir(path)
-    }
-
-    fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("test files kept in {}", self.0.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Running the binary: every wait has a timeout, and a child still running when its handle is
@@ -454,35 +425,17 @@ fn assert_same_output(label: &str, expected: &Outputs, actual: &Outputs) {
 // ---------------------------------------------------------------------------------------------
 // Seeded kill times.
 
-/// SplitMix64: small, seeded, good enough to spread kill points.
-struct Rng(u64);
-
-impl Rng {
-    /// The RNG of one test: the seed (printed; `PAYSTREAM_RECOVERY_SEED` overrides it) mixed with
-    /// the test's name, so tests do not depend on each other's order.
-    fn for_test(test: &str) -> Rng {
-        let seed = std::env::var("PAYSTREAM_RECOVERY_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(SEED);
-        eprintln!("{test}: seed {seed} (replay another with PAYSTREAM_RECOVERY_SEED=N)");
-        let mut rng = Rng(seed);
-        for b in test.bytes() {
-            rng.0 = rng.0.rotate_left(8) ^ u64::from(b);
-            rng.next();
-        }
-        rng
+/// The RNG (SplitMix64) of one test: the seed (printed; `PAYSTREAM_RECOVERY_SEED` overrides it)
+/// mixed with the test's name, so tests do not depend on each other's order.
+fn rng_for_test(test: &str) -> Rng {
+    let seed = std::env::var("PAYSTREAM_RECOVERY_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(SEED);
+    eprintln!("{test}: seed {seed} (replay another with PAYSTREAM_RECOVERY_SEED=N)");
+    let mut rng = Rng(seed);
+    for b in test.bytes() {
+        rng.0 = rng.0.rotate_left(8) ^ u64::from(b);
+        rng.next();
     }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// A uniform fraction in `[low, high)`.
-    fn fraction(&mut self, low: f64, high: f64) -> f64 {
-        low + (high - low) * ((self.next() >> 11) as f64 / (1u64 << 53) as f64)
-    }
+    rng
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -590,7 +543,7 @@ fn crash_and_recover(job: &JobRun, dir: &TempDir, name: &str, scenario: &Scenari
 /// run, so they spread from the start to the end; every `second_crash_every`-th one is killed again
 /// at a random moment of its recovery) and at the `injected` fault points.
 fn kill_9_suite(test: &str, job: &JobRun, timed: usize, second_crash_every: usize, injected: &[Scenario]) {
-    let mut rng = Rng::for_test(test);
+    let mut rng = rng_for_test(test);
     let reference = job.reference();
     let dir = TempDir::new(test);
     let (out, chk) = (dir.join("uninterrupted/out"), dir.join("uninterrupted/chk"));

@@ -11,6 +11,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Lists command-line arguments: `args!["run", job, format!(...)]`.
+#[allow(unused_macros)]
 macro_rules! args {
     ($($a:expr),* $(,)?) => { vec![$($a.to_string()),*] };
 }
@@ -208,6 +209,16 @@ impl Rng {
 
     pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n
+    }
+
+    /// True with a chance of `percent` in 100.
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+
+    /// A uniform fraction in `[low, high)`.
+    pub fn fraction(&mut self, low: f64, high: f64) -> f64 {
+        low + (high - low) * ((self.next() >> 11) as f64 / (1u64 << 53) as f64)
     }
 }
 
