@@ -68,6 +68,17 @@ fn write_row(out: &mut BufWriter<File>, line: &mut String, row: &impl CsvRecord)
     out.write_all(line.as_bytes()).expect("write");
 }
 
+/// Hands every window whose end the watermark has reached to `emit`, in end order.
+fn emit_closed<A>(open: &mut BTreeMap<u64, A>, watermark: u64, emit: &mut impl FnMut(u64, A)) {
+    while let Some(entry) = open.first_entry() {
+        if *entry.key() > watermark {
+            break;
+        }
+        let end = *entry.key();
+        emit(end, entry.remove());
+    }
+}
+
 /// `throughput-windows` by hand: per merchant and 10 s tumbling window, count, sum, approvals,
 /// max and p99 amount (an HdrHistogram at 2 significant digits, as the job's `Percentiles`).
 fn throughput_loop(events: u64, path: &Path) {
@@ -126,13 +137,7 @@ fn throughput_loop(events: u64, path: &Path) {
         let amount = (p.amount_cents.max(0) as u64).min(u64::MAX / 4);
         let _ = acc.amounts.record(amount);
         acc.amounts_max = acc.amounts_max.max(amount);
-        while let Some(entry) = open.first_entry() {
-            if *entry.key() > watermark {
-                break;
-            }
-            let end = *entry.key();
-            emit(end, entry.remove());
-        }
+        emit_closed(&mut open, watermark, &mut emit);
     }
     while let Some((end, accs)) = open.pop_first() {
         emit(end, accs);
@@ -176,13 +181,7 @@ fn velocity_loop(events: u64, path: &Path) {
                 acc.1 += p.amount_cents;
             }
         }
-        while let Some(entry) = open.first_entry() {
-            if *entry.key() > watermark {
-                break;
-            }
-            let end = *entry.key();
-            emit(end, entry.remove());
-        }
+        emit_closed(&mut open, watermark, &mut emit);
     }
     while let Some((end, accs)) = open.pop_first() {
         emit(end, accs);

@@ -17,8 +17,9 @@ use paystream_engine::latency::LatencySummary;
 use paystream_engine::runtime::{self, RunOptions};
 use paystream_engine::Result;
 
-/// CPU seconds used so far by this process, and its peak resident memory in bytes.
-fn usage() -> (f64, u64) {
+/// CPU seconds used so far by this process (user + system, all threads), and its peak resident
+/// memory in bytes.
+pub fn usage() -> (f64, u64) {
     // SAFETY: getrusage only writes into the struct we pass.
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };

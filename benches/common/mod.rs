@@ -19,9 +19,5 @@ pub fn median(mut xs: Vec<f64>) -> f64 {
 
 /// CPU seconds (user + system, all threads) this process has used so far.
 pub fn cpu_seconds() -> f64 {
-    // SAFETY: getrusage only writes into the struct we pass.
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    secs(u.ru_utime) + secs(u.ru_stime)
+    paystream::bench::usage().0
 }
