@@ -268,7 +268,12 @@ pub(crate) fn build_sink<T: Data + CsvRecord>(stream: Stream<'_, T>, name: &str,
     // The sink sends nothing; its output's frontier is its input's, messages still queued for it
     // included, which is what flow control watches.
     let (_output, landed) = builder.new_output::<Vec<()>>();
-    landed.probe_with(&ctx.flow.probe);
+    let flow = ctx.flow.clone();
+    landed.probe_with(&ctx.flow.probe).sink(Pipeline, "flow-wake", move |(input, _frontier)| {
+        // Scheduled whenever the sink's frontier moves (after the probe, which comes first).
+        input.for_each(|_, _| {});
+        flow.wake();
+    });
     builder.build(move |_capabilities| {
         let mut target: Option<Target> = None;
         let mut failed = false;
