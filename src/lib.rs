@@ -31,8 +31,8 @@ pub mod prelude {
     };
     pub use paystream_jobs::{Authorization, Payment, Status};
     pub use paystream_operators::{
-        Aggregate, Average, Count, CountAndSum, CountDistinct, CountSum, Fold, Max, Min, Percentiles, Quantiles, Session, Sliding, Sum,
-        Tumbling, WindowExt, WindowResult, Windows,
+        Aggregate, Average, Count, CountAndSum, CountDistinct, CountSum, Fold, Max, Min, Percentile, Percentiles, Quantiles, Session,
+        Sliding, Sum, Tumbling, WindowExt, WindowResult, Windows,
     };
 }
 

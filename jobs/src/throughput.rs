@@ -6,7 +6,7 @@
 //! negative amounts (refunds) count as 0 in it.
 
 use paystream_engine::{csv_record, millis, JobBuilder, JobSpec, OutOfOrder, ParamSpec, Params, Result, SinkSpec, SourceSpec};
-use paystream_operators::{Aggregate, Percentiles, Tumbling, WindowExt};
+use paystream_operators::{Aggregate, Percentile, Tumbling, WindowExt};
 
 use crate::payment::{Payment, Status};
 
@@ -89,9 +89,9 @@ fn build(job: &mut JobBuilder<'_>, params: &Params) -> Result<()> {
         .key_by("by-merchant", |p| p.merchant_id)
         .window("throughput", Tumbling::of(millis(window_ms)))
         .late_records_to("late_payments")
-        .aggregate((MerchantStats, Percentiles::of(|p: &Payment| p.amount_cents.max(0) as u64)))
+        .aggregate((MerchantStats, Percentile::of(0.99, |p: &Payment| p.amount_cents.max(0) as u64)))
         .map("to-row", |w| {
-            let ((count, sum_amount_cents, approved_count, max_amount_cents), amounts) = w.value;
+            let ((count, sum_amount_cents, approved_count, max_amount_cents), p99_amount_cents) = w.value;
             MerchantWindow {
                 window_start_ms: w.start_ms,
                 window_end_ms: w.end_ms,
@@ -101,7 +101,7 @@ fn build(job: &mut JobBuilder<'_>, params: &Params) -> Result<()> {
                 approved_count,
                 approval_rate: approved_count as f64 / count as f64,
                 max_amount_cents,
-                p99_amount_cents: amounts.p99,
+                p99_amount_cents,
             }
         })
         .sink("windows")

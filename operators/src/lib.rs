@@ -10,7 +10,8 @@ mod slots;
 pub mod window;
 
 pub use aggregate::{
-    Aggregate, Average, Count, CountAndSum, CountDistinct, CountSum, Fold, Max, Min, Percentiles, QuantileSketch, Quantiles, Sum,
+    Aggregate, Average, Count, CountAndSum, CountDistinct, CountSum, Fold, Max, Min, Percentile, Percentiles, QuantileSketch, Quantiles,
+    Sum,
 };
 pub use join::{JoinExt, Joined, Side, WindowJoined};
 pub use process::{Context, ProcessExt, ProcessFunction};
