@@ -275,6 +275,25 @@ mod tests {
             r#"{"id":14,"name":"o"#,
             r#"{"id":15,"name":"\u00e9"}"#,
             r#"{"id":16,"name":"é"}"#,
+            r#"{"id":17 ,"name":"p"}"#,
+            r#"{"id":18,"name" :"q"}"#,
+            "{\"id\":19,\"name\":\"r\u{1}\"}",
+            "{\"id\":20,\"name\":\"s\u{7f}\"}",
+            r#"{"id":1e2,"name":"t"}"#,
+            r#"{"id":-0,"name":"u"}"#,
+            r#"{"id":0,"name":"v"}"#,
+            r#"{"id":00,"name":"w"}"#,
+            r#"{"id":9999999999999999999,"name":"x"}"#,
+            r#"{"id":true,"name":"y"}"#,
+            r#"{"id":21,"name":{"z":1}}"#,
+            r#"{"id":22,"name":["z"]}"#,
+            r#"{"id":23,"name":"a","name":"b"}"#,
+            r#"{"id":24}"#,
+            r#"{"id":25,"name":"c"}}"#,
+            r#"{"id":26,"name":"a long name that crosses several words, é€"}"#,
+            r#"{"id":27,"name":"d""#,
+            r#"{"id":28,"name":1}"#,
+            r#"{"id":29,"name":"e","x":1}"#,
         ];
         let input = lines.join("\n");
         let (rows, dead, _) = read_all(input.as_bytes(), 1 << 16, 100, Format::JsonLines);
@@ -288,6 +307,6 @@ mod tests {
         assert_eq!(rows, expected_rows);
         let reasons: Vec<(u64, String, String)> = dead.into_iter().map(|d| (d.line, d.reason, d.raw)).collect();
         assert_eq!(reasons, expected_reasons);
-        assert_eq!((rows.len(), reasons.len()), (8, 9), "{rows:?} {reasons:?}");
+        assert_eq!((rows.len(), reasons.len()), (15, 21), "{rows:?} {reasons:?}");
     }
 }
