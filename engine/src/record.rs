@@ -24,10 +24,10 @@ pub trait CsvField: Sized {
     /// path ([`from_csv_line_general`]), which also words the errors, so an implementation may
     /// refuse whatever it does not read quickly. The default finds the next `,` (refusing a field
     /// with a `"`) and calls `parse_field`.
-    #[inline]
+    #[inline(always)]
     fn parse_at(line: &str, at: usize) -> Option<(Self, usize)> {
         let end = plain_field_end(line.as_bytes(), at)?;
-        Some((Self::parse_field(line.get(at..end)?).ok()?, end))
+        Some((Self::parse_field(slice(line, at, end)?).ok()?, end))
     }
 }
 
@@ -47,7 +47,7 @@ macro_rules! int_field {
                 WriteDecimal::write_decimal(self, out)
             }
             /// The digits `parse_field` reads directly, read in place; anything else is refused.
-            #[inline]
+            #[inline(always)]
             fn parse_at(line: &str, at: usize) -> Option<(Self, usize)> {
                 let (value, end) = scan_digits(line.as_bytes(), at, <$t>::MAX.ilog10() as usize)?;
                 Some((value as $t, end))
@@ -78,7 +78,7 @@ macro_rules! signed_field {
             }
             /// What `parse_field` reads directly (digits after an optional `-`), read in place;
             /// anything else is refused.
-            #[inline]
+            #[inline(always)]
             fn parse_at(line: &str, at: usize) -> Option<(Self, usize)> {
                 let bytes = line.as_bytes();
                 let negative = bytes.get(at) == Some(&b'-');
@@ -129,7 +129,7 @@ const LOW_SEVEN: u64 = 0x7f7f_7f7f_7f7f_7f7f;
 ///
 /// Eight bytes are read at a time where the slice has them: the run's length in the word comes
 /// from a mask of its non-digits, and up to eight digits are combined with three multiplications.
-#[inline]
+#[inline(always)]
 fn scan_digits(bytes: &[u8], at: usize, max_digits: usize) -> Option<(u64, usize)> {
     let mut value = 0u64;
     let mut end = at;
@@ -166,7 +166,7 @@ fn scan_digits(bytes: &[u8], at: usize, max_digits: usize) -> Option<(u64, usize
 const POWERS_OF_TEN: [u64; 9] = [1, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000, 100_000_000];
 
 /// The high bit of each byte of `word` that is not an ASCII digit, and no other bit.
-#[inline]
+#[inline(always)]
 fn non_digits(word: u64) -> u64 {
     let low = word & LOW_SEVEN;
     // Per byte, with no carry into the next: the high bit of `low + 0x46` is set iff `low > b'9'`,
@@ -177,7 +177,7 @@ fn non_digits(word: u64) -> u64 {
 }
 
 /// The value of the first `count` (1 to 8) bytes of `word` (little-endian), which are ASCII digits.
-#[inline]
+#[inline(always)]
 fn leading_digits_value(word: u64, count: usize) -> u64 {
     // Digit values, the first digit in the lowest byte. The bytes after the digits may borrow from
     // the bytes above them, which the shift drops; it brings in zeros below: leading zero digits.
@@ -189,10 +189,16 @@ fn leading_digits_value(word: u64, count: usize) -> u64 {
     v.wrapping_mul(10_000 << 32 | 1) >> 32
 }
 
-/// The index of the first byte at or after `from` that `matches` marks (it maps eight bytes,
-/// little-endian, to the high bits of the bytes it marks), or `None` if no byte matches.
+/// Which bytes [`first_marked`] looks for.
+trait ByteClass {
+    /// The high bit of each byte of `word` (little-endian) in the class, and no other bit.
+    fn marks(word: u64) -> u64;
+}
+
+/// The index of the first byte at or after `from` in the class `C`, or `None` if there is none.
 #[inline(always)]
-fn first_marked(bytes: &[u8], from: usize, matches: impl Fn(u64) -> u64) -> Option<usize> {
+fn first_marked<C: ByteClass>(bytes: &[u8], from: usize) -> Option<usize> {
+    let matches = C::marks;
     let mut at = from;
     while let Some(chunk) = bytes.get(at..at + 8) {
         let found = matches(u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8])));
@@ -218,9 +224,9 @@ fn first_marked(bytes: &[u8], from: usize, matches: impl Fn(u64) -> u64) -> Opti
 
 /// Where the unquoted CSV field that starts at `at` ends (its `,` or the line's end), or `None`
 /// if it holds a `"`.
-#[inline]
+#[inline(always)]
 fn plain_field_end(bytes: &[u8], at: usize) -> Option<usize> {
-    match first_marked(bytes, at, |word| byte_positions(word, b',') | byte_positions(word, b'"')) {
+    match first_marked::<FieldStops>(bytes, at) {
         Some(end) => (bytes[end] == b',').then_some(end),
         None => Some(bytes.len().max(at)),
     }
@@ -267,6 +273,11 @@ impl CsvField for String {
     }
     fn write_field(&self, out: &mut String) {
         out.push_str(self)
+    }
+    #[inline(always)]
+    fn parse_at(line: &str, at: usize) -> Option<(Self, usize)> {
+        let end = plain_field_end(line.as_bytes(), at)?;
+        Some((slice(line, at, end)?.to_string(), end))
     }
 }
 
@@ -398,7 +409,7 @@ pub fn split_csv_line<'a>(line: &'a str, fields: &mut Vec<std::borrow::Cow<'a, s
 }
 
 /// The high bit of each byte of `word` (little-endian) that equals `byte`, and no other bit.
-#[inline]
+#[inline(always)]
 fn byte_positions(word: u64, byte: u8) -> u64 {
     const LOW_SEVEN: u64 = 0x7f7f_7f7f_7f7f_7f7f;
     let x = word ^ (u64::from(byte) * 0x0101_0101_0101_0101);
@@ -443,25 +454,45 @@ pub fn json_key(bytes: &[u8], at: usize, key: &str) -> Option<usize> {
 /// there. Read this way, each value means what it means inside the whole line, so a record built
 /// from these values is the one serde_json would build, for a struct whose `Deserialize` is
 /// derived without attributes, with the line's keys in the fields' order.
-#[inline]
+#[inline(always)]
 pub fn json_field<T: serde::de::DeserializeOwned>(line: &str, at: usize) -> Option<(T, usize)> {
+    match plain_json_value(line, at) {
+        PlainOrNot::Plain(value, end) => Some((T::deserialize(value).ok()?, end)),
+        PlainOrNot::Other => other_json_value(line, at),
+        PlainOrNot::Refused => None,
+    }
+}
+
+/// What [`plain_json_value`] found.
+enum PlainOrNot<'a> {
+    /// A plain value, and the index just past it.
+    Plain(PlainJsonValue<'a>, usize),
+    /// A value to read with [`other_json_value`].
+    Other,
+    /// A value that sends the whole line to serde_json.
+    Refused,
+}
+
+/// The plain value (string or integer) that starts at byte `at` of a JSON line, for [`json_field`].
+#[inline(always)]
+fn plain_json_value(line: &str, at: usize) -> PlainOrNot<'_> {
     let bytes = line.as_bytes();
-    let (value, end) = match *bytes.get(at)? {
+    let Some(&first) = bytes.get(at) else {
+        return PlainOrNot::Refused;
+    };
+    match first {
         b'"' => {
-            let close = first_marked(bytes, at + 1, |word| {
-                // `"`, `\` or a control character (below 0x20): the high bit of `low + 0x60`
-                // is set iff `low >= 0x20`, with no carry into the next byte.
-                let at_least_space = (word & LOW_SEVEN) + ONES * 0x60;
-                byte_positions(word, b'"') | byte_positions(word, b'\\') | (!(at_least_space | word) & HIGH_BITS)
-            })?;
-            if bytes[close] != b'"' {
-                return None;
+            match first_marked::<StringStops>(bytes, at + 1) {
+                // The quotes are ASCII, so the text between them is at character boundaries.
+                Some(close) if bytes[close] == b'"' => match slice(line, at + 1, close) {
+                    Some(text) => PlainOrNot::Plain(PlainJsonValue::Str(text), close + 1),
+                    None => PlainOrNot::Refused,
+                },
+                _ => PlainOrNot::Refused,
             }
-            // The quotes are ASCII, so the text between them is at character boundaries.
-            (PlainJsonValue::Str(line.get(at + 1..close)?), close + 1)
         }
-        b'{' | b'[' => return None,
-        first => {
+        b'{' | b'[' => PlainOrNot::Refused,
+        _ => {
             let negative = first == b'-';
             let digits = at + usize::from(negative);
             match scan_digits(bytes, digits, if negative { 18 } else { 19 }) {
@@ -470,16 +501,50 @@ pub fn json_field<T: serde::de::DeserializeOwned>(line: &str, at: usize) -> Opti
                     if (bytes[digits] != b'0' || (end == digits + 1 && !negative)) && matches!(bytes.get(end), Some(b',' | b'}')) =>
                 {
                     let value = if negative { PlainJsonValue::Negative(-(magnitude as i64)) } else { PlainJsonValue::Unsigned(magnitude) };
-                    (value, end)
+                    PlainOrNot::Plain(value, end)
                 }
-                _ => {
-                    let end = at + bytes[at..].iter().position(|&b| b == b',' || b == b'}')?;
-                    return Some((json_value(line.get(at..end)?)?, end));
-                }
+                _ => PlainOrNot::Other,
             }
         }
-    };
-    Some((T::deserialize(value).ok()?, end))
+    }
+}
+
+/// The bytes that end a plain JSON string's text: `"`, `\` or a control character (below 0x20).
+struct StringStops;
+
+impl ByteClass for StringStops {
+    #[inline(always)]
+    fn marks(word: u64) -> u64 {
+        // The high bit of `low + 0x60` is set iff `low >= 0x20`, with no carry into the next byte.
+        let at_least_space = (word & LOW_SEVEN) + ONES * 0x60;
+        byte_positions(word, b'"') | byte_positions(word, b'\\') | (!(at_least_space | word) & HIGH_BITS)
+    }
+}
+
+/// The bytes that end an unquoted CSV field (`,`) or refuse it (`"`).
+struct FieldStops;
+
+impl ByteClass for FieldStops {
+    #[inline(always)]
+    fn marks(word: u64) -> u64 {
+        byte_positions(word, b',') | byte_positions(word, b'"')
+    }
+}
+
+/// `line[start..end]`, or `None` if that is not a slice of the line at character boundaries.
+/// (`str::get` with a range was a call of its own where this is inlined.)
+#[inline(always)]
+fn slice(line: &str, start: usize, end: usize) -> Option<&str> {
+    line.get(start..)?.get(..end.checked_sub(start)?)
+}
+
+/// [`json_field`] for a value that is not plain: the text up to the next `,` or `}`, read by
+/// [`json_value`].
+#[cold]
+#[inline(never)]
+fn other_json_value<T: serde::de::DeserializeOwned>(line: &str, at: usize) -> Option<(T, usize)> {
+    let end = at + line.as_bytes().get(at..)?.iter().position(|&b| b == b',' || b == b'}')?;
+    Some((json_value(line.get(at..end)?)?, end))
 }
 
 /// One value text (without white space around it), read as serde_json reads it inside the line; `None`
