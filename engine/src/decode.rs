@@ -124,7 +124,7 @@ impl LineDecoder {
         while let [rest @ .., b'\n' | b'\r'] = bytes {
             bytes = rest;
         }
-        let line = match std::str::from_utf8(bytes) {
+        let line = match text(bytes) {
             Ok(l) => l,
             Err(e) => {
                 let raw = String::from_utf8_lossy(bytes).into_owned();
@@ -164,6 +164,38 @@ impl LineDecoder {
             }
         }
     }
+}
+
+/// The line as text, as `std::str::from_utf8` gives it, checking an all-ASCII line (the usual
+/// one) with a cheaper test than full UTF-8 validation.
+#[inline]
+fn text(bytes: &[u8]) -> Result<&str, std::str::Utf8Error> {
+    if is_ascii(bytes) {
+        // SAFETY: ASCII bytes are valid UTF-8; `is_ascii` has just checked every byte.
+        Ok(unsafe { std::str::from_utf8_unchecked(bytes) })
+    } else {
+        std::str::from_utf8(bytes)
+    }
+}
+
+/// Whether every byte is ASCII: the bytes or-ed together sixteen at a time (unaligned, without
+/// an early exit, which costs more than it saves on a line of a few words), then the high bits.
+#[inline]
+fn is_ascii(bytes: &[u8]) -> bool {
+    let word = |eight: &[u8]| u64::from_le_bytes(eight.try_into().unwrap_or([0xff; 8]));
+    let Some(last) = bytes.len().checked_sub(8) else {
+        return bytes.is_ascii();
+    };
+    // The last eight bytes, and the first eight of what the pairs leave, cover what they leave.
+    let mut pairs = bytes.chunks_exact(16);
+    let mut any = word(&bytes[last..]);
+    for pair in &mut pairs {
+        any |= word(&pair[..8]) | word(&pair[8..]);
+    }
+    if let Some(eight) = pairs.remainder().get(..8) {
+        any |= word(eight);
+    }
+    any & 0x8080_8080_8080_8080 == 0
 }
 
 /// Whether a line is empty or only white space (`str::trim`'s white space), checking no more than
@@ -251,6 +283,29 @@ mod tests {
         assert_eq!(dead[0].line, 3);
         assert!(dead[0].reason.starts_with("invalid JSON record: invalid type"), "{}", dead[0].reason);
         assert_eq!(positions.last(), Some(&(input.len() as u64, 4)));
+    }
+
+    /// The ASCII test agrees with `u8::is_ascii` on every byte, whatever the length and the
+    /// position of a non-ASCII byte; lines read as text as `std::str::from_utf8` reads them.
+    #[test]
+    fn lines_are_text_as_from_utf8_says() {
+        for length in 0..64 {
+            let ascii: Vec<u8> = (0..length).map(|i| b' ' + (i * 7 % 95) as u8).collect();
+            assert!(is_ascii(&ascii), "{length}");
+            assert_eq!(text(&ascii), std::str::from_utf8(&ascii));
+            for at in 0..length {
+                for byte in [0x80, 0xc3, 0xff] {
+                    let mut bytes = ascii.clone();
+                    bytes[at] = byte;
+                    assert!(!is_ascii(&bytes), "{length} {at} {byte}");
+                    assert_eq!(text(&bytes), std::str::from_utf8(&bytes));
+                }
+                let mut bytes = ascii.clone();
+                bytes.splice(at..at + 1, "é".bytes());
+                assert_eq!(text(&bytes), std::str::from_utf8(&bytes));
+                assert!(text(&bytes).is_ok());
+            }
+        }
     }
 
     /// Plain lines take the fast path, others serde_json's: records and dead letters are those of
