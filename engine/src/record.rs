@@ -26,9 +26,17 @@ pub trait CsvField: Sized {
     /// with a `"`) and calls `parse_field`.
     #[inline(always)]
     fn parse_at(line: &str, at: usize) -> Option<(Self, usize)> {
-        let end = plain_field_end(line.as_bytes(), at)?;
-        Some((Self::parse_field(slice(line, at, end)?).ok()?, end))
+        let text = plain_field(line, at)?;
+        Some((Self::parse_field(text).ok()?, at + text.len()))
     }
+}
+
+/// The text of the unquoted CSV field that starts at byte `at` of a line, up to the next `,` or
+/// the line's end, or `None` if it holds a `"`: for [`CsvField::parse_at`] implementations that
+/// read the text themselves.
+#[inline(always)]
+pub fn plain_field(line: &str, at: usize) -> Option<&str> {
+    slice(line, at, plain_field_end(line.as_bytes(), at)?)
 }
 
 macro_rules! int_field {
@@ -276,8 +284,8 @@ impl CsvField for String {
     }
     #[inline(always)]
     fn parse_at(line: &str, at: usize) -> Option<(Self, usize)> {
-        let end = plain_field_end(line.as_bytes(), at)?;
-        Some((slice(line, at, end)?.to_string(), end))
+        let text = plain_field(line, at)?;
+        Some((text.to_string(), at + text.len()))
     }
 }
 
