@@ -141,6 +141,20 @@ const LOW_SEVEN: u64 = 0x7f7f_7f7f_7f7f_7f7f;
 fn scan_digits(bytes: &[u8], at: usize, max_digits: usize) -> Option<(u64, usize)> {
     let mut value = 0u64;
     let mut end = at;
+    // The first word apart: most numbers end in it.
+    if let Some(chunk) = bytes.get(at..at + 8) {
+        let word = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+        let non_digits = non_digits(word);
+        if non_digits != 0 {
+            let digits = (non_digits.trailing_zeros() / 8) as usize;
+            return (digits > 0 && digits <= max_digits).then(|| (leading_digits_value(word, digits), at + digits));
+        }
+        if max_digits < 8 {
+            return None;
+        }
+        value = leading_digits_value(word, 8);
+        end += 8;
+    }
     while let Some(chunk) = bytes.get(end..end + 8) {
         let word = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
         let digits = (non_digits(word).trailing_zeros() / 8) as usize;
