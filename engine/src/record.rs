@@ -455,8 +455,9 @@ pub fn from_csv_line_general<T: CsvRecord>(line: &str) -> Result<T, String> {
     T::from_csv_fields(&refs)
 }
 
-/// The index just past `key` (`"name":`, the quotes and colon included) if the line holds it at
-/// `at`, else `None`. For [`csv_record!`](crate::csv_record)'s JSON fast path.
+/// The index just past `key` if the line holds it at `at`, else `None`. For
+/// [`csv_record!`](crate::csv_record)'s JSON fast path, where the key text is `{"name":` or
+/// `,"name":` (the byte before the key, the quotes and the colon: one comparison for all).
 #[inline(always)]
 pub fn json_key(bytes: &[u8], at: usize, key: &str) -> Option<usize> {
     let end = at + key.len();
@@ -885,22 +886,19 @@ macro_rules! __csv_record_with_serde {
                 }
                 // One pass over `{"name0":value0,"name1":value1,...}`: the keys in field order,
                 // each once, no white space (see `json_field` for the values).
+                // Each key is compared with what comes before it (`{` or `,`) and its colon.
                 let bytes = line.as_bytes();
-                if bytes.first() != Some(&b'{') {
-                    return None;
-                }
-                let mut at = 1usize;
+                let mut at = 0usize;
                 let mut index = 0usize;
                 let record = $name {
                     $( $field: {
-                        if index > 0 {
-                            if bytes.get(at) != Some(&b',') {
-                                return None;
-                            }
-                            at += 1;
-                        }
+                        let key = if index == 0 {
+                            concat!("{\"", stringify!($field), "\":")
+                        } else {
+                            concat!(",\"", stringify!($field), "\":")
+                        };
                         index += 1;
-                        at = $crate::record::json_key(bytes, at, concat!("\"", stringify!($field), "\":"))?;
+                        at = $crate::record::json_key(bytes, at, key)?;
                         let (value, end) = $crate::record::json_field::<$ty>(line, at)?;
                         at = end;
                         value
