@@ -538,9 +538,13 @@ struct StringStops;
 impl ByteClass for StringStops {
     #[inline(always)]
     fn marks(word: u64) -> u64 {
-        // The high bit of `low + 0x60` is set iff `low >= 0x20`, with no carry into the next byte.
-        let at_least_space = (word & LOW_SEVEN) + ONES * 0x60;
-        byte_positions(word, b'"') | byte_positions(word, b'\\') | (!(at_least_space | word) & HIGH_BITS)
+        // Flipping bit 1 maps `"` (0x22) to 0x20 and keeps the control characters below 0x20 (and
+        // every other byte at 0x21 or above): the stops other than `\` are then the bytes below
+        // 0x21. The high bit of `low + 0x5f` is set iff `low >= 0x21`, with no carry into the next
+        // byte; a byte with its own high bit set is no stop.
+        let flipped = word ^ (ONES * 0x02);
+        let at_least = (flipped & LOW_SEVEN) + ONES * 0x5f;
+        byte_positions(word, b'\\') | (!(at_least | flipped) & HIGH_BITS)
     }
 }
 
@@ -1541,6 +1545,34 @@ mod tests {
             }
         }
         assert!(read > 1_000, "{read}");
+    }
+
+    /// The word-at-a-time byte classes mark exactly the bytes they name, each byte on its own
+    /// (no carry from one byte into the next), whatever the other bytes are.
+    #[test]
+    fn byte_classes_mark_each_byte_on_its_own() {
+        fn expected(word: u64, class: impl Fn(u8) -> bool) -> u64 {
+            word.to_le_bytes().iter().enumerate().filter(|(_, &b)| class(b)).map(|(i, _)| 0x80u64 << (8 * i)).sum()
+        }
+        let string_stop = |b: u8| b < 0x20 || b == b'"' || b == b'\\';
+        let field_stop = |b: u8| b == b',' || b == b'"';
+        let non_digit = |b: u8| !b.is_ascii_digit();
+        let mut rng = Rng(0x0bad_5eed_1234_5678);
+        let mut words: Vec<u64> = (0..20_000).map(|_| rng.next()).collect();
+        for b in 0..=255u8 {
+            for fill in [0u8, b'a', b'0', b'"', 0xff, 0x1f, 0x21, 0x23] {
+                for at in 0..8 {
+                    let mut bytes = [fill; 8];
+                    bytes[at] = b;
+                    words.push(u64::from_le_bytes(bytes));
+                }
+            }
+        }
+        for word in words {
+            assert_eq!(StringStops::marks(word), expected(word, string_stop), "{word:#x}");
+            assert_eq!(FieldStops::marks(word), expected(word, field_stop), "{word:#x}");
+            assert_eq!(non_digits(word), expected(word, non_digit), "{word:#x}");
+        }
     }
 
     /// The digit fast path gives what the standard parser gives, message included.
