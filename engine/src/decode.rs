@@ -140,12 +140,23 @@ impl LineDecoder {
                 if self.line_no == 1 && line.trim().eq_ignore_ascii_case(&T::csv_header()) {
                     return 0;
                 }
+                // Pushed where it is built, as for JSON below; any other line is read again by
+                // `from_csv_line` (which tries the plain path first too), and that gives the record
+                // or the error.
+                if let Some(record) = T::from_plain_csv_line(line) {
+                    out.push(record);
+                    return 1;
+                }
                 T::from_csv_line(line)
             }
-            Format::JsonLines => match T::from_plain_json_line(line) {
-                Some(record) => Ok(record),
-                None => serde_json::from_str::<T>(line).map_err(|e| format!("invalid JSON record: {e}")),
-            },
+            Format::JsonLines => {
+                // Pushed where it is built: one copy of the record fewer.
+                if let Some(record) = T::from_plain_json_line(line) {
+                    out.push(record);
+                    return 1;
+                }
+                serde_json::from_str::<T>(line).map_err(|e| format!("invalid JSON record: {e}"))
+            }
         };
         match parsed {
             Ok(record) => {
