@@ -124,7 +124,7 @@ impl LineDecoder {
         while let [rest @ .., b'\n' | b'\r'] = bytes {
             bytes = rest;
         }
-        let line = match std::str::from_utf8(bytes) {
+        let line = match text(bytes) {
             Ok(l) => l,
             Err(e) => {
                 let raw = String::from_utf8_lossy(bytes).into_owned();
@@ -140,12 +140,23 @@ impl LineDecoder {
                 if self.line_no == 1 && line.trim().eq_ignore_ascii_case(&T::csv_header()) {
                     return 0;
                 }
+                // Pushed where it is built, as for JSON below; any other line is read again by
+                // `from_csv_line` (which tries the plain path first too), and that gives the record
+                // or the error.
+                if let Some(record) = T::from_plain_csv_line(line) {
+                    out.push(record);
+                    return 1;
+                }
                 T::from_csv_line(line)
             }
-            Format::JsonLines => match T::from_plain_json_line(line) {
-                Some(record) => Ok(record),
-                None => serde_json::from_str::<T>(line).map_err(|e| format!("invalid JSON record: {e}")),
-            },
+            Format::JsonLines => {
+                // Pushed where it is built: one copy of the record fewer.
+                if let Some(record) = T::from_plain_json_line(line) {
+                    out.push(record);
+                    return 1;
+                }
+                serde_json::from_str::<T>(line).map_err(|e| format!("invalid JSON record: {e}"))
+            }
         };
         match parsed {
             Ok(record) => {
@@ -164,6 +175,38 @@ impl LineDecoder {
             }
         }
     }
+}
+
+/// The line as text, as `std::str::from_utf8` gives it, checking an all-ASCII line (the usual
+/// one) with a cheaper test than full UTF-8 validation.
+#[inline]
+fn text(bytes: &[u8]) -> Result<&str, std::str::Utf8Error> {
+    if is_ascii(bytes) {
+        // SAFETY: ASCII bytes are valid UTF-8; `is_ascii` has just checked every byte.
+        Ok(unsafe { std::str::from_utf8_unchecked(bytes) })
+    } else {
+        std::str::from_utf8(bytes)
+    }
+}
+
+/// Whether every byte is ASCII: the bytes or-ed together sixteen at a time (unaligned, without
+/// an early exit, which costs more than it saves on a line of a few words), then the high bits.
+#[inline]
+fn is_ascii(bytes: &[u8]) -> bool {
+    let word = |eight: &[u8]| u64::from_le_bytes(eight.try_into().unwrap_or([0xff; 8]));
+    let Some(last) = bytes.len().checked_sub(8) else {
+        return bytes.is_ascii();
+    };
+    // The last eight bytes, and the first eight of what the pairs leave, cover what they leave.
+    let mut pairs = bytes.chunks_exact(16);
+    let mut any = word(&bytes[last..]);
+    for pair in &mut pairs {
+        any |= word(&pair[..8]) | word(&pair[8..]);
+    }
+    if let Some(eight) = pairs.remainder().get(..8) {
+        any |= word(eight);
+    }
+    any & 0x8080_8080_8080_8080 == 0
 }
 
 /// Whether a line is empty or only white space (`str::trim`'s white space), checking no more than
@@ -253,6 +296,29 @@ mod tests {
         assert_eq!(positions.last(), Some(&(input.len() as u64, 4)));
     }
 
+    /// The ASCII test agrees with `u8::is_ascii` on every byte, whatever the length and the
+    /// position of a non-ASCII byte; lines read as text as `std::str::from_utf8` reads them.
+    #[test]
+    fn lines_are_text_as_from_utf8_says() {
+        for length in 0..64 {
+            let ascii: Vec<u8> = (0..length).map(|i| b' ' + (i * 7 % 95) as u8).collect();
+            assert!(is_ascii(&ascii), "{length}");
+            assert_eq!(text(&ascii), std::str::from_utf8(&ascii));
+            for at in 0..length {
+                for byte in [0x80, 0xc3, 0xff] {
+                    let mut bytes = ascii.clone();
+                    bytes[at] = byte;
+                    assert!(!is_ascii(&bytes), "{length} {at} {byte}");
+                    assert_eq!(text(&bytes), std::str::from_utf8(&bytes));
+                }
+                let mut bytes = ascii.clone();
+                bytes.splice(at..at + 1, "é".bytes());
+                assert_eq!(text(&bytes), std::str::from_utf8(&bytes));
+                assert!(text(&bytes).is_ok());
+            }
+        }
+    }
+
     /// Plain lines take the fast path, others serde_json's: records and dead letters are those of
     /// serde_json alone.
     #[test]
@@ -275,6 +341,25 @@ mod tests {
             r#"{"id":14,"name":"o"#,
             r#"{"id":15,"name":"\u00e9"}"#,
             r#"{"id":16,"name":"é"}"#,
+            r#"{"id":17 ,"name":"p"}"#,
+            r#"{"id":18,"name" :"q"}"#,
+            "{\"id\":19,\"name\":\"r\u{1}\"}",
+            "{\"id\":20,\"name\":\"s\u{7f}\"}",
+            r#"{"id":1e2,"name":"t"}"#,
+            r#"{"id":-0,"name":"u"}"#,
+            r#"{"id":0,"name":"v"}"#,
+            r#"{"id":00,"name":"w"}"#,
+            r#"{"id":9999999999999999999,"name":"x"}"#,
+            r#"{"id":true,"name":"y"}"#,
+            r#"{"id":21,"name":{"z":1}}"#,
+            r#"{"id":22,"name":["z"]}"#,
+            r#"{"id":23,"name":"a","name":"b"}"#,
+            r#"{"id":24}"#,
+            r#"{"id":25,"name":"c"}}"#,
+            r#"{"id":26,"name":"a long name that crosses several words, é€"}"#,
+            r#"{"id":27,"name":"d""#,
+            r#"{"id":28,"name":1}"#,
+            r#"{"id":29,"name":"e","x":1}"#,
         ];
         let input = lines.join("\n");
         let (rows, dead, _) = read_all(input.as_bytes(), 1 << 16, 100, Format::JsonLines);
@@ -288,6 +373,6 @@ mod tests {
         assert_eq!(rows, expected_rows);
         let reasons: Vec<(u64, String, String)> = dead.into_iter().map(|d| (d.line, d.reason, d.raw)).collect();
         assert_eq!(reasons, expected_reasons);
-        assert_eq!((rows.len(), reasons.len()), (8, 9), "{rows:?} {reasons:?}");
+        assert_eq!((rows.len(), reasons.len()), (15, 21), "{rows:?} {reasons:?}");
     }
 }

@@ -14,6 +14,29 @@ pub trait CsvField: Sized {
     fn parse_field(text: &str) -> Result<Self, String>;
     /// Appends the column text (quoting, if needed, is done by the caller).
     fn write_field(&self, out: &mut String);
+
+    /// Reads the field that starts at byte `at` of a CSV line without quotes, for
+    /// [`csv_record!`](crate::csv_record)'s single pass over a line: the value and the index just
+    /// past the field's text, where the caller then requires a `,` or the line's end.
+    ///
+    /// An answer `Some((value, end))` must mean that `line[at..end]` holds no `,` and no `"`, and
+    /// that `parse_field(&line[at..end])` gives `Ok(value)`. `None` sends the line to the general
+    /// path ([`from_csv_line_general`]), which also words the errors, so an implementation may
+    /// refuse whatever it does not read quickly. The default finds the next `,` (refusing a field
+    /// with a `"`) and calls `parse_field`.
+    #[inline(always)]
+    fn parse_at(line: &str, at: usize) -> Option<(Self, usize)> {
+        let text = plain_field(line, at)?;
+        Some((Self::parse_field(text).ok()?, at + text.len()))
+    }
+}
+
+/// The text of the unquoted CSV field that starts at byte `at` of a line, up to the next `,` or
+/// the line's end, or `None` if it holds a `"`: for [`CsvField::parse_at`] implementations that
+/// read the text themselves.
+#[inline(always)]
+pub fn plain_field(line: &str, at: usize) -> Option<&str> {
+    slice(line, at, plain_field_end(line.as_bytes(), at)?)
 }
 
 macro_rules! int_field {
@@ -30,6 +53,12 @@ macro_rules! int_field {
             }
             fn write_field(&self, out: &mut String) {
                 WriteDecimal::write_decimal(self, out)
+            }
+            /// The digits `parse_field` reads directly, read in place; anything else is refused.
+            #[inline(always)]
+            fn parse_at(line: &str, at: usize) -> Option<(Self, usize)> {
+                let (value, end) = scan_digits(line.as_bytes(), at, <$t>::MAX.ilog10() as usize)?;
+                Some((value as $t, end))
             }
         }
     )*};
@@ -54,6 +83,16 @@ macro_rules! signed_field {
             fn write_field(&self, out: &mut String) {
                 use std::fmt::Write;
                 let _ = write!(out, "{self}");
+            }
+            /// What `parse_field` reads directly (digits after an optional `-`), read in place;
+            /// anything else is refused.
+            #[inline(always)]
+            fn parse_at(line: &str, at: usize) -> Option<(Self, usize)> {
+                let bytes = line.as_bytes();
+                let negative = bytes.get(at) == Some(&b'-');
+                let (magnitude, end) = scan_digits(bytes, at + usize::from(negative), <$t>::MAX.ilog10() as usize)?;
+                let value = magnitude as $t;
+                Some((if negative { -value } else { value }, end))
             }
         }
     )*};
@@ -86,6 +125,133 @@ fn parse_plain_digits(bytes: &[u8], max_digits: usize) -> Option<u64> {
         value = value * 10 + u64::from(digit);
     }
     Some(value)
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
+const LOW_SEVEN: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+
+/// The run of 1 to `max_digits` ASCII digits that starts at `bytes[at]`: its value and the index
+/// just past it. `None` if there is no digit there, or more than `max_digits` (then the value
+/// might not fit: see [`parse_plain_digits`], whose value this is for the same digits).
+///
+/// Eight bytes are read at a time where the slice has them: the run's length in the word comes
+/// from a mask of its non-digits, and up to eight digits are combined with three multiplications.
+#[inline(always)]
+fn scan_digits(bytes: &[u8], at: usize, max_digits: usize) -> Option<(u64, usize)> {
+    let mut value = 0u64;
+    let mut end = at;
+    // The first word apart: most numbers end in it.
+    if let Some(chunk) = bytes.get(at..at + 8) {
+        let word = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+        let non_digits = non_digits(word);
+        if non_digits != 0 {
+            let digits = (non_digits.trailing_zeros() / 8) as usize;
+            return (digits > 0 && digits <= max_digits).then(|| (leading_digits_value(word, digits), at + digits));
+        }
+        if max_digits < 8 {
+            return None;
+        }
+        value = leading_digits_value(word, 8);
+        end += 8;
+    }
+    while let Some(chunk) = bytes.get(end..end + 8) {
+        let word = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+        let digits = (non_digits(word).trailing_zeros() / 8) as usize;
+        if end - at + digits > max_digits {
+            return None;
+        }
+        if digits > 0 {
+            // At most `max_digits` (< 20) digits in all: below 10^19, no overflow.
+            value = value * POWERS_OF_TEN[digits] + leading_digits_value(word, digits);
+            end += digits;
+        }
+        if digits < 8 {
+            return (end > at).then_some((value, end));
+        }
+    }
+    // Fewer than eight bytes left.
+    for &b in bytes.get(end..)? {
+        let digit = b.wrapping_sub(b'0');
+        if digit > 9 {
+            break;
+        }
+        if end - at == max_digits {
+            return None;
+        }
+        value = value * 10 + u64::from(digit);
+        end += 1;
+    }
+    (end > at).then_some((value, end))
+}
+
+const POWERS_OF_TEN: [u64; 9] = [1, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000, 100_000_000];
+
+/// The high bit of each byte of `word` that is not an ASCII digit, and no other bit.
+#[inline(always)]
+fn non_digits(word: u64) -> u64 {
+    let low = word & LOW_SEVEN;
+    // Per byte, with no carry into the next: the high bit of `low + 0x46` is set iff `low > b'9'`,
+    // that of `low + 0x50` iff `low >= b'0'`; a byte with its own high bit set is no digit either.
+    let above_nine = low + ONES * u64::from(0x7f - b'9');
+    let from_zero = low + ONES * u64::from(0x80 - b'0');
+    (word | above_nine | !from_zero) & HIGH_BITS
+}
+
+/// The value of the first `count` (1 to 8) bytes of `word` (little-endian), which are ASCII digits.
+#[inline(always)]
+fn leading_digits_value(word: u64, count: usize) -> u64 {
+    // Digit values, the first digit in the lowest byte. The bytes after the digits may borrow from
+    // the bytes above them, which the shift drops; it brings in zeros below: leading zero digits.
+    let v = word.wrapping_sub(ONES * u64::from(b'0')) << (8 * (8 - count));
+    // Pairs of digits, then groups of four, then of eight: each step multiplies a group by its
+    // weight and adds the next group, within lanes that do not overflow.
+    let v = (v.wrapping_mul(10 << 8 | 1) >> 8) & 0x00ff_00ff_00ff_00ff;
+    let v = (v.wrapping_mul(100 << 16 | 1) >> 16) & 0x0000_ffff_0000_ffff;
+    v.wrapping_mul(10_000 << 32 | 1) >> 32
+}
+
+/// Which bytes [`first_marked`] looks for.
+trait ByteClass {
+    /// The high bit of each byte of `word` (little-endian) in the class, and no other bit.
+    fn marks(word: u64) -> u64;
+}
+
+/// The index of the first byte at or after `from` in the class `C`, or `None` if there is none.
+#[inline(always)]
+fn first_marked<C: ByteClass>(bytes: &[u8], from: usize) -> Option<usize> {
+    let matches = C::marks;
+    let mut at = from;
+    while let Some(chunk) = bytes.get(at..at + 8) {
+        let found = matches(u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8])));
+        if found != 0 {
+            return Some(at + (found.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    let rest = bytes.len().checked_sub(at).filter(|&rest| rest > 0)?;
+    let word = match bytes.len().checked_sub(8) {
+        // The last eight bytes, shifted so that the bytes already scanned fall out.
+        Some(from) => u64::from_le_bytes(bytes[from..].try_into().unwrap_or([0; 8])) >> (8 * (8 - rest)),
+        None => {
+            let mut last = [0u8; 8];
+            last[..rest].copy_from_slice(&bytes[at..]);
+            u64::from_le_bytes(last)
+        }
+    };
+    // Only the `rest` low bytes are the line's.
+    let found = matches(word) & ((1u64 << (8 * rest)) - 1);
+    (found != 0).then(|| at + (found.trailing_zeros() / 8) as usize)
+}
+
+/// Where the unquoted CSV field that starts at `at` ends (its `,` or the line's end), or `None`
+/// if it holds a `"`.
+#[inline(always)]
+fn plain_field_end(bytes: &[u8], at: usize) -> Option<usize> {
+    match first_marked::<FieldStops>(bytes, at) {
+        Some(end) => (bytes[end] == b',').then_some(end),
+        None => Some(bytes.len().max(at)),
+    }
 }
 
 /// The text `Display` gives integers (and `true`/`false`), without `fmt`'s machinery, which was
@@ -130,6 +296,11 @@ impl CsvField for String {
     fn write_field(&self, out: &mut String) {
         out.push_str(self)
     }
+    #[inline(always)]
+    fn parse_at(line: &str, at: usize) -> Option<(Self, usize)> {
+        let text = plain_field(line, at)?;
+        Some((text.to_string(), at + text.len()))
+    }
 }
 
 impl<T: CsvField> CsvField for Option<T> {
@@ -145,6 +316,15 @@ impl<T: CsvField> CsvField for Option<T> {
             v.write_field(out)
         }
     }
+    #[inline]
+    fn parse_at(line: &str, at: usize) -> Option<(Self, usize)> {
+        match line.as_bytes().get(at) {
+            None | Some(b',') => Some((None, at)),
+            // The field is not empty, so `T`'s answer (if it ends at a `,` or the line's end, as
+            // the caller checks) is not empty either.
+            Some(_) => T::parse_at(line, at).map(|(value, end)| (Some(value), end)),
+        }
+    }
 }
 
 /// A record that can be read from and written to a CSV line.
@@ -156,17 +336,30 @@ pub trait CsvRecord: Sized {
     /// Appends the record as one CSV line, without the line break.
     fn write_csv(&self, out: &mut String);
 
-    /// Builds a record from one CSV line (without its line break): splits and unquotes it, then
-    /// [`from_csv_fields`](CsvRecord::from_csv_fields). [`csv_record!`](crate::csv_record)
-    /// records override it with a path that does not allocate for lines without quotes.
+    /// Builds a record from one CSV line (without its line break): through
+    /// [`from_plain_csv_line`](CsvRecord::from_plain_csv_line) if it answers, else by splitting
+    /// and unquoting the line, then [`from_csv_fields`](CsvRecord::from_csv_fields).
     fn from_csv_line(line: &str) -> Result<Self, String> {
-        from_csv_line_general(line)
+        match Self::from_plain_csv_line(line) {
+            Some(record) => Ok(record),
+            None => from_csv_line_general(line),
+        }
+    }
+
+    /// Builds a record from one CSV line when the line is a plain one (no quote, the right number
+    /// of fields, each of a form its type reads in place: see [`CsvField::parse_at`]), or `None`:
+    /// the caller then takes the general path ([`from_csv_line_general`]), which also words the
+    /// errors. [`csv_record!`](crate::csv_record) records override it with a single pass over the
+    /// line that allocates only what the record holds; the answer, when there is one, is the
+    /// record the general path would give.
+    fn from_plain_csv_line(_line: &str) -> Option<Self> {
+        None
     }
 
     /// Builds a record from one JSON line when the line is the plain object that the file sink
     /// writes for it, or `None`: the caller then decodes the line with serde_json, which also
     /// words the errors. [`csv_record!`](crate::csv_record) records without serde attributes
-    /// override it (see [`split_flat_json`]); the answer, when there is one, is the record
+    /// override it (see [`json_field`]); the answer, when there is one, is the record
     /// serde_json would give.
     fn from_plain_json_line(_line: &str) -> Option<Self> {
         None
@@ -237,62 +430,8 @@ pub fn split_csv_line<'a>(line: &'a str, fields: &mut Vec<std::borrow::Cow<'a, s
     Ok(fields.len())
 }
 
-/// Splits a line that holds no quote into exactly `N` fields, borrowing from the line, without
-/// allocating. `None` when the line holds a quote or has another number of fields: the caller
-/// then takes the general path ([`split_csv_line`]), which also words the errors.
-///
-/// The line is scanned eight bytes at a time: a word's commas and quotes are found with a few
-/// integer operations instead of a comparison per byte.
-#[inline]
-pub fn split_plain_line<const N: usize>(line: &str) -> Option<[&str; N]> {
-    let bytes = line.as_bytes();
-    let mut fields = [""; N];
-    let mut filled = 0;
-    let mut start = 0;
-    let mut cut = |word: u64, base: usize| -> Option<()> {
-        if byte_positions(word, b'"') != 0 {
-            return None;
-        }
-        let mut commas = byte_positions(word, b',');
-        while commas != 0 {
-            let end = base + (commas.trailing_zeros() / 8) as usize;
-            // Commas are ASCII, so every cut is at a character boundary.
-            *fields.get_mut(filled)? = line.get(start..end)?;
-            filled += 1;
-            start = end + 1;
-            commas &= commas - 1;
-        }
-        Some(())
-    };
-    let mut chunks = bytes.chunks_exact(8);
-    let mut base = 0;
-    for chunk in &mut chunks {
-        cut(u64::from_le_bytes(chunk.try_into().ok()?), base)?;
-        base += 8;
-    }
-    let rest = chunks.remainder().len();
-    if rest > 0 {
-        let word = match bytes.len().checked_sub(8) {
-            // The line's last eight bytes, shifted so that the bytes already scanned fall out and
-            // zeros (neither comma nor quote) come in at the top.
-            Some(from) => u64::from_le_bytes(bytes[from..].try_into().ok()?) >> (8 * (8 - rest)),
-            None => {
-                let mut last = [0u8; 8];
-                last[..rest].copy_from_slice(bytes);
-                u64::from_le_bytes(last)
-            }
-        };
-        cut(word, base)?;
-    }
-    if filled + 1 != N {
-        return None;
-    }
-    fields[filled] = line.get(start..)?;
-    Some(fields)
-}
-
 /// The high bit of each byte of `word` (little-endian) that equals `byte`, and no other bit.
-#[inline]
+#[inline(always)]
 fn byte_positions(word: u64, byte: u8) -> u64 {
     const LOW_SEVEN: u64 = 0x7f7f_7f7f_7f7f_7f7f;
     let x = word ^ (u64::from(byte) * 0x0101_0101_0101_0101);
@@ -316,56 +455,126 @@ pub fn from_csv_line_general<T: CsvRecord>(line: &str) -> Result<T, String> {
     T::from_csv_fields(&refs)
 }
 
-/// The value texts of a JSON line that is exactly `{"name0":value0,"name1":value1,...}` with
-/// the keys `names` in that order, each once, no white space between the tokens and no string
-/// with an escape; `None` for any other line (the caller then parses the line with serde_json).
-///
-/// A string value is returned with its quotes. Any other value is the text up to the next `,` or
-/// `}`, and is not checked here: [`json_value`] parses it with serde_json, which refuses a text
-/// that is not one whole JSON value (an object or array is refused before that). Parsed this way,
-/// each value means what it means inside the whole line, so a record built from these values is
-/// the one serde_json would build, for a struct whose `Deserialize` is derived without attributes.
-#[inline]
-pub fn split_flat_json<'a, const N: usize>(line: &'a str, names: &[&str; N]) -> Option<[&'a str; N]> {
-    let bytes = line.as_bytes();
-    if N == 0 || bytes.first() != Some(&b'{') || bytes.last() != Some(&b'}') {
-        return None;
-    }
-    let mut values = [""; N];
-    let mut at = 1;
-    for (index, name) in names.iter().enumerate() {
-        // `"name":`
-        let name_end = at + 1 + name.len();
-        if bytes.get(at) != Some(&b'"') || bytes.get(at + 1..name_end)? != name.as_bytes() || bytes.get(name_end..name_end + 2)? != b"\":" {
-            return None;
-        }
-        let start = name_end + 2;
-        let end = match *bytes.get(start)? {
-            b'"' => {
-                // The closing quote, unless an escape comes first.
-                let close = start + 1 + bytes[start + 1..].iter().position(|&b| b == b'"' || b == b'\\')?;
-                if bytes[close] != b'"' {
-                    return None;
-                }
-                close + 1
-            }
-            b'{' | b'[' => return None,
-            _ => start + bytes[start..].iter().position(|&b| b == b',' || b == b'}')?,
-        };
-        let separator = if index + 1 == N { b'}' } else { b',' };
-        if bytes.get(end) != Some(&separator) {
-            return None;
-        }
-        values[index] = line.get(start..end)?;
-        at = end + 1;
-    }
-    if at != bytes.len() {
-        return None;
-    }
-    Some(values)
+/// The index just past `key` if the line holds it at `at`, else `None`. For
+/// [`csv_record!`](crate::csv_record)'s JSON fast path, where the key text is `{"name":` or
+/// `,"name":` (the byte before the key, the quotes and the colon: one comparison for all).
+#[inline(always)]
+pub fn json_key(bytes: &[u8], at: usize, key: &str) -> Option<usize> {
+    let end = at + key.len();
+    (bytes.get(at..end)? == key.as_bytes()).then_some(end)
 }
 
-/// One value text from [`split_flat_json`], read as serde_json reads it inside the line; `None`
+/// The value of type `T` that starts at byte `at` of a JSON line, read as serde_json reads it
+/// inside the line, and the index just past it; `None` when the line must be left to serde_json.
+/// For [`csv_record!`](crate::csv_record)'s JSON fast path, which requires a `,` or `}` next.
+///
+/// A string is read up to its closing quote, and refused if an escape or a control character
+/// comes first (serde_json then decodes the line, and words the error if there is one). An
+/// integer followed by `,` or `}` is read directly when [`PlainJsonValue`] covers it (no leading
+/// zero, no `-0`, at most 19 digits, 18 when negative). An object or array is refused. Any other
+/// value (another number, `true`, `false`, `null`) is the text up to the next `,` or `}`, which
+/// [`json_value`] parses with serde_json; a text that is not one whole JSON value is refused
+/// there. Read this way, each value means what it means inside the whole line, so a record built
+/// from these values is the one serde_json would build, for a struct whose `Deserialize` is
+/// derived without attributes, with the line's keys in the fields' order.
+#[inline(always)]
+pub fn json_field<T: serde::de::DeserializeOwned>(line: &str, at: usize) -> Option<(T, usize)> {
+    match plain_json_value(line, at) {
+        PlainOrNot::Plain(value, end) => Some((T::deserialize(value).ok()?, end)),
+        PlainOrNot::Other => other_json_value(line, at),
+        PlainOrNot::Refused => None,
+    }
+}
+
+/// What [`plain_json_value`] found.
+enum PlainOrNot<'a> {
+    /// A plain value, and the index just past it.
+    Plain(PlainJsonValue<'a>, usize),
+    /// A value to read with [`other_json_value`].
+    Other,
+    /// A value that sends the whole line to serde_json.
+    Refused,
+}
+
+/// The plain value (string or integer) that starts at byte `at` of a JSON line, for [`json_field`].
+#[inline(always)]
+fn plain_json_value(line: &str, at: usize) -> PlainOrNot<'_> {
+    let bytes = line.as_bytes();
+    let Some(&first) = bytes.get(at) else {
+        return PlainOrNot::Refused;
+    };
+    match first {
+        b'"' => {
+            match first_marked::<StringStops>(bytes, at + 1) {
+                // The quotes are ASCII, so the text between them is at character boundaries.
+                Some(close) if bytes[close] == b'"' => match slice(line, at + 1, close) {
+                    Some(text) => PlainOrNot::Plain(PlainJsonValue::Str(text), close + 1),
+                    None => PlainOrNot::Refused,
+                },
+                _ => PlainOrNot::Refused,
+            }
+        }
+        b'{' | b'[' => PlainOrNot::Refused,
+        _ => {
+            let negative = first == b'-';
+            let digits = at + usize::from(negative);
+            match scan_digits(bytes, digits, if negative { 18 } else { 19 }) {
+                // No leading zero but `0` itself, no `-0`, and the number ends there.
+                Some((magnitude, end))
+                    if (bytes[digits] != b'0' || (end == digits + 1 && !negative)) && matches!(bytes.get(end), Some(b',' | b'}')) =>
+                {
+                    let value = if negative { PlainJsonValue::Negative(-(magnitude as i64)) } else { PlainJsonValue::Unsigned(magnitude) };
+                    PlainOrNot::Plain(value, end)
+                }
+                _ => PlainOrNot::Other,
+            }
+        }
+    }
+}
+
+/// The bytes that end a plain JSON string's text: `"`, `\` or a control character (below 0x20).
+struct StringStops;
+
+impl ByteClass for StringStops {
+    #[inline(always)]
+    fn marks(word: u64) -> u64 {
+        // Flipping bit 1 maps `"` (0x22) to 0x20 and keeps the control characters below 0x20 (and
+        // every other byte at 0x21 or above): the stops other than `\` are then the bytes below
+        // 0x21. The high bit of `low + 0x5f` is set iff `low >= 0x21`, with no carry into the next
+        // byte; a byte with its own high bit set is no stop.
+        let flipped = word ^ (ONES * 0x02);
+        let at_least = (flipped & LOW_SEVEN) + ONES * 0x5f;
+        byte_positions(word, b'\\') | (!(at_least | flipped) & HIGH_BITS)
+    }
+}
+
+/// The bytes that end an unquoted CSV field (`,`) or refuse it (`"`).
+struct FieldStops;
+
+impl ByteClass for FieldStops {
+    #[inline(always)]
+    fn marks(word: u64) -> u64 {
+        byte_positions(word, b',') | byte_positions(word, b'"')
+    }
+}
+
+/// `line[start..end]`, or `None` if that is not a slice of the line at character boundaries.
+/// (`str::get` with a range was a call of its own where this is inlined.)
+#[inline(always)]
+fn slice(line: &str, start: usize, end: usize) -> Option<&str> {
+    line.get(start..)?.get(..end.checked_sub(start)?)
+}
+
+/// [`json_field`] for a value that is not plain: the text up to the next `,` or `}`, read by
+/// [`json_value`].
+#[cold]
+#[inline(never)]
+fn other_json_value<T: serde::de::DeserializeOwned>(line: &str, at: usize) -> Option<(T, usize)> {
+    let end = at + line.as_bytes().get(at..)?.iter().position(|&b| b == b',' || b == b'}')?;
+    Some((json_value(line.get(at..end)?)?, end))
+}
+
+/// One value text (without white space around it), read as serde_json reads it inside the line; `None`
 /// if serde_json would refuse it.
 ///
 /// Plain integers and strings without escapes or control characters, which are most values of
@@ -642,13 +851,32 @@ macro_rules! __csv_record_with_serde {
                     } ),*
                 })
             }
-            fn from_csv_line(line: &str) -> Result<Self, String> {
+            #[allow(unused_assignments, unused_mut, unused_variables)]
+            #[inline]
+            fn from_plain_csv_line(line: &str) -> Option<Self> {
                 const COLUMNS: usize = <[&str]>::len(&[$(stringify!($field)),*]);
-                // The common line, unquoted with the right number of fields, is split on the stack.
-                match $crate::record::split_plain_line::<COLUMNS>(line) {
-                    Some(fields) => Self::from_csv_fields(&fields),
-                    None => $crate::record::from_csv_line_general::<Self>(line),
-                }
+                // One pass, field after field, each read in place by its type. A line read here
+                // holds no quote (no field read holds one) and exactly `COLUMNS` fields (a `,`
+                // between fields, none inside), so the general path would split it into these
+                // very fields and parse each as `parse_at` did: the record is the same.
+                let bytes = line.as_bytes();
+                let mut at = 0usize;
+                let mut column = 0usize;
+                let record = $name {
+                    $( $field: {
+                        if column > 0 {
+                            if bytes.get(at) != Some(&b',') {
+                                return None;
+                            }
+                            at += 1;
+                        }
+                        column += 1;
+                        let (value, end) = <$ty as $crate::record::CsvField>::parse_at(line, at)?;
+                        at = end;
+                        value
+                    } ),*
+                };
+                (COLUMNS > 0 && at == bytes.len()).then_some(record)
             }
             #[allow(unused_assignments)]
             fn from_plain_json_line(line: &str) -> Option<Self> {
@@ -656,19 +884,31 @@ macro_rules! __csv_record_with_serde {
                 const SERDE_ATTRIBUTES: bool = false
                     $( || $crate::__attribute_may_be_serde!($($meta)*) )*
                     $( $( || $crate::__attribute_may_be_serde!($($fmeta)*) )* )*;
-                const NAMES: [&str; <[&str]>::len(&[$(stringify!($field)),*])] = [$(stringify!($field)),*];
-                if SERDE_ATTRIBUTES {
+                const FIELDS: usize = <[&str]>::len(&[$(stringify!($field)),*]);
+                if SERDE_ATTRIBUTES || FIELDS == 0 {
                     return None;
                 }
-                let values = $crate::record::split_flat_json(line, &NAMES)?;
+                // One pass over `{"name0":value0,"name1":value1,...}`: the keys in field order,
+                // each once, no white space (see `json_field` for the values).
+                // Each key is compared with what comes before it (`{` or `,`) and its colon.
+                let bytes = line.as_bytes();
+                let mut at = 0usize;
                 let mut index = 0usize;
-                Some($name {
+                let record = $name {
                     $( $field: {
-                        let value = $crate::record::json_value::<$ty>(values[index])?;
+                        let key = if index == 0 {
+                            concat!("{\"", stringify!($field), "\":")
+                        } else {
+                            concat!(",\"", stringify!($field), "\":")
+                        };
                         index += 1;
+                        at = $crate::record::json_key(bytes, at, key)?;
+                        let (value, end) = $crate::record::json_field::<$ty>(line, at)?;
+                        at = end;
                         value
                     } ),*
-                })
+                };
+                (bytes.get(at) == Some(&b'}') && at + 1 == bytes.len()).then_some(record)
             }
             fn write_csv(&self, out: &mut String) {
                 let mut first = true;
@@ -809,6 +1049,15 @@ mod tests {
         }
     }
 
+    crate::__csv_record_with_serde! {
+        "serde",
+        #[derive(Clone, Debug, PartialEq)]
+        struct Plain {
+            b: u64,
+            c: String,
+        }
+    }
+
     /// A small deterministic generator (xorshift), so that failures reproduce.
     struct Rng(u64);
 
@@ -828,14 +1077,28 @@ mod tests {
     }
 
     fn mixed(rng: &mut Rng) -> Mixed {
-        let ids = ["t1", "", "a,b", "q\"uote", "back\\slash", "é€", "tab\there", "x}y", "{\"k\":1}", " pad "];
+        let ids = [
+            "t1",
+            "",
+            "a,b",
+            "q\"uote",
+            "back\\slash",
+            "é€",
+            "tab\there",
+            "x}y",
+            "{\"k\":1}",
+            " pad ",
+            "t1767225599154",
+            "a rather longer id, é€",
+        ];
         let notes = [None, Some(String::new()), Some("n".to_string()), Some("line\nbreak".to_string())];
-        let big = [0u64, 1, 9, 10, 99, 1_767_225_599_154, 999_999_999_999_999_999, 9_999_999_999_999_999_999, u64::MAX];
+        let big =
+            [0u64, 1, 9, 10, 99, 12_345_678, 123_456_789, 1_767_225_599_154, 999_999_999_999_999_999, 9_999_999_999_999_999_999, u64::MAX];
         Mixed {
             ts_ms: big[rng.below(big.len())],
             id: rng.pick(&ids).to_string(),
             small: rng.next() as u8,
-            delta: *rng.pick(&[0, -1, 1, -999_999_999_999_999_999, i64::MIN, i64::MAX, 42]),
+            delta: *rng.pick(&[0, -1, 1, -12_345_678, -999_999_999_999_999_999, i64::MIN, i64::MAX, 42]),
             cents: Cents(*rng.pick(&[0, -5, 123_456])),
             kind: *rng.pick(&[Kind::Sale, Kind::Refund]),
             note: rng.pick(&notes).clone(),
@@ -881,6 +1144,17 @@ mod tests {
             "{}",
             "[]",
             "18446744073709551616",
+            "9999999999999999999",
+            "-999999999999999999",
+            "-9999999999999999999",
+            "1.5",
+            "\u{1f}",
+            "\u{7f}",
+            "€",
+            "\"é€ long enough to cross words\"",
+            ":{\"a\":[1,\"b\"]}",
+            " :",
+            "\r",
         ];
         let mut chars: Vec<char> = line.chars().collect();
         for _ in 0..1 + rng.below(3) {
@@ -1041,7 +1315,7 @@ mod tests {
     fn records_with_serde_attributes_take_no_json_fast_path() {
         assert_eq!(Renamed::from_plain_json_line(r#"{"a":1,"c":2}"#), None);
         assert_eq!(Renamed::from_plain_json_line(r#"{"b":1,"c":2}"#), None);
-        assert_eq!(split_flat_json(r#"{"b":1,"c":"x"}"#, &["b", "c"]), Some(["1", "\"x\""]));
+        assert_eq!(Plain::from_plain_json_line(r#"{"b":1,"c":"x"}"#), Some(Plain { b: 1, c: "x".into() }));
         for line in [
             r#"{"b":1,"c":"x"} "#,
             r#" {"b":1,"c":"x"}"#,
@@ -1053,7 +1327,7 @@ mod tests {
             "{",
             "",
         ] {
-            assert_eq!(split_flat_json(line, &["b", "c"]), None, "{line}");
+            assert_eq!(Plain::from_plain_json_line(line), None, "{line}");
         }
     }
 
@@ -1071,41 +1345,234 @@ mod tests {
         assert!(split(r#""a"b,c"#).is_err());
     }
 
-    /// Every line over a small alphabet: the fast splitter agrees with the general one whenever
-    /// it answers, and answers for every unquoted line with the right number of fields.
+    crate::__csv_record_with_serde! {
+        "serde",
+        /// A field of each kind the CSV single pass reads, in place or through `parse_field`.
+        #[derive(Clone, Debug, PartialEq)]
+        struct Columns {
+            ts_ms: u64,
+            delta: i64,
+            id: String,
+            count: Option<u64>,
+            flag: bool,
+            rate: f64,
+            kind: Kind,
+            small: u8,
+            offset: Option<i16>,
+            cents: Cents,
+        }
+    }
+
+    /// The CSV single pass answers for the plain lines, with the general path's record, and
+    /// leaves every other line to the general path: `from_csv_line` gives the general path's
+    /// record or error message for every line.
     #[test]
-    fn plain_splitter_agrees_with_the_general_one() {
-        fn check<const N: usize>(line: &str) {
-            let general = split(line).unwrap_or_default();
-            match split_plain_line::<N>(line) {
-                Some(fields) => assert_eq!(fields.to_vec(), general, "{line:?}"),
-                None => assert!(line.contains('"') || general.len() != N, "{line:?} should split into {N}"),
+    fn plain_csv_lines_decode_as_the_general_path_does() {
+        const NUMBERS: &[&str] = &[
+            "",
+            "0",
+            "-0",
+            "00",
+            "007",
+            "7",
+            "-7",
+            "+5",
+            " 5",
+            "5 ",
+            "-",
+            "--1",
+            "5-",
+            "1.5",
+            "1e3",
+            "99",
+            "100",
+            "255",
+            "256",
+            "-128",
+            "-129",
+            "32767",
+            "-32768",
+            "-32769",
+            "12345678",
+            "123456789",
+            "1767225599154",
+            "999999999999999999",
+            "-999999999999999999",
+            "9999999999999999999",
+            "-9999999999999999999",
+            "9223372036854775807",
+            "-9223372036854775808",
+            "9223372036854775808",
+            "18446744073709551615",
+            "18446744073709551616",
+            "00000000000000000000001",
+            "٣",
+            "\"7\"",
+            "7\"",
+            "é",
+        ];
+        const TEXTS: &[&str] = &[
+            "", "a", "t123456", " pad ", "a b", "é€", "¢", "x\"y", "\"q\"", "\"a,b\"", "\"\"", "SALE", "REFUND", "Sale", "true", "false",
+            "True", "NaN", "inf", "-0.0", "1e300", "0.5", "x",
+        ];
+        /// Mostly a value the column's type reads (in place or not), sometimes anything.
+        fn column(rng: &mut Rng, index: usize) -> String {
+            let good: &[&str] = match index {
+                0 => &[
+                    "0",
+                    "7",
+                    "00",
+                    "12345678",
+                    "123456789",
+                    "1767225599154",
+                    "1234567812345678",
+                    "9999999999999999999",
+                    "18446744073709551615",
+                ],
+                1 => &["0", "-0", "7", "-7", "+7", "-1767225599154", "999999999999999999", "-999999999999999999", "-9223372036854775808"],
+                2 => {
+                    // Ids of every length, so that the fields after it start at every offset.
+                    let alphabet = ["a", "Z", "0", "-", " ", "é", "€", "¢", "_"];
+                    return (0..rng.below(20)).map(|_| *rng.pick(&alphabet)).collect();
+                }
+                3 => &["", "0", "42", "18446744073709551615"],
+                4 => &["true", "false", " true"],
+                5 => &["0", "1.5", "-2.25", "1e300", "NaN", " 1"],
+                6 => &["SALE", "REFUND"],
+                7 => &["0", "7", "99", "255", "+1"],
+                8 => &["", "-0", "-5", "123", "32767", "-32768"],
+                _ => &["0", "-5", "123456", "-9223372036854775808"],
+            };
+            let pool = match rng.below(40) {
+                0 => NUMBERS,
+                1 => TEXTS,
+                _ => good,
+            };
+            let text = rng.pick(pool).to_string();
+            if rng.below(40) == 0 {
+                format!("\"{text}\"")
+            } else {
+                text
             }
         }
-        // "€" and "¢" end in bytes 0xAC and 0xA2: a comma and a quote with the high bit set.
-        let alphabet = ["a", ",", "\"", "é", "€", "¢"];
-        let mut lines = vec![String::new()];
-        let mut layer = vec![String::new()];
-        for _ in 0..6 {
-            layer = layer.iter().flat_map(|l| alphabet.iter().map(move |c| format!("{l}{c}"))).collect();
-            lines.extend(layer.iter().cloned());
+        let pieces = [",", "\"", " ", "-", "+", "0", "9", ".", "é", "€", "\r", "\t", ",,", "\"\""];
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        let (mut plain, mut general_only, mut errors) = (0, 0, 0);
+        let mut seen = std::collections::BTreeSet::new();
+        for round in 0..40_000 {
+            // Mostly the right number of columns, sometimes more or fewer.
+            let columns = match rng.below(10) {
+                0 => rng.below(10),
+                1 => 11 + rng.below(2),
+                _ => 10,
+            };
+            let fields: Vec<String> = (0..columns).map(|i| column(&mut rng, i)).collect();
+            let mut line = fields.join(",");
+            if round % 3 == 0 {
+                let mut chars: Vec<char> = line.chars().collect();
+                for _ in 0..1 + rng.below(2) {
+                    let at = rng.below(chars.len() + 1);
+                    let piece: Vec<char> = rng.pick(&pieces).chars().collect();
+                    match rng.below(3) {
+                        0 if at < chars.len() => {
+                            chars.remove(at);
+                        }
+                        1 if at < chars.len() => {
+                            chars.splice(at..at + 1, piece);
+                        }
+                        _ => {
+                            chars.splice(at..at, piece);
+                        }
+                    }
+                }
+                line = chars.into_iter().collect();
+            }
+            if !seen.insert(line.clone()) {
+                continue;
+            }
+            // Debug text: a NaN field is equal to itself there.
+            let general = format!("{:?}", from_csv_line_general::<Columns>(&line));
+            assert_eq!(format!("{:?}", Columns::from_csv_line(&line)), general, "{line:?}");
+            match Columns::from_plain_csv_line(&line) {
+                Some(record) => {
+                    assert_eq!(format!("{:?}", Ok::<_, String>(record)), general, "{line:?}");
+                    assert!(!line.contains('"'), "{line:?}");
+                    plain += 1;
+                }
+                None if general.starts_with("Ok") => general_only += 1,
+                None => errors += 1,
+            }
+            let mixed = format!("{:?}", from_csv_line_general::<Mixed>(&line));
+            assert_eq!(format!("{:?}", Mixed::from_csv_line(&line)), mixed, "{line:?}");
         }
-        // Longer lines cross the eight-byte words at every offset.
-        for n in 0..40 {
-            lines.push(format!("{}{}", "x".repeat(n), ",y,z"));
-            lines.push(format!("{},{}", "ab,".repeat(n / 3), "é".repeat(n)));
-            lines.push(format!("{}\"q\",r", "a".repeat(n)));
+        // Every outcome is reached many times, so the checks above are not vacuous.
+        assert!(plain > 2_000 && general_only > 5_000 && errors > 10_000, "{plain} {general_only} {errors}");
+        // The lines the file sink writes are read in the single pass.
+        for _ in 0..1_000 {
+            let record = mixed(&mut rng);
+            let mut line = String::new();
+            record.write_csv(&mut line);
+            let plain = Mixed::from_plain_csv_line(&line);
+            // Integers are read in place up to one digit fewer than their type's maximum has.
+            let in_place = record.ts_ms < 10u64.pow(19)
+                && record.small < 100
+                && record.delta.unsigned_abs() < 10u64.pow(18)
+                && record.count.is_none_or(|count| count < 10u32.pow(9));
+            assert_eq!(plain.is_some(), !line.contains('"') && in_place, "{line:?}");
+            if let Some(plain) = plain {
+                assert_eq!(Ok(plain), from_csv_line_general::<Mixed>(&line), "{line:?}");
+            }
         }
-        for line in &lines {
-            check::<1>(line);
-            check::<2>(line);
-            check::<3>(line);
-            check::<4>(line);
-            check::<8>(line);
+    }
+
+    /// Runs of digits read in place, eight at a time where the slice has eight bytes, give what
+    /// `parse_plain_digits` gives for the run, at every offset, length and ending.
+    #[test]
+    fn digit_runs_read_as_parse_plain_digits_reads_them() {
+        let mut rng = Rng(0x1234_5678_9abc_def1);
+        let mut read = 0;
+        for length in 0..=24 {
+            for offset in 0..10 {
+                for ending in ["", ",", "x", "/", ":", "é", "}", ",123456789"] {
+                    let digits: String = (0..length).map(|i| char::from(b'0' + [0, 9, rng.below(10) as u8][i % 3])).collect();
+                    let line = format!("{}{digits}{ending}", "a".repeat(offset));
+                    for max_digits in [1, 2, 4, 8, 9, 16, 18, 19] {
+                        let expected = parse_plain_digits(digits.as_bytes(), max_digits).map(|value| (value, offset + length));
+                        assert_eq!(scan_digits(line.as_bytes(), offset, max_digits), expected, "{line:?} from {offset}, {max_digits}");
+                        read += usize::from(expected.is_some());
+                    }
+                }
+            }
         }
-        assert_eq!(split_plain_line::<3>("1767225599154,t0,38580"), Some(["1767225599154", "t0", "38580"]));
-        assert_eq!(split_plain_line::<2>("a,b,c"), None);
-        assert_eq!(split_plain_line::<4>("a,b,c"), None);
+        assert!(read > 1_000, "{read}");
+    }
+
+    /// The word-at-a-time byte classes mark exactly the bytes they name, each byte on its own
+    /// (no carry from one byte into the next), whatever the other bytes are.
+    #[test]
+    fn byte_classes_mark_each_byte_on_its_own() {
+        fn expected(word: u64, class: impl Fn(u8) -> bool) -> u64 {
+            word.to_le_bytes().iter().enumerate().filter(|(_, &b)| class(b)).map(|(i, _)| 0x80u64 << (8 * i)).sum()
+        }
+        let string_stop = |b: u8| b < 0x20 || b == b'"' || b == b'\\';
+        let field_stop = |b: u8| b == b',' || b == b'"';
+        let non_digit = |b: u8| !b.is_ascii_digit();
+        let mut rng = Rng(0x0bad_5eed_1234_5678);
+        let mut words: Vec<u64> = (0..20_000).map(|_| rng.next()).collect();
+        for b in 0..=255u8 {
+            for fill in [0u8, b'a', b'0', b'"', 0xff, 0x1f, 0x21, 0x23] {
+                for at in 0..8 {
+                    let mut bytes = [fill; 8];
+                    bytes[at] = b;
+                    words.push(u64::from_le_bytes(bytes));
+                }
+            }
+        }
+        for word in words {
+            assert_eq!(StringStops::marks(word), expected(word, string_stop), "{word:#x}");
+            assert_eq!(FieldStops::marks(word), expected(word, field_stop), "{word:#x}");
+            assert_eq!(non_digits(word), expected(word, non_digit), "{word:#x}");
+        }
     }
 
     /// The digit fast path gives what the standard parser gives, message included.

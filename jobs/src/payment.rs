@@ -6,6 +6,7 @@
 //! * `BlockedCard`: `ts_ms,card_id,blocked` (`true` or `false`)
 //! * `Adjustment`: `ts_ms,txn_id,merchant_id,amount_cents,kind` (`REFUND` or `CHARGEBACK`)
 
+use paystream_engine::record::plain_field;
 use paystream_engine::{csv_record, CsvField};
 use serde::{Deserialize, Serialize};
 
@@ -49,6 +50,19 @@ impl CsvField for Status {
     }
     fn write_field(&self, out: &mut String) {
         out.push_str(self.as_str())
+    }
+    /// A name exactly as written, read in place; any other text takes `parse_field`'s path.
+    #[inline]
+    fn parse_at(line: &str, at: usize) -> Option<(Self, usize)> {
+        let text = plain_field(line, at)?;
+        let status = match text {
+            "APPROVED" => Status::Approved,
+            "DECLINED" => Status::Declined,
+            "REVERSED" => Status::Reversed,
+            "PENDING" => Status::Pending,
+            _ => return None,
+        };
+        Some((status, at + text.len()))
     }
 }
 
@@ -143,6 +157,17 @@ impl CsvField for AdjustmentKind {
             other => Err(format!("unknown adjustment kind {other:?}; expected REFUND or CHARGEBACK")),
         }
     }
+    /// A name exactly as written, read in place; any other text takes `parse_field`'s path.
+    #[inline]
+    fn parse_at(line: &str, at: usize) -> Option<(Self, usize)> {
+        let text = plain_field(line, at)?;
+        let kind = match text {
+            "REFUND" => AdjustmentKind::Refund,
+            "CHARGEBACK" => AdjustmentKind::Chargeback,
+            _ => return None,
+        };
+        Some((kind, at + text.len()))
+    }
     fn write_field(&self, out: &mut String) {
         out.push_str(match self {
             AdjustmentKind::Refund => "REFUND",
@@ -212,6 +237,54 @@ mod tests {
             r#"{"ts_ms":5,"txn_id":"t1","card_id":1,"merchant_id":2,"amount_cents":3,"currency":"USD","country":"US","status":"PENDING"}"#;
         let p: Payment = serde_json::from_str(line).unwrap();
         assert_eq!(p.status, Status::Pending);
+    }
+
+    /// Names read in place are what `parse_field` reads; the lines with any other text give the
+    /// general path's record or error.
+    #[test]
+    fn names_read_in_place_are_read_as_parse_field_reads_them() {
+        fn check<T: CsvField + PartialEq + std::fmt::Debug>(text: &str) -> bool {
+            for (line, at) in [(text.to_string(), 0), (format!("x,{text}"), 2), (format!("{text},y"), 0), (format!("ab,{text},y"), 3)] {
+                if let Some((value, end)) = T::parse_at(&line, at) {
+                    assert_eq!(Ok(&value), T::parse_field(&line[at..end]).as_ref(), "{line:?}");
+                    assert_eq!(Some(&line[at..end]), text.split(',').next(), "{line:?}");
+                } else if text.len() < 20
+                    && !text.contains(',')
+                    && !text.contains('"')
+                    && text.trim() == text
+                    && T::parse_field(text).is_ok()
+                {
+                    panic!("{text:?} should be read in place");
+                }
+            }
+            T::parse_at(text, 0).is_some()
+        }
+        let texts = [
+            "APPROVED",
+            "DECLINED",
+            "REVERSED",
+            "PENDING",
+            "REFUND",
+            "CHARGEBACK",
+            "",
+            " PENDING",
+            "PENDING ",
+            "pending",
+            "PEND",
+            "PENDINGS",
+            "APPROVED\"",
+            "\"APPROVED\"",
+            "REFUND,",
+            "CHARGE",
+            "é",
+        ];
+        let read: usize = texts.iter().map(|t| usize::from(check::<Status>(t)) + usize::from(check::<AdjustmentKind>(t))).sum();
+        // Four statuses, two kinds, and "REFUND," (the field ends at its comma).
+        assert_eq!(read, 7);
+        for status in ["APPROVED", " DECLINED", "REVERSED ", "\"PENDING\"", "MAYBE", ""] {
+            let line = format!("5,t1,1,2,3,USD,US,{status}");
+            assert_eq!(Payment::from_csv_line(&line), paystream_engine::record::from_csv_line_general::<Payment>(&line), "{line:?}");
+        }
     }
 
     #[test]
