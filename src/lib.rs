@@ -14,6 +14,7 @@
 //! }
 //! ```
 
+pub mod alloc;
 pub mod bench;
 pub mod cli;
 

@@ -4,7 +4,7 @@
 
 /// The allocator of the `paystream` binary (src/main.rs), so that benches measure what users run.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: paystream::alloc::MiMalloc = paystream::alloc::MiMalloc;
 
 /// The environment variable `name` as a number, or `default`.
 pub fn env(name: &str, default: u64) -> u64 {
