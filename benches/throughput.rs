@@ -8,7 +8,8 @@
 //! both sides, and the same allocator (mimalloc, as the `paystream` binary).
 //!
 //! `cargo bench --bench throughput` (release profile). Environment: `EVENTS` (default 2000000),
-//! `RUNS` (default 3; medians are reported), `JOBS` (comma-separated job names, default both),
+//! `RUNS` (default 3; medians are reported, and the engine/loop ratios are the medians of the
+//! ratios within each round: the loop and every variant run once per round, interleaved), `JOBS` (comma-separated job names, default both),
 //! `LOOP_ONLY=1` (run only the loops: for profiling them).
 
 mod common;
@@ -38,16 +39,11 @@ type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 /// The jobs' out-of-orderness bound (their default), ms.
 const BOUND_MS: u64 = 2_000;
 
-/// Runs `f` `runs` times: median wall seconds and median CPU seconds.
-fn timed(runs: usize, mut f: impl FnMut()) -> (f64, f64) {
-    let (mut walls, mut cpus) = (Vec::new(), Vec::new());
-    for _ in 0..runs {
-        let (t, c) = (Instant::now(), cpu_seconds());
-        f();
-        walls.push(t.elapsed().as_secs_f64());
-        cpus.push(cpu_seconds() - c);
-    }
-    (median(walls), median(cpus))
+/// Runs `f` once: wall seconds and CPU seconds.
+fn timed(f: impl FnOnce()) -> (f64, f64) {
+    let (t, c) = (Instant::now(), cpu_seconds());
+    f();
+    (t.elapsed().as_secs_f64(), cpu_seconds() - c)
 }
 
 fn generator(events: u64) -> paystream::engine::source::Generator<Payment> {
@@ -238,7 +234,36 @@ fn main() {
         println!("\n{}, {events} generated events, median of {runs} runs (release build)", w.job);
         println!("{:<32} {:>8} {:>12} {:>12} {:>9} {:>9}", "variant", "wall s", "events/s", "CPU µs/evt", "vs loop", "CPU vs");
         let per_event = |cpu: f64| cpu * 1e6 / events as f64;
-        let (loop_wall, loop_cpu) = timed(runs, || (w.baseline)(events, &loop_file));
+        let spec = jobs.iter().find(|j| j.name == w.job).expect("job");
+        let sources = [("payments".to_string(), format!("gen:count={events}"))].into();
+        let sinks = [(w.sink.to_string(), format!("file:{}", job_file.display()))].into();
+        let plan = RunPlan::resolve(spec, &sources, &sinks, &BTreeMap::new()).expect("plan");
+        let checkpoints = dir.join("checkpoints");
+        let variants: &[(&str, usize, Option<u64>)] = if loop_only { &[] } else { w.variants };
+        // Rounds: the loop, then every variant, `runs` times over. Interleaved so that a slow
+        // spell of the (virtual) machine hits the loop and the engine alike; the ratios are the
+        // medians of each round's ratio.
+        let mut loop_samples = Vec::with_capacity(runs);
+        let mut samples: Vec<Vec<(f64, f64)>> = vec![Vec::with_capacity(runs); variants.len()];
+        for _ in 0..runs {
+            loop_samples.push(timed(|| (w.baseline)(events, &loop_file)));
+            let want = lines_and_checksum(&loop_file);
+            for (&(label, workers, interval_ms), out) in variants.iter().zip(samples.iter_mut()) {
+                let checkpoint =
+                    interval_ms.map(|ms| CheckpointConfig { dir: checkpoints.clone(), interval: Duration::from_millis(ms), retain: 3 });
+                let options = RunOptions { workers, checkpoint, ..RunOptions::default() };
+                out.push(timed(|| {
+                    std::fs::remove_dir_all(&checkpoints).ok();
+                    run(&plan, &options).expect("run");
+                }));
+                // Every run must write what the loop wrote.
+                let got = lines_and_checksum(&job_file);
+                assert_eq!(got, want, "{} ({label}) wrote other lines than the hand-written loop: (lines, checksum)", w.job);
+            }
+        }
+        let walls = |xs: &[(f64, f64)]| median(xs.iter().map(|x| x.0).collect());
+        let cpus = |xs: &[(f64, f64)]| median(xs.iter().map(|x| x.1).collect());
+        let (loop_wall, loop_cpu) = (walls(&loop_samples), cpus(&loop_samples));
         println!(
             "{:<32} {:>8.3} {:>12.0} {:>12.3} {:>9} {:>9}",
             "hand-written loop",
@@ -248,37 +273,25 @@ fn main() {
             "1.00x",
             "1.00x"
         );
-        if loop_only {
-            continue;
-        }
-        let spec = jobs.iter().find(|j| j.name == w.job).expect("job");
-        let sources = [("payments".to_string(), format!("gen:count={events}"))].into();
-        let sinks = [(w.sink.to_string(), format!("file:{}", job_file.display()))].into();
-        let plan = RunPlan::resolve(spec, &sources, &sinks, &BTreeMap::new()).expect("plan");
-        let checkpoints = dir.join("checkpoints");
-        for &(label, workers, interval_ms) in w.variants {
-            let checkpoint =
-                interval_ms.map(|ms| CheckpointConfig { dir: checkpoints.clone(), interval: Duration::from_millis(ms), retain: 3 });
-            let options = RunOptions { workers, checkpoint, ..RunOptions::default() };
-            let (wall, cpu) = timed(runs, || {
-                std::fs::remove_dir_all(&checkpoints).ok();
-                run(&plan, &options).expect("run");
-            });
+        for (&(label, workers, interval_ms), xs) in variants.iter().zip(&samples) {
+            let (wall, cpu) = (walls(xs), cpus(xs));
+            let wall_ratio = median(loop_samples.iter().zip(xs).map(|(l, e)| l.0 / e.0).collect());
+            let cpu_ratio = median(loop_samples.iter().zip(xs).map(|(l, e)| l.1 / e.1).collect());
             println!(
                 "{:<32} {:>8.3} {:>12.0} {:>12.3} {:>8.2}x {:>8.2}x",
                 label,
                 wall,
                 events as f64 / wall,
                 per_event(cpu),
-                loop_wall / wall,
-                loop_cpu / cpu
+                wall_ratio,
+                cpu_ratio
             );
             if workers == 1 && interval_ms.is_none() {
-                ratios.push((w.job, loop_wall / wall, loop_cpu / cpu));
+                ratios.push((w.job, wall_ratio, cpu_ratio));
             }
-            // Every variant must write what the loop wrote.
-            let (want, got) = (lines_and_checksum(&loop_file), lines_and_checksum(&job_file));
-            assert_eq!(got, want, "{} ({label}) wrote other lines than the hand-written loop: (lines, checksum)", w.job);
+        }
+        if loop_only {
+            continue;
         }
         println!("output checked: {} lines, the same as the loop's", lines_and_checksum(&loop_file).0 - 1);
     }
