@@ -11,6 +11,30 @@ use crate::record::{CsvRecord, DeadLetter};
 use crate::source::ReadStatus;
 use crate::uri::Format;
 
+/// Where a reader puts the records it reads: a `Vec<T>`, or a source's batch of
+/// `(event time, record)` pairs ([`Stamped`]), so that a record is written once, where it stays.
+pub trait Records<T> {
+    /// Appends one record.
+    fn push_record(&mut self, record: T);
+}
+
+impl<T> Records<T> for Vec<T> {
+    #[inline]
+    fn push_record(&mut self, record: T) {
+        self.push(record)
+    }
+}
+
+/// A source's batch: records appended with 0 as their event time, which the source fills in.
+pub struct Stamped<'a, T>(pub &'a mut Vec<(u64, T)>);
+
+impl<T> Records<T> for Stamped<'_, T> {
+    #[inline]
+    fn push_record(&mut self, record: T) {
+        self.0.push((0, record))
+    }
+}
+
 /// Reads lines of one format and decodes them into records of type `T`.
 pub struct LineDecoder {
     source: String,
@@ -55,10 +79,11 @@ impl LineDecoder {
     ///
     /// A line held whole in the reader's buffer is decoded where it lies; only a line that
     /// straddles two fills of the buffer (or ends the input without a line break) is copied.
-    pub fn read<T, R>(&mut self, reader: &mut R, max: usize, out: &mut Vec<T>, dead: &mut Vec<DeadLetter>) -> ReadStatus
+    pub fn read<T, R, O>(&mut self, reader: &mut R, max: usize, out: &mut O, dead: &mut Vec<DeadLetter>) -> ReadStatus
     where
         T: CsvRecord + serde::de::DeserializeOwned,
         R: BufRead,
+        O: Records<T>,
     {
         let mut produced = 0;
         let dead_before = dead.len();
@@ -114,9 +139,10 @@ impl LineDecoder {
     /// Decodes one line (its bytes, the line break excluded; `consumed` bytes of input with it)
     /// into `out` or `dead`, counting it. Returns 1 if it yielded a record.
     #[inline]
-    fn decode_line<T>(&mut self, bytes: &[u8], consumed: usize, out: &mut Vec<T>, dead: &mut Vec<DeadLetter>) -> usize
+    fn decode_line<T, O>(&mut self, bytes: &[u8], consumed: usize, out: &mut O, dead: &mut Vec<DeadLetter>) -> usize
     where
         T: CsvRecord + serde::de::DeserializeOwned,
+        O: Records<T>,
     {
         self.offset += consumed as u64;
         self.line_no += 1;
@@ -144,7 +170,7 @@ impl LineDecoder {
                 // `from_csv_line` (which tries the plain path first too), and that gives the record
                 // or the error.
                 if let Some(record) = T::from_plain_csv_line(line) {
-                    out.push(record);
+                    out.push_record(record);
                     return 1;
                 }
                 T::from_csv_line(line)
@@ -152,7 +178,7 @@ impl LineDecoder {
             Format::JsonLines => {
                 // Pushed where it is built: one copy of the record fewer.
                 if let Some(record) = T::from_plain_json_line(line) {
-                    out.push(record);
+                    out.push_record(record);
                     return 1;
                 }
                 serde_json::from_str::<T>(line).map_err(|e| format!("invalid JSON record: {e}"))
@@ -160,7 +186,7 @@ impl LineDecoder {
         };
         match parsed {
             Ok(record) => {
-                out.push(record);
+                out.push_record(record);
                 1
             }
             Err(reason) => {

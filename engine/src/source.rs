@@ -188,8 +188,10 @@ pub struct Position {
 
 /// One partition of a source.
 pub trait Partition<T>: 'static {
-    /// Reads up to `max` records into `out`, and unreadable ones into `dead`.
-    fn read(&mut self, max: usize, out: &mut Vec<T>, dead: &mut Vec<DeadLetter>) -> ReadStatus;
+    /// Reads up to `max` records into `out`, each with 0 as its event time (the source assigns
+    /// event times), and unreadable ones into `dead`. Records go straight into the batch the
+    /// source sends on: no copy between reading and sending.
+    fn read(&mut self, max: usize, out: &mut Vec<(u64, T)>, dead: &mut Vec<DeadLetter>) -> ReadStatus;
     /// Where the next read starts, for checkpoints.
     fn position(&self) -> Position;
     /// Continues from a position a checkpoint recorded.
@@ -222,12 +224,12 @@ struct GenPartition<T> {
 }
 
 impl<T: 'static> Partition<T> for GenPartition<T> {
-    fn read(&mut self, max: usize, out: &mut Vec<T>, _dead: &mut Vec<DeadLetter>) -> ReadStatus {
+    fn read(&mut self, max: usize, out: &mut Vec<(u64, T)>, _dead: &mut Vec<DeadLetter>) -> ReadStatus {
         for _ in 0..max {
             if self.next >= self.count {
                 return ReadStatus::Done;
             }
-            out.push((self.record)(self.next));
+            out.push((0, (self.record)(self.next)));
             self.next += self.step;
         }
         if self.next >= self.count {
@@ -271,8 +273,8 @@ pub fn parse_csv_line<T: CsvRecord>(line: &str) -> Result<T, String> {
 }
 
 impl<T: Data + CsvRecord> Partition<T> for FilePartition {
-    fn read(&mut self, max: usize, out: &mut Vec<T>, dead: &mut Vec<DeadLetter>) -> ReadStatus {
-        self.decoder.read(&mut self.reader, max, out, dead)
+    fn read(&mut self, max: usize, out: &mut Vec<(u64, T)>, dead: &mut Vec<DeadLetter>) -> ReadStatus {
+        self.decoder.read(&mut self.reader, max, &mut crate::decode::Stamped(out), dead)
     }
     fn position(&self) -> Position {
         Position { offset: self.decoder.offset(), line: self.decoder.line_no() }
@@ -294,9 +296,9 @@ pub(crate) struct VecPartition<T> {
 }
 
 impl<T: Clone + 'static> Partition<T> for VecPartition<T> {
-    fn read(&mut self, max: usize, out: &mut Vec<T>, _dead: &mut Vec<DeadLetter>) -> ReadStatus {
+    fn read(&mut self, max: usize, out: &mut Vec<(u64, T)>, _dead: &mut Vec<DeadLetter>) -> ReadStatus {
         let end = (self.next + max).min(self.records.len());
-        out.extend_from_slice(&self.records[self.next..end]);
+        out.extend(self.records[self.next..end].iter().map(|r| (0, r.clone())));
         self.next = end;
         if self.next == self.records.len() {
             ReadStatus::Done
@@ -423,7 +425,7 @@ fn resume<T: 'static>(ctx: &BuildContext, name: &str, partitions: Vec<Indexed<T>
 struct NoPartition;
 
 impl<T> Partition<T> for NoPartition {
-    fn read(&mut self, _max: usize, _out: &mut Vec<T>, _dead: &mut Vec<DeadLetter>) -> ReadStatus {
+    fn read(&mut self, _max: usize, _out: &mut Vec<(u64, T)>, _dead: &mut Vec<DeadLetter>) -> ReadStatus {
         ReadStatus::Done
     }
     fn position(&self) -> Position {
@@ -488,8 +490,10 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
         }
         // A worker without partitions still takes part in checkpoints, with an empty part.
         let mut wrote_final = false;
-        let mut batch: Vec<T> = Vec::with_capacity(per_partition);
         let mut on_time: Vec<(u64, T)> = Vec::new();
+        // Positions in `on_time` (from where this read started) of records behind the watermark,
+        // with the watermark they travel at; rare, so they are taken out after the pass.
+        let mut late: Vec<(usize, u64)> = Vec::new();
         let mut behind: BTreeMap<u64, Vec<(u64, T)>> = BTreeMap::new();
         let mut dead_letters: Vec<DeadLetter> = Vec::new();
         move |_frontiers| {
@@ -555,19 +559,21 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
                 if part.done || max == 0 {
                     continue;
                 }
-                let status = part.reader.read(max, &mut batch, &mut dead_letters);
-                budget = budget.saturating_sub(batch.len());
-                if !batch.is_empty() {
+                // Read straight into the batch sent on; event times are filled in below.
+                let from = on_time.len();
+                let status = part.reader.read(max, &mut on_time, &mut dead_letters);
+                let got = on_time.len() - from;
+                budget = budget.saturating_sub(got);
+                if got > 0 {
                     part.last_data = Instant::now();
                     part.idle = false;
                 }
-                read += batch.len() as u64;
-                for record in batch.drain(..) {
-                    let ts = event_time(&record);
-                    if ts >= part.watermark && ts >= held {
-                        on_time.push((ts, record));
-                    } else {
-                        behind.entry(part.watermark.max(held)).or_default().push((ts, record));
+                read += got as u64;
+                for (index, (slot, record)) in on_time[from..].iter_mut().enumerate() {
+                    let ts = event_time(record);
+                    *slot = ts;
+                    if ts < part.watermark || ts < held {
+                        late.push((index, part.watermark.max(held)));
                     }
                     if part.max_ts.is_none_or(|m| ts > m) {
                         part.max_ts = Some(ts);
@@ -575,6 +581,20 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
                         raised = Some(next_index);
                     }
                     next_index += 1;
+                }
+                if !late.is_empty() {
+                    // In read order, as they were read.
+                    let mut next = late.iter().copied().peekable();
+                    let mut index = 0usize;
+                    let taken = on_time.extract_if(from.., |_| {
+                        let hit = next.next_if(|(i, _)| *i == index).map(|(_, wm)| wm);
+                        index += 1;
+                        hit.is_some()
+                    });
+                    for ((_, wm), record) in late.iter().zip(taken) {
+                        behind.entry(*wm).or_default().push(record);
+                    }
+                    late.clear();
                 }
                 match status {
                     ReadStatus::Done => {
