@@ -134,7 +134,7 @@ struct RunArgs {
     #[arg(long)]
     allow_dropped_state: bool,
 
-    /// Flow control: batches of 4096 records a source worker may have on their way to the sinks
+    /// Flow control: batches of 2048 records a source worker may have on their way to the sinks
     /// before it waits for them to land. Bounds memory when a sink, a
     /// worker or a hot key is slow, and keeps sources of different workers aligned. 0: no limit.
     #[arg(long, value_name = "N", default_value_t = paystream_engine::runtime::DEFAULT_MAX_IN_FLIGHT)]

@@ -3,7 +3,7 @@
 //! writes against values computed here, independently of the program.
 //!
 //! How the engine stamps view updates matters for what can be asserted: a source sends the records
-//! of one read (up to 4096 lines per partition) at the watermark it holds *before* that read, and
+//! of one read (up to `BATCH`, 2048, lines per partition) at the watermark it holds *before* that read, and
 //! views coarsen that watermark (not the records' event times) to `granularity_ms`. So the
 //! intermediate states a changelog shows depend on how the input splits into reads; only the final
 //! state is a function of the input alone. The inputs below are sized so that there are several
@@ -272,7 +272,7 @@ fn exposure_args(payments: &Path, adjustments: &Path, out: &Path, workers: usize
 #[test]
 fn merchant_exposure_final_state_equals_batch() {
     let dir = TempDir::new("batch");
-    // 2 x ~7,000 payments and ~5,000 adjustments: two or more reads (of at most 4,096 lines) per
+    // 2 x ~7,000 payments and ~5,000 adjustments: two or more reads (of at most 2,048 lines) per
     // partition, so the views see several time steps and revise.
     let pays = payments(0x5eed_0001, 14_000);
     let adjs = adjustments(0x5eed_0002, &pays);
