@@ -35,8 +35,35 @@ impl<T> Records<T> for Stamped<'_, T> {
     }
 }
 
+/// Finds line breaks: memchr's AVX2 searcher when the CPU has one, chosen once per decoder instead
+/// of through `memchr::memchr`'s dispatch on every call (about 30 instructions a line).
+#[derive(Clone, Copy, Debug)]
+struct NewlineFinder {
+    #[cfg(target_arch = "x86_64")]
+    avx2: Option<memchr::arch::x86_64::avx2::memchr::One>,
+}
+
+impl NewlineFinder {
+    fn new() -> Self {
+        NewlineFinder {
+            #[cfg(target_arch = "x86_64")]
+            avx2: memchr::arch::x86_64::avx2::memchr::One::new(b'\n'),
+        }
+    }
+
+    #[inline]
+    fn find(&self, haystack: &[u8]) -> Option<usize> {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(one) = &self.avx2 {
+            return one.find(haystack);
+        }
+        memchr::memchr(b'\n', haystack)
+    }
+}
+
 /// Reads lines of one format and decodes them into records of type `T`.
 pub struct LineDecoder {
+    newline: NewlineFinder,
     source: String,
     origin: String,
     format: Format,
@@ -50,7 +77,15 @@ pub struct LineDecoder {
 impl LineDecoder {
     /// A decoder for the source named `source`, reading from `origin` (a file name, for dead letters).
     pub fn new(source: &str, origin: String, format: Format) -> Self {
-        LineDecoder { source: source.to_string(), origin, format, line_no: 0, offset: 0, buf: Vec::with_capacity(256) }
+        LineDecoder {
+            newline: NewlineFinder::new(),
+            source: source.to_string(),
+            origin,
+            format,
+            line_no: 0,
+            offset: 0,
+            buf: Vec::with_capacity(256),
+        }
     }
 
     /// Lines read so far.
@@ -99,7 +134,7 @@ impl LineDecoder {
                     return ReadStatus::Done;
                 }
             };
-            let consumed = match memchr::memchr(b'\n', available) {
+            let consumed = match self.newline.find(available) {
                 Some(end) if self.buf.is_empty() => {
                     produced += self.decode_line(&available[..end], end + 1, out, dead);
                     end + 1
