@@ -591,9 +591,9 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
                     let mut next = late.iter().copied().peekable();
                     let mut index = 0usize;
                     let taken = on_time.extract_if(from.., |_| {
-                        let hit = next.next_if(|(i, _)| *i == index).map(|(_, wm)| wm);
+                        let hit = next.next_if(|(i, _)| *i == index).is_some();
                         index += 1;
-                        hit.is_some()
+                        hit
                     });
                     for ((_, wm), record) in late.iter().zip(taken) {
                         behind.entry(*wm).or_default().push(record);
