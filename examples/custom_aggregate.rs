@@ -28,8 +28,8 @@ impl Aggregate<Payment> for DeclineRate {
 }
 
 fn payment(ts_ms: u64, merchant_id: u64, amount_cents: i64, status: Status) -> (u64, Payment) {
-    let (currency, country) = ("EUR".to_string(), "DE".to_string());
-    (ts_ms, Payment { ts_ms, txn_id: format!("t{ts_ms}"), card_id: 1, merchant_id, amount_cents, currency, country, status })
+    let (currency, country) = ("EUR".into(), "DE".into());
+    (ts_ms, Payment { ts_ms, txn_id: format!("t{ts_ms}").into(), card_id: 1, merchant_id, amount_cents, currency, country, status })
 }
 
 fn main() {

@@ -30,7 +30,7 @@ pub mod prelude {
         millis, minutes, secs, CsvField, CsvRecord, Data, Duration, JobBuilder, JobSpec, Key, KeyedStream, OutOfOrder, ParamSpec, Params,
         Result, SinkSpec, SourceSpec, Stream,
     };
-    pub use paystream_jobs::{Authorization, Payment, Status};
+    pub use paystream_jobs::{text::ShortText, Authorization, Payment, Status};
     pub use paystream_operators::{
         Aggregate, Average, Count, CountAndSum, CountDistinct, CountSum, Fold, Max, Min, Percentile, Percentiles, Quantiles, Session,
         Sliding, Sum, Tumbling, WindowExt, WindowResult, Windows,

@@ -75,7 +75,7 @@ fn build(job: &mut JobBuilder<'_>, params: &Params) -> Result<()> {
         .join("auth-window")
         .flat_map("to-row", |j| {
             j.right.map(|auth_ts_ms| AuthMatch {
-                txn_id: j.key,
+                txn_id: j.key.into(),
                 payment_ts_ms: j.left.ts_ms,
                 auth_ts_ms,
                 card_id: j.left.card_id,

@@ -16,7 +16,7 @@ use paystream_engine::{csv_record, millis, secs, JobBuilder, JobSpec, OutOfOrder
 use paystream_operators::{Context, Count, JoinExt, ProcessExt, ProcessFunction, Sliding, WindowExt};
 use serde::{Deserialize, Serialize};
 
-use crate::payment::{Authorization, BlockedCard, CompactPayment, Payment};
+use crate::payment::{Authorization, BlockedCard, Payment};
 use crate::text::ShortText;
 
 /// The job's specification, for the registry.
@@ -77,7 +77,7 @@ csv_record! {
     }
 }
 
-fn alert(rule: &str, p: &CompactPayment, detail: String) -> Alert {
+fn alert(rule: &str, p: &Payment, detail: String) -> Alert {
     Alert { rule: rule.to_string(), card_id: p.card_id, txn_id: p.txn_id.to_string(), ts_ms: p.ts_ms, detail }
 }
 
@@ -86,11 +86,11 @@ struct GeoVelocity {
     window_ms: u64,
 }
 
-impl ProcessFunction<u64, CompactPayment> for GeoVelocity {
+impl ProcessFunction<u64, Payment> for GeoVelocity {
     type State = Vec<(u64, ShortText)>;
     type Out = Alert;
 
-    fn on_record(&self, ctx: &mut Context<'_, Alert>, _card: &u64, recent: &mut Vec<(u64, ShortText)>, ts: u64, p: CompactPayment) {
+    fn on_record(&self, ctx: &mut Context<'_, Alert>, _card: &u64, recent: &mut Vec<(u64, ShortText)>, ts: u64, p: Payment) {
         recent.retain(|(t, _)| t.saturating_add(self.window_ms) >= ts);
         if let Some((t, country)) = recent.iter().find(|(_, c)| *c != p.country) {
             let detail = format!("{country} then {} within {} ms", p.country, ts - t);
@@ -116,11 +116,11 @@ struct CardTesting {
     window_ms: u64,
 }
 
-impl ProcessFunction<u64, CompactPayment> for CardTesting {
+impl ProcessFunction<u64, Payment> for CardTesting {
     type State = Vec<u64>;
     type Out = Alert;
 
-    fn on_record(&self, ctx: &mut Context<'_, Alert>, _card: &u64, probes: &mut Vec<u64>, ts: u64, p: CompactPayment) {
+    fn on_record(&self, ctx: &mut Context<'_, Alert>, _card: &u64, probes: &mut Vec<u64>, ts: u64, p: Payment) {
         probes.retain(|t| t.saturating_add(self.window_ms) >= ts);
         if p.amount_cents < self.small_cents {
             probes.push(ts);
@@ -164,8 +164,8 @@ fn build(job: &mut JobBuilder<'_>, params: &Params) -> Result<()> {
     };
     let auth_window: i64 = params.get("auth_window_ms")?;
 
-    // Each payment goes to all five rules: as a CompactPayment, the four copies do not allocate.
-    let payments = job.source::<Payment>("payments")?.assign_timestamps(|p| p.ts_ms, bound)?.map("payments:compact", CompactPayment::from);
+    // Each payment goes to all five rules; its texts are held inline, so the four copies do not allocate.
+    let payments = job.source::<Payment>("payments")?.assign_timestamps(|p| p.ts_ms, bound)?;
     let auth_bound = OutOfOrder::millis(params.get("auth_out_of_orderness_ms")?);
     let auths = job.source::<Authorization>("authorizations")?.assign_timestamps(|a| a.ts_ms, auth_bound)?;
     let blocked = job.source::<BlockedCard>("blocked_cards")?.assign_timestamps(|b| b.ts_ms, bound)?;
@@ -202,7 +202,7 @@ fn build(job: &mut JobBuilder<'_>, params: &Params) -> Result<()> {
     // authorization but its time.
     let unauthorized = payments
         .key_by_split("unauthorized:payments-by-txn", |p| (p.txn_id, (p.ts_ms, p.card_id)))
-        .interval_join(auths.key_by_split("unauthorized:auths-by-txn", |a| (ShortText::from(a.txn_id), ())))
+        .interval_join(auths.key_by_split("unauthorized:auths-by-txn", |a| (a.txn_id, ())))
         .between(0, auth_window)
         .with_unmatched_left()
         .join("unauthorized")

@@ -32,6 +32,7 @@ use paystream_engine::source::Generator;
 use paystream_engine::{GenOptions, Generate, Result};
 
 use crate::payment::{Adjustment, AdjustmentKind, Authorization, BlockedCard, Payment, Status};
+use crate::text::ShortText;
 
 const COUNTRIES: [(&str, &str); 8] =
     [("US", "USD"), ("GB", "GBP"), ("DE", "EUR"), ("FR", "EUR"), ("NL", "EUR"), ("JP", "JPY"), ("BR", "BRL"), ("CA", "CAD")];
@@ -44,17 +45,28 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// `prefix` followed by `n` in decimal, as `format!("{prefix}{n}")` writes it but in one exact
-/// allocation: transaction ids are made for every generated event, and `format!` (its formatting
-/// machinery and the reallocations of a string grown from empty) cost more than the rest of a
-/// payment.
-fn id(prefix: char, n: u64) -> String {
+/// `prefix` followed by `n` in decimal, as `format!("{prefix}{n}")` writes it, but without its
+/// formatting machinery or an allocation (at most 21 bytes: held inline): transaction ids are made
+/// for every generated event.
+fn id(prefix: u8, n: u64) -> ShortText {
     let mut digits = itoa::Buffer::new();
-    let digits = digits.format(n);
-    let mut id = String::with_capacity(1 + digits.len());
-    id.push(prefix);
-    id.push_str(digits);
-    id
+    let digits = digits.format(n).as_bytes();
+    let mut text = [0u8; 21];
+    text[0] = prefix;
+    text[1..=digits.len()].copy_from_slice(digits);
+    // An ASCII prefix and ASCII digits.
+    ShortText::from(std::str::from_utf8(&text[..=digits.len()]).expect("ASCII"))
+}
+
+/// `code` (below 1,000,000) as six decimal digits, as `format!("{code:06}")` writes it.
+fn auth_code(code: u64) -> ShortText {
+    let mut text = [b'0'; 6];
+    let mut rest = code;
+    for digit in text.iter_mut().rev() {
+        *digit = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    ShortText::from(std::str::from_utf8(&text).expect("ASCII digits"))
 }
 
 /// The shared shape of generated streams.
@@ -152,8 +164,8 @@ impl Shape {
             p.card_id = 1 + mix(self.seed ^ pair.wrapping_mul(37)) % self.cards;
             let home = (mix(p.card_id ^ self.seed) % COUNTRIES.len() as u64) as usize;
             let country = if index.is_multiple_of(2) { home } else { (home + 1) % COUNTRIES.len() };
-            p.country = COUNTRIES[country].0.to_string();
-            p.currency = COUNTRIES[country].1.to_string();
+            p.country = COUNTRIES[country].0.into();
+            p.currency = COUNTRIES[country].1.into();
         }
         p
     }
@@ -177,12 +189,12 @@ impl Shape {
         };
         Payment {
             ts_ms: self.payment_ts_ms(index),
-            txn_id: id('t', index),
+            txn_id: id(b't', index),
             card_id,
             merchant_id,
             amount_cents,
-            currency: COUNTRIES[country].1.to_string(),
-            country: COUNTRIES[country].0.to_string(),
+            currency: COUNTRIES[country].1.into(),
+            country: COUNTRIES[country].0.into(),
             status,
         }
     }
@@ -193,9 +205,9 @@ impl Shape {
         let delay = self.random(index, 7) % (self.auth_delay_ms + 1);
         Authorization {
             // An unauthorized payment's slot carries an authorization of some other transaction.
-            txn_id: id(if unauthorized { 'x' } else { 't' }, index),
+            txn_id: id(if unauthorized { b'x' } else { b't' }, index),
             ts_ms: self.payment_ts_ms(index) + delay,
-            auth_code: format!("{:06}", self.random(index, 8) % 1_000_000),
+            auth_code: auth_code(self.random(index, 8) % 1_000_000),
         }
     }
 }
@@ -281,8 +293,11 @@ mod tests {
     #[test]
     fn ids_are_prefixed_decimals() {
         for n in [0, 7, 10, 42, 99_999, 1_000_000, u64::MAX] {
-            assert_eq!(id('t', n), format!("t{n}"));
-            assert_eq!(id('x', n), format!("x{n}"));
+            assert_eq!(id(b't', n), format!("t{n}"));
+            assert_eq!(id(b'x', n), format!("x{n}"));
+        }
+        for code in [0, 7, 42, 123_456, 999_999] {
+            assert_eq!(auth_code(code), format!("{code:06}"));
         }
     }
 

@@ -73,7 +73,7 @@ csv_record! {
         /// Event time: when the payment happened, ms since the Unix epoch.
         pub ts_ms: u64,
         /// Transaction id, such as `t42`.
-        pub txn_id: String,
+        pub txn_id: ShortText,
         /// The card.
         pub card_id: u64,
         /// The merchant.
@@ -81,48 +81,11 @@ csv_record! {
         /// Amount in the currency's minor unit.
         pub amount_cents: i64,
         /// ISO 4217 currency code.
-        pub currency: String,
+        pub currency: ShortText,
         /// ISO 3166 country code of where the payment was made.
-        pub country: String,
+        pub country: ShortText,
         /// Outcome.
         pub status: Status,
-    }
-}
-
-/// A [`Payment`] with its texts held inline ([`ShortText`]): copies of it, as a job that sends
-/// each payment to several steps makes, do not allocate. Serialized exactly as the `Payment`.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct CompactPayment {
-    /// Event time, ms since the Unix epoch.
-    pub ts_ms: u64,
-    /// Transaction id.
-    pub txn_id: ShortText,
-    /// The card.
-    pub card_id: u64,
-    /// The merchant.
-    pub merchant_id: u64,
-    /// Amount in the currency's minor unit.
-    pub amount_cents: i64,
-    /// ISO 4217 currency code.
-    pub currency: ShortText,
-    /// ISO 3166 country code.
-    pub country: ShortText,
-    /// Outcome.
-    pub status: Status,
-}
-
-impl From<Payment> for CompactPayment {
-    fn from(p: Payment) -> Self {
-        CompactPayment {
-            ts_ms: p.ts_ms,
-            txn_id: p.txn_id.into(),
-            card_id: p.card_id,
-            merchant_id: p.merchant_id,
-            amount_cents: p.amount_cents,
-            currency: p.currency.into(),
-            country: p.country.into(),
-            status: p.status,
-        }
     }
 }
 
@@ -131,11 +94,11 @@ csv_record! {
     #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
     pub struct Authorization {
         /// The payment's transaction id.
-        pub txn_id: String,
+        pub txn_id: ShortText,
         /// Event time of the authorization, ms since the Unix epoch.
         pub ts_ms: u64,
         /// The issuer's authorization code.
-        pub auth_code: String,
+        pub auth_code: ShortText,
     }
 }
 
@@ -183,7 +146,7 @@ csv_record! {
         /// When it happened, ms since the Unix epoch.
         pub ts_ms: u64,
         /// The payment it takes back.
-        pub txn_id: String,
+        pub txn_id: ShortText,
         /// The payment's merchant.
         pub merchant_id: u64,
         /// How much goes back (positive).

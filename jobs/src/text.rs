@@ -1,12 +1,17 @@
-//! [`ShortText`]: a string that keeps up to 22 bytes inline, so that copying transaction ids and
-//! country codes between the steps of a job does not allocate.
+//! [`ShortText`]: a string that keeps up to 22 bytes inline, so that reading, copying and
+//! dropping transaction ids and country codes does not allocate.
 //!
 //! It compares, hashes (so lands in the same key group), serializes and prints exactly as the
-//! `String` with the same text; only longer texts go to the heap.
+//! `String` with the same text; only longer texts go to the heap. The text fields of
+//! [`Payment`](crate::Payment), [`Authorization`](crate::Authorization) and
+//! [`Adjustment`](crate::Adjustment) are `ShortText`s: building one from a `&str` is
+//! `"t42".into()`, and `txn_id == "t42"` compares as with a `String`.
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
 
+use paystream_engine::record::plain_field;
+use paystream_engine::CsvField;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 const INLINE: usize = 22;
@@ -14,6 +19,12 @@ const INLINE: usize = 22;
 /// A string held inline when at most 22 bytes long.
 #[derive(Clone)]
 pub struct ShortText(Repr);
+
+impl Default for ShortText {
+    fn default() -> Self {
+        ShortText(Repr::Inline { len: 0, bytes: [0; INLINE] })
+    }
+}
 
 #[derive(Clone)]
 enum Repr {
@@ -25,7 +36,9 @@ impl ShortText {
     /// The text.
     pub fn as_str(&self) -> &str {
         match &self.0 {
-            Repr::Inline { len, bytes } => std::str::from_utf8(&bytes[..*len as usize]).expect("ShortText holds UTF-8 it was made from"),
+            // SAFETY: the inline bytes are a copy of a whole `&str` (see `From<&str>`), so they
+            // are UTF-8; checking again on every read cost more than the rest of a comparison.
+            Repr::Inline { len, bytes } => unsafe { std::str::from_utf8_unchecked(&bytes[..*len as usize]) },
             Repr::Heap(text) => text,
         }
     }
@@ -96,6 +109,59 @@ impl Hash for ShortText {
     }
 }
 
+impl PartialEq<str> for ShortText {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for ShortText {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<String> for ShortText {
+    fn eq(&self, other: &String) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl PartialEq<ShortText> for &str {
+    fn eq(&self, other: &ShortText) -> bool {
+        *self == other.as_str()
+    }
+}
+
+impl AsRef<str> for ShortText {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+/// Hash and order agree with `str`'s, so maps keyed by `ShortText` can be searched with a `&str`.
+impl std::borrow::Borrow<str> for ShortText {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+/// A CSV field as a `String` reads and writes it; a plain field is read in place, without the
+/// `String` a general read makes.
+impl CsvField for ShortText {
+    fn parse_field(text: &str) -> Result<Self, String> {
+        Ok(ShortText::from(text))
+    }
+    fn write_field(&self, out: &mut String) {
+        out.push_str(self.as_str())
+    }
+    #[inline(always)]
+    fn parse_at(line: &str, at: usize) -> Option<(Self, usize)> {
+        let text = plain_field(line, at)?;
+        Some((ShortText::from(text), at + text.len()))
+    }
+}
+
 impl fmt::Debug for ShortText {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(self.as_str(), f)
@@ -114,9 +180,32 @@ impl Serialize for ShortText {
     }
 }
 
+/// Reads what a `String` reads; a borrowed text (a JSON string without escapes) is copied in
+/// place, without a `String` in between.
 impl<'de> Deserialize<'de> for ShortText {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer).map(ShortText::from)
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = ShortText;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<ShortText, E> {
+                Ok(ShortText::from(text))
+            }
+            fn visit_string<E: serde::de::Error>(self, text: String) -> Result<ShortText, E> {
+                Ok(ShortText::from(text))
+            }
+            fn visit_bytes<E: serde::de::Error>(self, bytes: &[u8]) -> Result<ShortText, E> {
+                std::str::from_utf8(bytes).map(ShortText::from).map_err(|_| E::invalid_value(serde::de::Unexpected::Bytes(bytes), &self))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, bytes: Vec<u8>) -> Result<ShortText, E> {
+                String::from_utf8(bytes)
+                    .map(ShortText::from)
+                    .map_err(|e| E::invalid_value(serde::de::Unexpected::Bytes(e.as_bytes()), &self))
+            }
+        }
+        deserializer.deserialize_str(Visitor)
     }
 }
 
@@ -139,10 +228,27 @@ mod tests {
             assert_eq!(decode::<ShortText>(&encode(&string).expect("encodes")).expect("decodes"), short);
             assert_eq!(format!("{short} {short:?}"), format!("{string} {string:?}"));
             assert_eq!(String::from(short.clone()), string);
-            assert_eq!(ShortText::from(string), short);
+            assert_eq!(ShortText::from(string.clone()), short);
+            assert!(short == text && short == string && text == short);
+            // Read as a String reads it: from CSV (in place and in general) and JSON.
+            assert_eq!(ShortText::parse_field(text), Ok(short.clone()));
+            if !text.contains(' ') {
+                let line = format!("x,{text},y");
+                assert_eq!(ShortText::parse_at(&line, 2), Some((short.clone(), 2 + text.len())));
+            }
+            let mut written = String::new();
+            short.write_field(&mut written);
+            assert_eq!(written, text);
+            let json = serde_json::to_string(text).expect("encodes");
+            assert_eq!(serde_json::from_str::<ShortText>(&json).expect("decodes"), short);
         }
+        // Escapes make serde_json hand over an owned String; a number is refused as a String is.
+        assert_eq!(serde_json::from_str::<ShortText>(r#""a\"b\u00e9""#).expect("decodes"), "a\"bé");
+        let refused = serde_json::from_str::<ShortText>("42").unwrap_err().to_string();
+        assert_eq!(refused, serde_json::from_str::<String>("42").unwrap_err().to_string());
         assert!(matches!(ShortText::from("exactly-twenty-two-by!").0, Repr::Inline { .. }));
         assert!(matches!(ShortText::from("twenty-three bytes long").0, Repr::Heap(_)));
+        assert_eq!(ShortText::default(), "");
         let (a, b) = (ShortText::from("t10"), ShortText::from("t9"));
         assert_eq!(a.cmp(&b), "t10".cmp("t9"));
         assert_ne!(a, b);
