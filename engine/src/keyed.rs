@@ -109,15 +109,19 @@ fn write_state<K, V, L: KeyedLogic<K, V>>(config: &CheckpointConfig, epoch: u64,
     }
 }
 
-pub(crate) fn build_keyed<'scope, K: Data, V: Data, L: KeyedLogic<K, V>, P>(
-    input: TStream<'scope, (K, V)>,
+/// The keyed operator over records of type `R`, each split into its key and value by `split` as
+/// it is read (the identity for `(key, value)` pairs; for a `key_by` stream, the key computed
+/// from the record).
+pub(crate) fn build_keyed<'scope, R: Data, K: Data, V: Data, L: KeyedLogic<K, V>, P>(
+    input: TStream<'scope, R>,
     pact: P,
     name: &str,
     mut logic: L,
     ctx: &BuildContext,
+    split: impl Fn(R) -> (K, V) + 'static,
 ) -> TStream<'scope, L::Out>
 where
-    P: ParallelizationContract<Time, Vec<(u64, (K, V))>>,
+    P: ParallelizationContract<Time, Vec<(u64, R)>>,
 {
     let metrics: Arc<Metrics> = ctx.metrics.clone();
     let (worker, peers) = (input.scope().index(), input.scope().peers());
@@ -149,13 +153,17 @@ where
             input.for_each(|stamp, data| {
                 let Some(&time) = stamp.stamp().iter().next() else { return };
                 if time.epoch <= epoch {
-                    for (ts, (key, value)) in data.drain(..) {
+                    for (ts, record) in data.drain(..) {
+                        let (key, value) = split(record);
                         logic.on_record(time.wm, ts, key, value);
                     }
                 } else {
                     let (least, records) = later.entry(time.epoch).or_insert((END_OF_TIME, Vec::new()));
                     *least = (*least).min(time.wm);
-                    records.extend(data.drain(..).map(|(ts, (k, v))| (time.wm, ts, k, v)));
+                    records.extend(data.drain(..).map(|(ts, record)| {
+                        let (k, v) = split(record);
+                        (time.wm, ts, k, v)
+                    }));
                 }
             });
             loop {

@@ -76,8 +76,17 @@ impl<'scope, T: Data> Stream<'scope, T> {
         Stream { inner, ctx }
     }
 
-    fn unary_step<U: Data>(self, name: &str, mut logic: impl FnMut(&mut Vec<(u64, T)>, &mut Vec<(u64, U)>) + 'static) -> Stream<'scope, U> {
+    fn unary_step<U: Data>(self, name: &str, logic: impl FnMut(&mut Vec<(u64, T)>, &mut Vec<(u64, U)>) + 'static) -> Stream<'scope, U> {
         self.ctx.register_step(name);
+        self.unary_operator(name, logic)
+    }
+
+    /// [`Stream::unary_step`] for a step whose name is already registered.
+    fn unary_operator<U: Data>(
+        self,
+        name: &str,
+        mut logic: impl FnMut(&mut Vec<(u64, T)>, &mut Vec<(u64, U)>) + 'static,
+    ) -> Stream<'scope, U> {
         let mut out = Vec::new();
         let inner = self.inner.unary::<Builder<U>, _, _, _>(Pipeline, name, move |_, _| {
             move |input, output| {
@@ -135,8 +144,13 @@ impl<'scope, T: Data> Stream<'scope, T> {
 
     /// Partitions the stream by a key: records with equal keys meet on one worker. Keys are hashed
     /// into a fixed number of key groups ([`crate::keygroup`]), and key groups to workers.
+    ///
+    /// No step of its own runs for it: the keyed step after it (a window, join or process
+    /// function) computes each record's key as it reads the record, so records are not copied into
+    /// `(key, record)` pairs on the way.
     pub fn key_by<K: Key>(self, name: &str, key: impl Fn(&T) -> K + 'static) -> KeyedStream<'scope, K, T> {
-        KeyedStream { inner: self.map(name, move |x| (key(&x), x)) }
+        self.ctx.register_step(name);
+        KeyedStream { inner: Keyed::ByKey { records: self, key: Rc::new(key), name: name.to_string() } }
     }
 
     /// As [`Stream::key_by`], with the key and the value kept with it computed together from each
@@ -154,7 +168,7 @@ impl<'scope, T: Data> Stream<'scope, T> {
     /// # assert_eq!(out, vec![(1, 500)]);
     /// ```
     pub fn key_by_split<K: Key, U: Data>(self, name: &str, split: impl Fn(T) -> (K, U) + 'static) -> KeyedStream<'scope, K, U> {
-        KeyedStream { inner: self.map(name, split) }
+        KeyedStream { inner: Keyed::Pairs(self.map(name, split)) }
     }
 
     /// Writes the stream to the declared sink `name`.
@@ -258,52 +272,103 @@ impl<'scope, T: Data> Stream<'scope, T> {
 
 /// A stream partitioned by key: the input of windows, joins and process functions.
 pub struct KeyedStream<'scope, K, T> {
-    pub(crate) inner: Stream<'scope, (K, T)>,
+    inner: Keyed<'scope, K, T>,
+}
+
+/// How a [`KeyedStream`]'s records travel.
+enum Keyed<'scope, K, T> {
+    /// As `(key, record)` pairs ([`Stream::key_by_split`], [`KeyedStream::map_values`],
+    /// [`KeyedStream::union`]).
+    Pairs(Stream<'scope, (K, T)>),
+    /// As the records themselves, with the function that gives each its key ([`Stream::key_by`]):
+    /// the exchange and the keyed step compute the key where they need it.
+    ByKey { records: Stream<'scope, T>, key: Rc<dyn Fn(&T) -> K>, name: String },
 }
 
 impl<'scope, K: Key, T: Data> KeyedStream<'scope, K, T> {
+    fn ctx(&self) -> &Rc<BuildContext> {
+        match &self.inner {
+            Keyed::Pairs(pairs) => &pairs.ctx,
+            Keyed::ByKey { records, .. } => &records.ctx,
+        }
+    }
+
+    /// The records as `(key, record)` pairs; for a [`Stream::key_by`] stream, made by a step
+    /// under the key_by's name.
+    fn into_pairs(self) -> Stream<'scope, (K, T)> {
+        match self.inner {
+            Keyed::Pairs(pairs) => pairs,
+            Keyed::ByKey { records, key, name } => {
+                records.unary_operator(&name, move |data, out| out.extend(data.drain(..).map(|(ts, x)| (ts, (key(&x), x)))))
+            }
+        }
+    }
+
     /// Splits off the records for which `divert(message_time, event_time, record)` holds, as
     /// [`Stream::divert`] does, before the records are exchanged between workers.
     #[doc(hidden)]
     pub fn divert(self, name: &str, divert: impl Fn(u64, u64, &T) -> bool + 'static) -> (KeyedStream<'scope, K, T>, Stream<'scope, T>) {
-        let (kept, diverted) = self.inner.divert(name, move |time, ts, (_, x)| divert(time, ts, x));
-        let dropped_keys = diverted.map(&format!("{name}:records"), |(_, x)| x);
-        (KeyedStream { inner: kept }, dropped_keys)
+        match self.inner {
+            Keyed::Pairs(pairs) => {
+                let (kept, diverted) = pairs.divert(name, move |time, ts, (_, x)| divert(time, ts, x));
+                let dropped_keys = diverted.map(&format!("{name}:records"), |(_, x)| x);
+                (KeyedStream { inner: Keyed::Pairs(kept) }, dropped_keys)
+            }
+            Keyed::ByKey { records, key, name: key_name } => {
+                let (kept, diverted) = records.divert(name, divert);
+                (KeyedStream { inner: Keyed::ByKey { records: kept, key, name: key_name } }, diverted)
+            }
+        }
     }
 
     /// Transforms each record, keeping its key and event time.
     pub fn map_values<U: Data>(self, name: &str, f: impl Fn(T) -> U + 'static) -> KeyedStream<'scope, K, U> {
-        KeyedStream { inner: self.inner.map(name, move |(k, x)| (k, f(x))) }
+        match self.inner {
+            Keyed::Pairs(pairs) => KeyedStream { inner: Keyed::Pairs(pairs.map(name, move |(k, x)| (k, f(x)))) },
+            // The key is taken before the record is transformed: one step, one copy.
+            Keyed::ByKey { records, key, .. } => KeyedStream { inner: Keyed::Pairs(records.map(name, move |x| (key(&x), f(x)))) },
+        }
     }
 
     /// Merges two keyed streams with the same key and record type.
     pub fn union(self, other: KeyedStream<'scope, K, T>) -> KeyedStream<'scope, K, T> {
-        KeyedStream { inner: self.inner.union(other.inner) }
+        KeyedStream { inner: Keyed::Pairs(self.into_pairs().union(other.into_pairs())) }
     }
 
     /// Runs keyed, event-time logic (see [`crate::keyed`]) on the worker that owns each key.
     pub fn keyed_logic<L: crate::keyed::KeyedLogic<K, T>>(self, name: &str, logic: L) -> Stream<'scope, L::Out> {
-        self.inner.ctx.register_step(name);
-        self.inner.ctx.add_participant(crate::job::ParticipantKind::State(name.to_string()));
-        let peers = self.inner.inner.scope().peers();
-        let pact = Exchange::new(move |(_, (k, _)): &(u64, (K, T))| worker_for_key_group(key_group(k), peers));
-        let inner = crate::keyed::build_keyed(self.inner.inner, pact, name, logic, &self.inner.ctx);
-        Stream { inner, ctx: self.inner.ctx }
+        let ctx = self.ctx().clone();
+        ctx.register_step(name);
+        ctx.add_participant(crate::job::ParticipantKind::State(name.to_string()));
+        let inner = match self.inner {
+            Keyed::Pairs(pairs) => {
+                let peers = pairs.inner.scope().peers();
+                let pact = Exchange::new(move |(_, (k, _)): &(u64, (K, T))| worker_for_key_group(key_group(k), peers));
+                crate::keyed::build_keyed(pairs.inner, pact, name, logic, &ctx, |pair| pair)
+            }
+            Keyed::ByKey { records, key, .. } => {
+                let peers = records.inner.scope().peers();
+                let exchange_key = key.clone();
+                let pact = Exchange::new(move |(_, x): &(u64, T)| worker_for_key_group(key_group(&exchange_key(x)), peers));
+                crate::keyed::build_keyed(records.inner, pact, name, logic, &ctx, move |x| (key(&x), x))
+            }
+        };
+        Stream { inner, ctx }
     }
 
     /// This process's counters.
     pub fn metrics(&self) -> std::sync::Arc<Metrics> {
-        self.inner.metrics()
+        self.ctx().metrics.clone()
     }
 
     /// Reports a mistake in the job's structure (see [`Stream::report_error`]).
     #[doc(hidden)]
     pub fn report_error(&self, message: String) {
-        self.inner.report_error(message)
+        self.ctx().report_error(message)
     }
 
     /// Registers a step name (see [`Stream::register_step`]).
     pub fn register_step(&self, name: &str) {
-        self.inner.register_step(name)
+        self.ctx().register_step(name)
     }
 }
