@@ -3,7 +3,8 @@
 //! writes against values computed here, independently of the program.
 //!
 //! How the engine stamps view updates matters for what can be asserted: a source sends the records
-//! of one read (up to `BATCH`, 2048, lines per partition) at the watermark it holds *before* that read, and
+//! it reads at the watermark it holds *before* reading them (it moves it every `BATCH`, 2048, lines
+//! of a single partition, or when it has read all there is), and
 //! views coarsen that watermark (not the records' event times) to `granularity_ms`. So the
 //! intermediate states a changelog shows depend on how the input splits into reads; only the final
 //! state is a function of the input alone. The inputs below are sized so that there are several

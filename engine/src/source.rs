@@ -5,7 +5,9 @@
 //! not depend on the worker count. For each partition the source tracks the maximum event time
 //! seen and its watermark `W_p = max − bound`. The worker holds a timely capability at the least
 //! `W_p` of its live partitions: that is the watermark every downstream operator sees, combined
-//! over all workers by timely's frontier.
+//! over all workers by timely's frontier. It moves the capability up after every
+//! [`ADVANCE_EVERY`] records or so, or as soon as it has read all there is for now; in between it
+//! sends batches of up to [`BATCH`] records at the capability it holds.
 //!
 //! A record with event time at or above its partition's watermark is sent at the worker's
 //! capability (which is at most its event time). A record *behind* its partition's watermark is
@@ -47,13 +49,21 @@ use crate::time::Time;
 use crate::uri::{Format, SourceUri};
 use crate::{Data, Result};
 
-/// Records read per partition per activation: large enough that timely's per-message cost is
-/// amortised, small enough that operators downstream run often and that a batch (and the few in
-/// flight behind it) stays in the CPU's caches between the steps. 2048 against 4096: engine/loop
-/// from 0.79x to 0.85x CPU on throughput-windows, 0.98x to 1.03x on card-velocity, and less CPU
-/// with 2 workers too (`cargo bench --bench throughput`, BENCHMARKS.md); 1024 cost more with 2
-/// workers.
+/// Records a source worker reads per activation, over all its partitions: large enough that
+/// timely's per-message cost is amortised, small enough that operators downstream run often and
+/// that a batch stays in the CPU's caches between the steps (throughput-windows read 8,192 per
+/// activation from its 16 generator partitions before, and every step missed the L2 cache on
+/// reading what the step before wrote; BENCHMARKS.md).
 pub const BATCH: usize = 2048;
+
+/// Records a source worker reads before it moves its watermark on: this many over all its
+/// partitions, but from each partition at least 256 and at most [`BATCH`] (so 2,048 for one
+/// partition, 4,096 for two, 8,192 for 4 to 32). Unless it has caught up with its input (read less
+/// than it asked for: paced, idle or ended): then it moves the watermark at once. Each watermark is
+/// a distinct timestamp that every step's progress tracking, and joins' and windows' per-time
+/// work, pays for; so batches are kept small for the caches while event time moves in steps of a
+/// few batches (as it did when each activation read this much).
+pub const ADVANCE_EVERY: usize = 4 * BATCH;
 
 /// A paced source waits at least this long between reads, so that it does not spin.
 const PACING_TICK: std::time::Duration = std::time::Duration::from_micros(200);
@@ -460,7 +470,8 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
     let mut dead_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<(u64, DeadLetter)>>>::from(dead_out);
 
     let mut parts = resume(ctx, name, partitions)?;
-    let per_partition = (BATCH * 4 / parts.len().max(1)).clamp(256, BATCH);
+    let per_partition = (BATCH / parts.len().max(1)).clamp(64, BATCH);
+    let advance_every = (ADVANCE_EVERY / parts.len().max(1)).clamp(256, BATCH) * parts.len().max(1);
     // Checkpointing: each interval, write this worker's positions as its part of the current
     // epoch, then move on to the next epoch.
     let checkpoints = ctx.checkpoint.clone().filter(|_| !ctx.dry_run);
@@ -478,6 +489,10 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
     let mut reported_wm = 0u64;
     let mut rotate = 0usize;
     let mut in_flight: std::collections::VecDeque<(Time, usize)> = Default::default();
+    // Records read since the watermark last moved, and the index of the latest that raised a
+    // partition's watermark since then (for latency).
+    let mut since_advance = 0usize;
+    let mut raised: Option<u64> = None;
 
     builder.build(move |mut capabilities| {
         let dead_cap = capabilities.pop();
@@ -555,7 +570,7 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
             // `on_time` is handed over whole each activation: size it once, not by doubling.
             on_time.reserve(per_partition * parts.len());
             let share = budget.div_ceil(live_parts).min(per_partition);
-            let mut raised: Option<u64> = None;
+            let mut asked = 0usize;
             let count = parts.len();
             for i in 0..count {
                 let part = &mut parts[(i + rotate) % count];
@@ -564,6 +579,7 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
                     continue;
                 }
                 // Read straight into the batch sent on; event times are filled in below.
+                asked += max;
                 let from = on_time.len();
                 let status = part.reader.read(max, &mut on_time, &mut dead_letters);
                 let got = on_time.len() - from;
@@ -649,19 +665,24 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
                 activator.activate();
                 return;
             }
-            let live = parts.iter().filter(|p| !p.done && !p.idle).map(|p| p.watermark).min();
-            if let Some(watermark) = live {
-                if watermark > held {
-                    records_cap.downgrade(&Time::new(epoch, watermark));
-                    dead_cap.downgrade(&Time::new(epoch, watermark));
+            // Move the watermark every few batches, or at once when the input is caught up with.
+            since_advance += read as usize;
+            if since_advance >= advance_every || (read as usize) < asked {
+                since_advance = 0;
+                let live = parts.iter().filter(|p| !p.done && !p.idle).map(|p| p.watermark).min();
+                if let Some(watermark) = live {
+                    if watermark > held {
+                        records_cap.downgrade(&Time::new(epoch, watermark));
+                        dead_cap.downgrade(&Time::new(epoch, watermark));
+                    }
                 }
-            }
-            metrics.set_watermark(local_worker, records_cap.time().wm);
-            if let Some(clock) = metrics.latency() {
-                let wm = records_cap.time().wm;
-                if wm > reported_wm {
-                    reported_wm = wm;
-                    clock.advance(local_worker, source_number, wm, ingested(metrics.pacing(), raised));
+                metrics.set_watermark(local_worker, records_cap.time().wm);
+                if let Some(clock) = metrics.latency() {
+                    let wm = records_cap.time().wm;
+                    if wm > reported_wm {
+                        reported_wm = wm;
+                        clock.advance(local_worker, source_number, wm, ingested(metrics.pacing(), raised.take()));
+                    }
                 }
             }
             if read > 0 || had_dead_letters {

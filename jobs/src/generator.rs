@@ -49,13 +49,13 @@ fn mix(mut z: u64) -> u64 {
 /// formatting machinery or an allocation (at most 21 bytes: held inline): transaction ids are made
 /// for every generated event.
 fn id(prefix: u8, n: u64) -> ShortText {
+    debug_assert!(prefix.is_ascii());
     let mut digits = itoa::Buffer::new();
     let digits = digits.format(n).as_bytes();
     let mut text = [0u8; 21];
     text[0] = prefix;
     text[1..=digits.len()].copy_from_slice(digits);
-    // An ASCII prefix and ASCII digits.
-    ShortText::from(std::str::from_utf8(&text[..=digits.len()]).expect("ASCII"))
+    ShortText::from_ascii(&text[..=digits.len()]).expect("an ASCII prefix and ASCII digits")
 }
 
 /// `code` (below 1,000,000) as six decimal digits, as `format!("{code:06}")` writes it.
@@ -66,7 +66,7 @@ fn auth_code(code: u64) -> ShortText {
         *digit = b'0' + (rest % 10) as u8;
         rest /= 10;
     }
-    ShortText::from(std::str::from_utf8(&text).expect("ASCII digits"))
+    ShortText::from_ascii(&text).expect("ASCII digits")
 }
 
 /// The shared shape of generated streams.

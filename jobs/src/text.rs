@@ -44,6 +44,23 @@ impl ShortText {
     }
 }
 
+impl ShortText {
+    /// The text of ASCII bytes, or `None` if a byte is not ASCII: for texts made byte by byte
+    /// (generated ids), without `from_utf8`'s general check.
+    pub fn from_ascii(bytes: &[u8]) -> Option<Self> {
+        if !bytes.is_ascii() {
+            return None;
+        }
+        if bytes.len() <= INLINE {
+            let mut inline = [0u8; INLINE];
+            inline[..bytes.len()].copy_from_slice(bytes);
+            Some(ShortText(Repr::Inline { len: bytes.len() as u8, bytes: inline }))
+        } else {
+            std::str::from_utf8(bytes).ok().map(ShortText::from)
+        }
+    }
+}
+
 impl From<&str> for ShortText {
     fn from(text: &str) -> Self {
         if text.len() <= INLINE {
@@ -229,7 +246,9 @@ mod tests {
             assert_eq!(format!("{short} {short:?}"), format!("{string} {string:?}"));
             assert_eq!(String::from(short.clone()), string);
             assert_eq!(ShortText::from(string.clone()), short);
-            assert!(short == text && short == string && text == short);
+            assert_eq!(short, text);
+            assert_eq!(short, string);
+            assert_eq!(text, short);
             // Read as a String reads it: from CSV (in place and in general) and JSON.
             assert_eq!(ShortText::parse_field(text), Ok(short.clone()));
             if !text.contains(' ') {
@@ -249,6 +268,9 @@ mod tests {
         assert!(matches!(ShortText::from("exactly-twenty-two-by!").0, Repr::Inline { .. }));
         assert!(matches!(ShortText::from("twenty-three bytes long").0, Repr::Heap(_)));
         assert_eq!(ShortText::default(), "");
+        assert_eq!(ShortText::from_ascii(b"t42"), Some(ShortText::from("t42")));
+        assert_eq!(ShortText::from_ascii(b"twenty-three bytes long"), Some(ShortText::from("twenty-three bytes long")));
+        assert_eq!(ShortText::from_ascii("ü".as_bytes()), None);
         let (a, b) = (ShortText::from("t10"), ShortText::from("t9"));
         assert_eq!(a.cmp(&b), "t10".cmp("t9"));
         assert_ne!(a, b);
