@@ -530,6 +530,20 @@ fn bad_input_gives_exit_code_2() {
             args!["run", "throughput-windows", "--source", "payments=gen:count=100", "--sink", "windows=file:w.csv", "--workers", "0"],
             true,
         ),
+        (
+            "zero time granularity",
+            args![
+                "run",
+                "throughput-windows",
+                "--source",
+                "payments=gen:count=100",
+                "--sink",
+                "windows=file:w.csv",
+                "--time-granularity-ms",
+                "0"
+            ],
+            true,
+        ),
         // clap reports an unknown flag itself, on several lines.
         (
             "unknown flag",

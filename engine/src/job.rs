@@ -209,6 +209,8 @@ pub(crate) struct BuildContext {
     pub(crate) commit: Option<Arc<CommitState>>,
     /// Flow control: every sink's input frontier, which sources compare their reads against.
     pub(crate) flow: crate::source::FlowControl,
+    /// Event-time granularity of keyed steps' results (see `RunOptions::time_granularity_ms`).
+    pub(crate) time_granularity_ms: u64,
     /// Sources built so far on this worker: the next one's number.
     pub(crate) sources_built: std::cell::Cell<usize>,
     /// Checkpoint participants this worker's dataflow has: sources, stateful steps, sinks.
@@ -229,6 +231,7 @@ impl BuildContext {
             restore: None,
             commit: None,
             flow: crate::source::FlowControl::new(0),
+            time_granularity_ms: crate::runtime::DEFAULT_TIME_GRANULARITY_MS,
             sources_built: Default::default(),
             participants: Default::default(),
             step_names: Default::default(),

@@ -136,6 +136,11 @@ where
         ctx.report_error(format!("{e:#}"));
     }
     let mut last_state_size = usize::MAX;
+    // Results travel at their event time rounded down to the granularity (see
+    // `RunOptions::time_granularity_ms`), and the capability is held at such a time too, so a
+    // result's timestamp depends on its event time alone.
+    let granule = ctx.time_granularity_ms.max(1);
+    let coarse = move |ts: u64| if ts == END_OF_TIME { ts } else { ts - ts % granule };
     let scope = input.scope();
     input.unary_frontier::<CapacityContainerBuilder<Vec<(u64, L::Out)>>, _, _, _>(pact, name, move |initial, info| {
         let activator = scope.activator_for(info.address);
@@ -182,14 +187,15 @@ where
                 if !emitted.is_empty() {
                     let c = cap.as_ref().expect("a keyed operator emitted after its input ended");
                     let floor = c.time().wm;
-                    emitted.sort_by_key(|(ts, _)| *ts);
+                    let stamp = |ts: u64| coarse(ts).max(floor);
+                    emitted.sort_by_key(|(ts, _)| stamp(*ts));
                     let mut results = emitted.drain(..).peekable();
                     while let Some(first) = results.next() {
-                        let time = Time::new(epoch, first.0.max(floor));
+                        let time = Time::new(epoch, stamp(first.0));
                         let at = c.delayed(&time);
                         let mut session = output.session(&at);
                         session.give(first);
-                        while let Some(next) = results.next_if(|(ts, _)| (*ts).max(floor) == time.wm) {
+                        while let Some(next) = results.next_if(|(ts, _)| stamp(*ts) == time.wm) {
                             session.give(next);
                         }
                     }
@@ -228,7 +234,7 @@ where
             if frontier_epoch == END_OF_TIME && later.is_empty() && logic.next_emit_time().is_none() {
                 cap = None;
             } else if let Some(c) = cap.as_mut() {
-                let hold = Time::new(epoch, last_watermark.min(logic.next_emit_time().unwrap_or(END_OF_TIME)).max(c.time().wm));
+                let hold = Time::new(epoch, coarse(last_watermark.min(logic.next_emit_time().unwrap_or(END_OF_TIME))).max(c.time().wm));
                 if hold != *c.time() {
                     c.downgrade(&hold);
                 }

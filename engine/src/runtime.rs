@@ -46,7 +46,20 @@ pub struct RunOptions {
     pub rate: Option<f64>,
     /// Measure end-to-end latency (see `crate::latency`); implied by `rate`.
     pub measure_latency: bool,
+    /// Event-time granularity, in ms, at which keyed steps (windows, joins, process functions)
+    /// stamp their results: results whose event times fall in one granule travel, and reach the
+    /// sinks, together. Every distinct timestamp costs progress tracking in every step after it,
+    /// so a join emitting a result per millisecond spent most of its time there (auth-match: 1,452 M
+    /// instructions at 1 ms, 845 M at 10 ms, 644 M at 100 ms for 100k payments; BENCHMARKS.md).
+    /// The price: a result waits until the watermark passes the end of its granule (up to this
+    /// much event time later than at 1 ms). The results and their lateness are the same at any
+    /// granularity; a file lists them sorted within each granule, so its line order depends on
+    /// the granularity (never on timing or worker count).
+    pub time_granularity_ms: u64,
 }
+
+/// The default of [`RunOptions::time_granularity_ms`].
+pub const DEFAULT_TIME_GRANULARITY_MS: u64 = 10;
 
 /// The default of [`RunOptions::max_in_flight`]; see `BENCHMARKS.md` for how it was chosen.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 4;
@@ -66,6 +79,7 @@ impl Default for RunOptions {
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             rate: None,
             measure_latency: false,
+            time_granularity_ms: DEFAULT_TIME_GRANULARITY_MS,
         }
     }
 }
@@ -75,6 +89,9 @@ impl RunOptions {
     fn timely_config(&self) -> Result<timely::Config> {
         if self.workers == 0 {
             bail!("--workers must be at least 1");
+        }
+        if self.time_granularity_ms == 0 {
+            bail!("--time-granularity-ms must be at least 1 (1: every result at its own millisecond)");
         }
         let total = self.workers * self.processes;
         if total as u64 > crate::keygroup::KEY_GROUPS {
@@ -340,11 +357,13 @@ pub fn run_prepared(prepared: Prepared) -> Result<Summary> {
     let worker_metrics = metrics.clone();
     let checkpoint = options.checkpoint.clone();
     let max_in_flight = options.max_in_flight;
+    let time_granularity_ms = options.time_granularity_ms;
     let guards = timely::execute(config, move |worker| {
         let plan = plan.clone();
         let mut ctx = BuildContext::new(plan.clone(), worker_metrics.clone(), false);
         ctx.checkpoint = checkpoint.clone();
         ctx.flow = crate::source::FlowControl::new(max_in_flight);
+        ctx.time_granularity_ms = time_granularity_ms;
         ctx.restore = restore.clone();
         ctx.commit = Some(commit.clone());
         worker.dataflow::<crate::time::Time, _, _>(|scope| {
