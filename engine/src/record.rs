@@ -29,6 +29,52 @@ pub trait CsvField: Sized {
         let text = plain_field(line, at)?;
         Some((Self::parse_field(text).ok()?, at + text.len()))
     }
+
+    /// Reads the JSON value that starts at byte `at` of a JSON line, for
+    /// [`csv_record!`](crate::csv_record)'s single pass over a line: the value and the index just
+    /// past it, where the caller then requires a `,` or `}`.
+    ///
+    /// An answer `Some((value, end))` must be the value serde_json gives this type for the text
+    /// `line[at..end]` inside the line; `None` leaves the whole line to serde_json, which also
+    /// words the errors, so an implementation may refuse whatever it does not read quickly. The
+    /// default reads the value through the type's `Deserialize` ([`json_field`]); the integers,
+    /// and types that read a plain string themselves ([`plain_json_string`]), skip serde's
+    /// plumbing.
+    #[inline(always)]
+    fn parse_json_at(line: &str, at: usize) -> Option<(Self, usize)>
+    where
+        Self: serde::de::DeserializeOwned,
+    {
+        json_field(line, at)
+    }
+}
+
+/// The text of the JSON string that starts (with its opening quote) at byte `at` of a line, and
+/// the index just past its closing quote; `None` if there is no string there or it holds an
+/// escape or a control character (serde_json then reads the line): for
+/// [`CsvField::parse_json_at`] implementations. The text is what serde_json reads for it.
+#[inline(always)]
+pub fn plain_json_string(line: &str, at: usize) -> Option<(&str, usize)> {
+    let bytes = line.as_bytes();
+    if bytes.get(at) != Some(&b'"') {
+        return None;
+    }
+    let close = first_marked::<StringStops>(bytes, at + 1)?;
+    // The quotes are ASCII, so the text between them is at character boundaries.
+    (bytes[close] == b'"').then(|| slice(line, at + 1, close).map(|text| (text, close + 1)))?
+}
+
+/// The plain JSON integer (see [`PlainJsonValue`]) that starts at byte `at` of a line, followed
+/// by `,` or `}`: its value and the index just past it; `None` for any other value.
+#[inline(always)]
+fn plain_json_integer(line: &str, at: usize) -> Option<(PlainJsonValue<'_>, usize)> {
+    if matches!(line.as_bytes().get(at), Some(b'"' | b'{' | b'[')) {
+        return None;
+    }
+    match plain_json_value(line, at) {
+        PlainOrNot::Plain(value, end) => Some((value, end)),
+        _ => None,
+    }
 }
 
 /// The text of the unquoted CSV field that starts at byte `at` of a line, up to the next `,` or
@@ -59,6 +105,16 @@ macro_rules! int_field {
             fn parse_at(line: &str, at: usize) -> Option<(Self, usize)> {
                 let (value, end) = scan_digits(line.as_bytes(), at, <$t>::MAX.ilog10() as usize)?;
                 Some((value as $t, end))
+            }
+            /// A plain JSON integer, as serde_json reads it; any other value through
+            /// [`json_field`].
+            #[inline(always)]
+            fn parse_json_at(line: &str, at: usize) -> Option<(Self, usize)> {
+                match plain_json_integer(line, at) {
+                    Some((PlainJsonValue::Unsigned(n), end)) => Some((<$t>::try_from(n).ok()?, end)),
+                    Some(_) => None,
+                    None => json_field(line, at),
+                }
             }
         }
     )*};
@@ -93,6 +149,17 @@ macro_rules! signed_field {
                 let (magnitude, end) = scan_digits(bytes, at + usize::from(negative), <$t>::MAX.ilog10() as usize)?;
                 let value = magnitude as $t;
                 Some((if negative { -value } else { value }, end))
+            }
+            /// A plain JSON integer, as serde_json reads it; any other value through
+            /// [`json_field`].
+            #[inline(always)]
+            fn parse_json_at(line: &str, at: usize) -> Option<(Self, usize)> {
+                match plain_json_integer(line, at) {
+                    Some((PlainJsonValue::Unsigned(n), end)) => Some((<$t>::try_from(n).ok()?, end)),
+                    Some((PlainJsonValue::Negative(n), end)) => Some((<$t>::try_from(n).ok()?, end)),
+                    Some(_) => None,
+                    None => json_field(line, at),
+                }
             }
         }
     )*};
@@ -300,6 +367,10 @@ impl CsvField for String {
     fn parse_at(line: &str, at: usize) -> Option<(Self, usize)> {
         let text = plain_field(line, at)?;
         Some((text.to_string(), at + text.len()))
+    }
+    #[inline(always)]
+    fn parse_json_at(line: &str, at: usize) -> Option<(Self, usize)> {
+        plain_json_string(line, at).map(|(text, end)| (text.to_string(), end))
     }
 }
 
@@ -903,7 +974,7 @@ macro_rules! __csv_record_with_serde {
                         };
                         index += 1;
                         at = $crate::record::json_key(bytes, at, key)?;
-                        let (value, end) = $crate::record::json_field::<$ty>(line, at)?;
+                        let (value, end) = <$ty as $crate::record::CsvField>::parse_json_at(line, at)?;
                         at = end;
                         value
                     } ),*

@@ -6,7 +6,7 @@
 //! * `BlockedCard`: `ts_ms,card_id,blocked` (`true` or `false`)
 //! * `Adjustment`: `ts_ms,txn_id,merchant_id,amount_cents,kind` (`REFUND` or `CHARGEBACK`)
 
-use paystream_engine::record::plain_field;
+use paystream_engine::record::{plain_field, plain_json_string};
 use paystream_engine::{csv_record, CsvField};
 use serde::{Deserialize, Serialize};
 
@@ -55,14 +55,36 @@ impl CsvField for Status {
     #[inline]
     fn parse_at(line: &str, at: usize) -> Option<(Self, usize)> {
         let text = plain_field(line, at)?;
-        let status = match text {
+        Some((Status::named(text)?, at + text.len()))
+    }
+    /// A name exactly as written, in quotes (as serde writes it), compared in place; anything else
+    /// goes to serde_json.
+    #[inline]
+    fn parse_json_at(line: &str, at: usize) -> Option<(Self, usize)> {
+        let rest = line.as_bytes().get(at..)?;
+        [
+            (&b"\"APPROVED\""[..], Status::Approved),
+            (b"\"DECLINED\"", Status::Declined),
+            (b"\"REVERSED\"", Status::Reversed),
+            (b"\"PENDING\"", Status::Pending),
+        ]
+        .into_iter()
+        .find(|(quoted, _)| rest.starts_with(quoted))
+        .map(|(quoted, status)| (status, at + quoted.len()))
+    }
+}
+
+impl Status {
+    /// The status with this exact name.
+    #[inline]
+    fn named(text: &str) -> Option<Status> {
+        Some(match text {
             "APPROVED" => Status::Approved,
             "DECLINED" => Status::Declined,
             "REVERSED" => Status::Reversed,
             "PENDING" => Status::Pending,
             _ => return None,
-        };
-        Some((status, at + text.len()))
+        })
     }
 }
 
@@ -112,6 +134,18 @@ pub enum AdjustmentKind {
     Chargeback,
 }
 
+impl AdjustmentKind {
+    /// The kind with this exact name.
+    #[inline]
+    fn named(text: &str) -> Option<AdjustmentKind> {
+        Some(match text {
+            "REFUND" => AdjustmentKind::Refund,
+            "CHARGEBACK" => AdjustmentKind::Chargeback,
+            _ => return None,
+        })
+    }
+}
+
 impl CsvField for AdjustmentKind {
     fn parse_field(text: &str) -> Result<Self, String> {
         match text.trim() {
@@ -124,12 +158,13 @@ impl CsvField for AdjustmentKind {
     #[inline]
     fn parse_at(line: &str, at: usize) -> Option<(Self, usize)> {
         let text = plain_field(line, at)?;
-        let kind = match text {
-            "REFUND" => AdjustmentKind::Refund,
-            "CHARGEBACK" => AdjustmentKind::Chargeback,
-            _ => return None,
-        };
-        Some((kind, at + text.len()))
+        Some((AdjustmentKind::named(text)?, at + text.len()))
+    }
+    /// A name exactly as written, in quotes (as serde writes it); anything else goes to serde_json.
+    #[inline]
+    fn parse_json_at(line: &str, at: usize) -> Option<(Self, usize)> {
+        let (text, end) = plain_json_string(line, at)?;
+        Some((AdjustmentKind::named(text)?, end))
     }
     fn write_field(&self, out: &mut String) {
         out.push_str(match self {
@@ -192,6 +227,106 @@ mod tests {
         assert_eq!(line, "1767225600123,t42,9,3,1250,EUR,DE,DECLINED");
         assert_eq!(parse_csv_line::<Payment>(&line).unwrap(), p);
         assert_eq!(Payment::csv_header(), "ts_ms,txn_id,card_id,merchant_id,amount_cents,currency,country,status");
+    }
+
+    /// The JSON fast path (`from_plain_json_line`, with the field readers of `ShortText`,
+    /// `Status`, `AdjustmentKind` and the integers) answers for the lines serde writes for the
+    /// payment records (but those with escapes or integers of 19 digits or more), with serde_json's record,
+    /// and for any other line either answers with serde_json's record or leaves the line to
+    /// serde_json.
+    #[test]
+    fn plain_json_lines_decode_as_serde_json_does() {
+        fn check<T: CsvRecord + serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug>(
+            records: &[T],
+            rng: &mut u64,
+        ) -> (usize, usize) {
+            const PIECES: &[&str] = &[
+                "\"",
+                "\\",
+                ",",
+                ":",
+                "{",
+                "}",
+                " ",
+                "0",
+                "-",
+                "1",
+                "9",
+                ".",
+                "e",
+                "null",
+                "true",
+                "\u{1}",
+                "é",
+                "\\u0041",
+                "-0",
+                "00",
+                "1.5",
+                "\"APPROVED\"",
+                "\"REFUND\"",
+                "\"x\"",
+                "18446744073709551616",
+                "-9223372036854775809",
+                "ü€ long text",
+            ];
+            let mut next = move |n: usize| {
+                *rng ^= *rng << 13;
+                *rng ^= *rng >> 7;
+                *rng ^= *rng << 17;
+                (*rng % n as u64) as usize
+            };
+            let (mut fast, mut total) = (0, 0);
+            for record in records {
+                let line = serde_json::to_string(record).expect("encodes");
+                match T::from_plain_json_line(&line) {
+                    Some(got) => assert_eq!(&got, record, "{line}"),
+                    // Only escapes and integers of 19 digits or more are left to serde_json.
+                    None => assert!(line.contains('\\') || line.split(|c: char| !c.is_ascii_digit()).any(|d| d.len() >= 19), "{line}"),
+                }
+                for _ in 0..20 {
+                    let mut chars: Vec<char> = line.chars().collect();
+                    for _ in 0..1 + next(2) {
+                        let at = next(chars.len() + 1);
+                        let piece: Vec<char> = PIECES[next(PIECES.len())].chars().collect();
+                        match next(3) {
+                            0 => drop(chars.splice(at..at, piece)),
+                            1 if at < chars.len() => drop(chars.remove(at)),
+                            _ if at < chars.len() => drop(chars.splice(at..at + 1, piece)),
+                            _ => {}
+                        }
+                    }
+                    let mutated: String = chars.into_iter().collect();
+                    total += 1;
+                    if let Some(got) = T::from_plain_json_line(&mutated) {
+                        fast += 1;
+                        let want = serde_json::from_str::<T>(&mutated);
+                        assert_eq!(want.as_ref().ok(), Some(&got), "{mutated}: serde_json gives {want:?}");
+                    }
+                }
+            }
+            (fast, total)
+        }
+        let mut options = paystream_engine::GenOptions::new(
+            [("count", "600"), ("late_every", "7"), ("geo_every", "5"), ("card_testing_every", "3"), ("unauthorized_every", "4")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        let shape = crate::generator::Shape::from_options(&mut options).expect("options");
+        let mut payments: Vec<Payment> = (0..600).map(|i| shape.payment(i)).collect();
+        payments[0].txn_id = "a\"quote".into();
+        payments[1].country = "ü".into();
+        payments[2].currency = "twenty-three bytes long".into();
+        payments[3].amount_cents = -5;
+        payments[4].amount_cents = i64::MIN;
+        payments[5].ts_ms = u64::MAX;
+        let authorizations: Vec<Authorization> = (0..300).map(|i| shape.authorization(i)).collect();
+        let adjustments: Vec<Adjustment> = (0..300).map(|i| shape.adjustment(i)).collect();
+        let mut rng = 0x5eed_u64;
+        let (fast, total) = check(&payments, &mut rng);
+        assert!(fast > total / 20 && fast < total, "mutated payment lines read by the fast path: {fast} of {total}");
+        check(&authorizations, &mut rng);
+        check(&adjustments, &mut rng);
     }
 
     #[test]

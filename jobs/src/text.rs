@@ -10,7 +10,7 @@
 use std::fmt;
 use std::hash::{Hash, Hasher};
 
-use paystream_engine::record::plain_field;
+use paystream_engine::record::{plain_field, plain_json_string};
 use paystream_engine::CsvField;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -176,6 +176,11 @@ impl CsvField for ShortText {
     fn parse_at(line: &str, at: usize) -> Option<(Self, usize)> {
         let text = plain_field(line, at)?;
         Some((ShortText::from(text), at + text.len()))
+    }
+    /// A JSON string without escapes, copied in place; anything else goes to serde_json.
+    #[inline(always)]
+    fn parse_json_at(line: &str, at: usize) -> Option<(Self, usize)> {
+        plain_json_string(line, at).map(|(text, end)| (ShortText::from(text), end))
     }
 }
 
