@@ -58,8 +58,9 @@ pub const BATCH: usize = 2048;
 
 /// Records a source worker reads before it moves its watermark on: this many over all its
 /// partitions, but from each partition at least 256 and at most [`BATCH`] (so 2,048 for one
-/// partition, 4,096 for two, 8,192 for 4 to 32). Unless it has caught up with its input (read less
-/// than it asked for: paced, idle or ended): then it moves the watermark at once. Each watermark is
+/// partition, 4,096 for two, 8,192 for 4 to 32). Unless it has caught up with its input (a paced
+/// source read all that was due, or a partition had less than asked for: idle or ended): then it
+/// moves the watermark at once, so latency does not wait for a batch to fill. Each watermark is
 /// a distinct timestamp that every step's progress tracking, and joins' and windows' per-time
 /// work, pays for; so batches are kept small for the caches while event time moves in steps of a
 /// few batches (as it did when each activation read this much).
@@ -558,12 +559,15 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
             // from a different one each time so that none falls behind.
             let live_parts = parts.iter().filter(|p| !p.done).count().max(1);
             let (mut next_index, mut budget) = (0u64, usize::MAX);
+            // Whether this read takes all there is for now (then the watermark moves at once).
+            let mut caught_up = false;
             if let Some(p) = metrics.pacing() {
                 let (first, n) = p.take(per_partition * live_parts);
                 if n == 0 {
                     activator.activate_after(p.wait().max(PACING_TICK));
                     return;
                 }
+                caught_up = n < per_partition * live_parts;
                 (next_index, budget) = (first, n);
                 rotate = (rotate + 1) % parts.len();
             }
@@ -667,7 +671,7 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
             }
             // Move the watermark every few batches, or at once when the input is caught up with.
             since_advance += read as usize;
-            if since_advance >= advance_every || (read as usize) < asked {
+            if since_advance >= advance_every || caught_up || (read as usize) < asked {
                 since_advance = 0;
                 let live = parts.iter().filter(|p| !p.done && !p.idle).map(|p| p.watermark).min();
                 if let Some(watermark) = live {
