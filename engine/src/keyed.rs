@@ -147,6 +147,9 @@ where
         let mut cap: Option<Capability<Time>> = Some(initial);
         let mut last_watermark = 0u64;
         let mut emitted: Vec<(u64, L::Out)> = Vec::new();
+        // Results by timestamp while they are sent, and emptied vectors for the next ones.
+        let mut by_stamp: BTreeMap<u64, Vec<(u64, L::Out)>> = BTreeMap::new();
+        let mut spare: Vec<Vec<(u64, L::Out)>> = Vec::new();
         // Records of epochs after `epoch`, by epoch: their least message watermark, and the
         // records as (message watermark, event time, key, value).
         let mut later: LaterEpochs<K, V> = BTreeMap::new();
@@ -188,15 +191,18 @@ where
                     let c = cap.as_ref().expect("a keyed operator emitted after its input ended");
                     let floor = c.time().wm;
                     let stamp = |ts: u64| coarse(ts).max(floor);
-                    emitted.sort_by_key(|(ts, _)| stamp(*ts));
-                    let mut results = emitted.drain(..).peekable();
-                    while let Some(first) = results.next() {
-                        let time = Time::new(epoch, stamp(first.0));
-                        let at = c.delayed(&time);
-                        let mut session = output.session(&at);
-                        session.give(first);
-                        while let Some(next) = results.next_if(|(ts, _)| stamp(*ts) == time.wm) {
-                            session.give(next);
+                    // Results grouped by timestamp, in the order they were emitted, each group
+                    // sent as one message: each result is moved once rather than sorted (a stable
+                    // sort of the results was a tenth of auth-match's instructions).
+                    for result in emitted.drain(..) {
+                        by_stamp.entry(stamp(result.0)).or_insert_with(|| spare.pop().unwrap_or_default()).push(result);
+                    }
+                    for (wm, mut results) in std::mem::take(&mut by_stamp) {
+                        let at = c.delayed(&Time::new(epoch, wm));
+                        output.session(&at).give_container(&mut results);
+                        results.clear();
+                        if spare.len() < 16 {
+                            spare.push(results);
                         }
                     }
                 }
