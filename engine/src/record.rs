@@ -504,8 +504,7 @@ pub fn split_csv_line<'a>(line: &'a str, fields: &mut Vec<std::borrow::Cow<'a, s
 /// The high bit of each byte of `word` (little-endian) that equals `byte`, and no other bit.
 #[inline(always)]
 fn byte_positions(word: u64, byte: u8) -> u64 {
-    const LOW_SEVEN: u64 = 0x7f7f_7f7f_7f7f_7f7f;
-    let x = word ^ (u64::from(byte) * 0x0101_0101_0101_0101);
+    let x = word ^ (u64::from(byte) * ONES);
     // Per byte: the high bit of `(x & 0x7f) + 0x7f` is set iff its low seven bits are not all
     // zero, with no carry into the next byte; or-ing `x` adds its own high bit.
     !(((x & LOW_SEVEN) + LOW_SEVEN) | x | LOW_SEVEN)
@@ -575,16 +574,10 @@ fn plain_json_value(line: &str, at: usize) -> PlainOrNot<'_> {
         return PlainOrNot::Refused;
     };
     match first {
-        b'"' => {
-            match first_marked::<StringStops>(bytes, at + 1) {
-                // The quotes are ASCII, so the text between them is at character boundaries.
-                Some(close) if bytes[close] == b'"' => match slice(line, at + 1, close) {
-                    Some(text) => PlainOrNot::Plain(PlainJsonValue::Str(text), close + 1),
-                    None => PlainOrNot::Refused,
-                },
-                _ => PlainOrNot::Refused,
-            }
-        }
+        b'"' => match plain_json_string(line, at) {
+            Some((text, end)) => PlainOrNot::Plain(PlainJsonValue::Str(text), end),
+            None => PlainOrNot::Refused,
+        },
         b'{' | b'[' => PlainOrNot::Refused,
         _ => {
             let negative = first == b'-';
