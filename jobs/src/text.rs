@@ -22,7 +22,7 @@ pub struct ShortText(Repr);
 
 impl Default for ShortText {
     fn default() -> Self {
-        ShortText(Repr::Inline { len: 0, bytes: [0; INLINE] })
+        ShortText::inline(b"")
     }
 }
 
@@ -36,8 +36,9 @@ impl ShortText {
     /// The text.
     pub fn as_str(&self) -> &str {
         match &self.0 {
-            // SAFETY: the inline bytes are a copy of a whole `&str` (see `From<&str>`), so they
-            // are UTF-8; checking again on every read cost more than the rest of a comparison.
+            // SAFETY: the inline bytes are a copy of a whole `&str` or of ASCII bytes (see
+            // `ShortText::inline`, the only maker of inline texts), so they are UTF-8; checking
+            // again on every read cost more than the rest of a comparison.
             Repr::Inline { len, bytes } => unsafe { std::str::from_utf8_unchecked(&bytes[..*len as usize]) },
             Repr::Heap(text) => text,
         }
@@ -52,21 +53,26 @@ impl ShortText {
             return None;
         }
         if bytes.len() <= INLINE {
-            let mut inline = [0u8; INLINE];
-            inline[..bytes.len()].copy_from_slice(bytes);
-            Some(ShortText(Repr::Inline { len: bytes.len() as u8, bytes: inline }))
+            Some(ShortText::inline(bytes))
         } else {
             std::str::from_utf8(bytes).ok().map(ShortText::from)
         }
+    }
+
+    /// `text` held inline: the bytes of a whole `&str` (or ASCII bytes), at most [`INLINE`]
+    /// of them. The only maker of inline texts, which `as_str` relies on.
+    #[inline]
+    fn inline(text: &[u8]) -> Self {
+        let mut bytes = [0u8; INLINE];
+        bytes[..text.len()].copy_from_slice(text);
+        ShortText(Repr::Inline { len: text.len() as u8, bytes })
     }
 }
 
 impl From<&str> for ShortText {
     fn from(text: &str) -> Self {
         if text.len() <= INLINE {
-            let mut bytes = [0u8; INLINE];
-            bytes[..text.len()].copy_from_slice(text.as_bytes());
-            ShortText(Repr::Inline { len: text.len() as u8, bytes })
+            ShortText::inline(text.as_bytes())
         } else {
             ShortText(Repr::Heap(text.into()))
         }
