@@ -4,8 +4,9 @@
 //! The `mimalloc` crate's allocator calls `mi_malloc_aligned` for every allocation, whatever its
 //! alignment; for the byte and word alignments of strings, vectors and boxes, mimalloc's plain
 //! `mi_malloc` gives the same memory on a shorter path (every mimalloc block is aligned to at
-//! least 8 bytes). Decoding a payment line allocates three strings; this took decoding from
-//! JSON lines from 1,791 to 1,728 instructions per line, CSV from 1,290 to 1,221 (callgrind, `benches/decode.rs`).
+//! least 8 bytes). When decoding a payment line still allocated three strings, this took decoding
+//! JSON lines from 1,791 to 1,728 instructions per line, CSV from 1,290 to 1,221 (callgrind,
+//! `benches/decode.rs`).
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::ffi::c_void;

@@ -49,8 +49,9 @@ pub struct RunOptions {
     /// Event-time granularity, in ms, at which keyed steps (windows, joins, process functions)
     /// stamp their results: results whose event times fall in one granule travel, and reach the
     /// sinks, together. Every distinct timestamp costs progress tracking in every step after it,
-    /// so a join emitting a result per millisecond spent most of its time there (auth-match: 1,452 M
-    /// instructions at 1 ms, 845 M at 10 ms, 644 M at 100 ms for 100k payments; BENCHMARKS.md).
+    /// so a join emitting a result per millisecond spent most of its time there (auth-match over
+    /// 100k payments and 100k authorizations: 1,398 M instructions at 1 ms, 780 M at 10 ms;
+    /// BENCHMARKS.md, "Joins").
     /// The price: a result waits until the watermark passes the end of its granule (up to this
     /// much event time later than at 1 ms). The results and their lateness are the same at any
     /// granularity; a file lists them sorted within each granule, so its line order depends on
