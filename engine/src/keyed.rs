@@ -13,6 +13,7 @@
 //! given to the logic never passes a buffered record's watermark, so a window cannot fire while a
 //! buffered record still belongs in it.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -36,6 +37,21 @@ pub trait KeyedLogic<K, V>: 'static {
 
     /// A record for `key` with event time `ts_ms`, that travelled at watermark `message_time`.
     fn on_record(&mut self, message_time: u64, ts_ms: u64, key: K, value: V);
+
+    /// A batch of `(event time, record)` pairs that travelled at watermark `message_time`, each
+    /// seen as a key and a value through `split`. The batch is the step's input buffer: the logic
+    /// may read the records in place and leaves it empty. The default moves each record out to
+    /// [`KeyedLogic::on_record`]; logic that only reads most records (windows that aggregate)
+    /// reads them where they are instead of copying each one out.
+    fn on_records<R, S: Split<R, K, V>>(&mut self, message_time: u64, records: &mut Vec<(u64, R)>, split: &S)
+    where
+        K: Clone,
+    {
+        for (ts, record) in records.drain(..) {
+            let (key, value) = split.split(record);
+            self.on_record(message_time, ts, key, value);
+        }
+    }
 
     /// The watermark has reached `watermark` (`u64::MAX` at the end of the input): no record with
     /// a message time below it will arrive. Push results as `(event time, record)` into `out`.
@@ -76,6 +92,53 @@ pub trait KeyedLogic<K, V>: 'static {
     }
 }
 
+/// How a keyed step sees each record of its input, of type `R`, as a key `K` and a value `V`.
+pub trait Split<R, K: Clone, V>: 'static {
+    /// The record's key: borrowed from the record where it is there, else computed.
+    fn key<'a>(&self, record: &'a R) -> Cow<'a, K>;
+    /// The record's value, in place.
+    fn value<'a>(&self, record: &'a R) -> &'a V;
+    /// The record's value, moved out.
+    fn take_value(&self, record: R) -> V;
+    /// The key and the value, moved out.
+    fn split(&self, record: R) -> (K, V) {
+        (self.key(&record).into_owned(), self.take_value(record))
+    }
+}
+
+/// Records that are `(key, value)` pairs.
+pub struct Pairs;
+
+impl<K: Clone + 'static, V: 'static> Split<(K, V), K, V> for Pairs {
+    fn key<'a>(&self, record: &'a (K, V)) -> Cow<'a, K> {
+        Cow::Borrowed(&record.0)
+    }
+    fn value<'a>(&self, record: &'a (K, V)) -> &'a V {
+        &record.1
+    }
+    fn take_value(&self, record: (K, V)) -> V {
+        record.1
+    }
+    fn split(&self, record: (K, V)) -> (K, V) {
+        record
+    }
+}
+
+/// Records that are their own values, with the key computed from each (a `key_by` stream).
+pub struct KeyOf<V, K>(pub std::rc::Rc<dyn Fn(&V) -> K>);
+
+impl<K: Clone + 'static, V: 'static> Split<V, K, V> for KeyOf<V, K> {
+    fn key<'a>(&self, record: &'a V) -> Cow<'a, K> {
+        Cow::Owned((self.0)(record))
+    }
+    fn value<'a>(&self, record: &'a V) -> &'a V {
+        record
+    }
+    fn take_value(&self, record: V) -> V {
+        record
+    }
+}
+
 /// Records of epochs after the current one, by epoch: their least message watermark, and the
 /// records as (message watermark, event time, key, value).
 type LaterEpochs<K, V> = BTreeMap<u64, (u64, Vec<(u64, u64, K, V)>)>;
@@ -109,16 +172,15 @@ fn write_state<K, V, L: KeyedLogic<K, V>>(config: &CheckpointConfig, epoch: u64,
     }
 }
 
-/// The keyed operator over records of type `R`, each split into its key and value by `split` as
-/// it is read (the identity for `(key, value)` pairs; for a `key_by` stream, the key computed
-/// from the record).
+/// The keyed operator over records of type `R`, each seen as its key and value through `split`
+/// ([`Pairs`] for `(key, value)` pairs; [`KeyOf`] for a `key_by` stream).
 pub(crate) fn build_keyed<'scope, R: Data, K: Data, V: Data, L: KeyedLogic<K, V>, P>(
     input: TStream<'scope, R>,
     pact: P,
     name: &str,
     mut logic: L,
     ctx: &BuildContext,
-    split: impl Fn(R) -> (K, V) + 'static,
+    split: impl Split<R, K, V>,
 ) -> TStream<'scope, L::Out>
 where
     P: ParallelizationContract<Time, Vec<(u64, R)>>,
@@ -161,15 +223,13 @@ where
             input.for_each(|stamp, data| {
                 let Some(&time) = stamp.stamp().iter().next() else { return };
                 if time.epoch <= epoch {
-                    for (ts, record) in data.drain(..) {
-                        let (key, value) = split(record);
-                        logic.on_record(time.wm, ts, key, value);
-                    }
+                    logic.on_records(time.wm, data, &split);
+                    data.clear();
                 } else {
                     let (least, records) = later.entry(time.epoch).or_insert((END_OF_TIME, Vec::new()));
                     *least = (*least).min(time.wm);
                     records.extend(data.drain(..).map(|(ts, record)| {
-                        let (k, v) = split(record);
+                        let (k, v) = split.split(record);
                         (time.wm, ts, k, v)
                     }));
                 }

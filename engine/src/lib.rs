@@ -32,7 +32,7 @@ pub mod uri;
 
 pub use collection::{Change, Collection};
 pub use job::{JobBuilder, JobSpec, ParamSpec, Params, SinkSpec, SourceSpec};
-pub use keyed::KeyedLogic;
+pub use keyed::{KeyedLogic, Split};
 pub use keygroup::KeyMap;
 pub use record::{CsvField, CsvRecord, DeadLetter};
 pub use source::{GenOptions, Generate};

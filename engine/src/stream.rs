@@ -344,13 +344,13 @@ impl<'scope, K: Key, T: Data> KeyedStream<'scope, K, T> {
             Keyed::Pairs(pairs) => {
                 let peers = pairs.inner.scope().peers();
                 let pact = Exchange::new(move |(_, (k, _)): &(u64, (K, T))| worker_for_key_group(key_group(k), peers));
-                crate::keyed::build_keyed(pairs.inner, pact, name, logic, &ctx, |pair| pair)
+                crate::keyed::build_keyed(pairs.inner, pact, name, logic, &ctx, crate::keyed::Pairs)
             }
             Keyed::ByKey { records, key, .. } => {
                 let peers = records.inner.scope().peers();
                 let exchange_key = key.clone();
                 let pact = Exchange::new(move |(_, x): &(u64, T)| worker_for_key_group(key_group(&exchange_key(x)), peers));
-                crate::keyed::build_keyed(records.inner, pact, name, logic, &ctx, move |x| (key(&x), x))
+                crate::keyed::build_keyed(records.inner, pact, name, logic, &ctx, crate::keyed::KeyOf(key))
             }
         };
         Stream { inner, ctx }
