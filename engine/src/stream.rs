@@ -52,7 +52,7 @@ impl<'scope, T: Data + CsvRecord + Generate> SourceStage<'scope, T> {
     /// Gives the source event time: `event_time` reads a record's time (ms since the epoch), and
     /// `strategy` sets how far out of order records may arrive before they count as late.
     pub fn assign_timestamps(self, event_time: impl Fn(&T) -> u64 + 'static, strategy: OutOfOrder) -> Result<Stream<'scope, T>> {
-        let (records, dead) = crate::source::build_source(self.scope, &self.ctx, &self.name, &self.uri, Box::new(event_time), strategy)?;
+        let (records, dead) = crate::source::build_source(self.scope, &self.ctx, &self.name, &self.uri, event_time, strategy)?;
         self.dead_letters.borrow_mut().push(dead);
         Ok(Stream::from_parts(records, self.ctx))
     }
