@@ -222,6 +222,35 @@ fn report(metrics: &Metrics, sink: &str, what: String) {
     metrics.add(&format!("sink_errors:{sink}"), 1);
 }
 
+/// One timestamp's lines in the order `sort_unstable` gives their `(order key, line)` pairs, the
+/// lines alone. Lines of one window firing share a long prefix (the window's bounds), on which
+/// every comparison of a plain sort spent its time: the lines are sorted by their order key and
+/// the 8 bytes after the prefix all of them share, and only lines equal that far are compared
+/// whole (callgrind, card-velocity at 200,000 events: ~140 M instructions in the sort before).
+fn sorted_lines(mut lines: Vec<(u64, String)>) -> Vec<String> {
+    let Some(((_, first), rest)) = lines.split_first() else { return Vec::new() };
+    let mut common = first.len();
+    for (_, line) in rest {
+        // Mostly the whole prefix is shared: one slice comparison.
+        if !line.as_bytes().starts_with(&first.as_bytes()[..common]) {
+            common = first.bytes().zip(line.bytes()).take(common).take_while(|(a, b)| a == b).count();
+        }
+    }
+    // The bytes after the shared prefix, padded with zeros: ordered as the lines are.
+    let head = |line: &str| {
+        let tail = &line.as_bytes()[common..];
+        let mut bytes = [0u8; 8];
+        let n = tail.len().min(8);
+        bytes[..n].copy_from_slice(&tail[..n]);
+        u64::from_be_bytes(bytes)
+    };
+    let mut keys: Vec<(u64, u64, usize)> = lines.iter().enumerate().map(|(i, (order, line))| (*order, head(line), i)).collect();
+    keys.sort_unstable_by(|a, b| {
+        (a.0, a.1).cmp(&(b.0, b.1)).then_with(|| lines[a.2].1.as_bytes()[common..].cmp(&lines[b.2].1.as_bytes()[common..]))
+    });
+    keys.iter().map(|&(_, _, i)| std::mem::take(&mut lines[i].1)).collect()
+}
+
 pub(crate) fn build_sink<T: Data + CsvRecord>(stream: Stream<'_, T>, name: &str, uri: SinkUri, order: impl Fn(&T) -> u64 + 'static) {
     let ctx = stream.ctx.clone();
     if ctx.dry_run {
@@ -318,8 +347,7 @@ pub(crate) fn build_sink<T: Data + CsvRecord>(stream: Stream<'_, T>, name: &str,
             let complete: Vec<Time> = pending.keys().copied().filter(|t| !frontier.less_equal(t)).collect();
             let mut written = 0u64;
             for time in complete {
-                let mut lines = pending.remove(&time).unwrap_or_default();
-                lines.sort_unstable();
+                let lines = sorted_lines(pending.remove(&time).unwrap_or_default());
                 written += lines.len() as u64;
                 crate::faults::slow_sink(lines.len());
                 if let (Some(clock), false) = (metrics.latency(), sink_name == crate::job::DEAD_LETTERS) {
@@ -327,7 +355,7 @@ pub(crate) fn build_sink<T: Data + CsvRecord>(stream: Stream<'_, T>, name: &str,
                 }
                 match out {
                     Target::Direct(writer, _) => {
-                        for (_, line) in lines {
+                        for line in lines {
                             if let Err(e) = writer.write_all(line.as_bytes()).and_then(|_| writer.write_all(b"\n")) {
                                 report(&metrics, &sink_name, format!("write failed: {e}"));
                                 failed = true;
@@ -335,7 +363,7 @@ pub(crate) fn build_sink<T: Data + CsvRecord>(stream: Stream<'_, T>, name: &str,
                             }
                         }
                     }
-                    Target::Staged(staged) => staged.lines.entry(time.epoch).or_default().extend(lines.into_iter().map(|(_, l)| l)),
+                    Target::Staged(staged) => staged.lines.entry(time.epoch).or_default().extend(lines),
                 }
             }
             if written > 0 {
@@ -381,4 +409,33 @@ pub(crate) fn build_sink<T: Data + CsvRecord>(stream: Stream<'_, T>, name: &str,
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sorted_lines;
+
+    /// The same order as sorting the pairs, for lines with long shared prefixes, lines that end
+    /// inside others, empty lines, duplicates and several order keys.
+    #[test]
+    fn sorted_lines_match_a_plain_sort() {
+        let mut seed = 11u64;
+        let mut next = move |below: u64| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) % below
+        };
+        for case in 0..400 {
+            let prefix = ["", "1767225600000,1767225660000,", "a", "\u{e9}t\u{e9},"][case % 4];
+            let lines: Vec<(u64, String)> = (0..next(40))
+                .map(|_| {
+                    let tail: String = (0..next(14)).map(|_| ['0', '1', '9', ',', 'z', '\u{e9}'][next(6) as usize]).collect();
+                    (next(3) * u64::from(case % 3 == 0), format!("{prefix}{tail}"))
+                })
+                .collect();
+            let mut want = lines.clone();
+            want.sort_unstable();
+            let want: Vec<String> = want.into_iter().map(|(_, l)| l).collect();
+            assert_eq!(sorted_lines(lines.clone()), want, "case {case}: {lines:?}");
+        }
+    }
 }
