@@ -222,13 +222,13 @@ fn report(metrics: &Metrics, sink: &str, what: String) {
     metrics.add(&format!("sink_errors:{sink}"), 1);
 }
 
-/// One timestamp's lines in the order `sort_unstable` gives their `(order key, line)` pairs, the
-/// lines alone. Lines of one window firing share a long prefix (the window's bounds), on which
-/// every comparison of a plain sort spent its time: the lines are sorted by their order key and
-/// the 8 bytes after the prefix all of them share, and only lines equal that far are compared
-/// whole (callgrind, card-velocity at 200,000 events: ~140 M instructions in the sort before).
-fn sorted_lines(mut lines: Vec<(u64, String)>) -> Vec<String> {
-    let Some(((_, first), rest)) = lines.split_first() else { return Vec::new() };
+/// One timestamp's `(order key, line)` pairs in the order `sort_unstable` gives them. Lines of
+/// one window firing share a long prefix (the window's bounds), on which every comparison of a
+/// plain sort spent its time: the lines are sorted by their order key and the 8 bytes after the
+/// prefix all of them share, and only lines equal that far are compared whole (callgrind,
+/// card-velocity at 200,000 events: ~140 M instructions in the sort before).
+fn sorted_lines(mut lines: Vec<(u64, String)>) -> Vec<(u64, String)> {
+    let Some(((_, first), rest)) = lines.split_first() else { return lines };
     let mut common = first.len();
     for (_, line) in rest {
         // Mostly the whole prefix is shared: one slice comparison.
@@ -248,7 +248,25 @@ fn sorted_lines(mut lines: Vec<(u64, String)>) -> Vec<String> {
     keys.sort_unstable_by(|a, b| {
         (a.0, a.1).cmp(&(b.0, b.1)).then_with(|| lines[a.2].1.as_bytes()[common..].cmp(&lines[b.2].1.as_bytes()[common..]))
     });
-    keys.iter().map(|&(_, _, i)| std::mem::take(&mut lines[i].1)).collect()
+    // Put line `keys[j].2` at `j`, in place, one cycle of the permutation at a time (marking a
+    // place done by pointing it at itself): no second vector of lines at the sink's peak.
+    for start in 0..keys.len() {
+        if keys[start].2 == start {
+            continue;
+        }
+        let held = std::mem::take(&mut lines[start]);
+        let mut at = start;
+        loop {
+            let from = std::mem::replace(&mut keys[at].2, at);
+            if from == start {
+                lines[at] = held;
+                break;
+            }
+            lines[at] = std::mem::take(&mut lines[from]);
+            at = from;
+        }
+    }
+    lines
 }
 
 pub(crate) fn build_sink<T: Data + CsvRecord>(stream: Stream<'_, T>, name: &str, uri: SinkUri, order: impl Fn(&T) -> u64 + 'static) {
@@ -355,7 +373,7 @@ pub(crate) fn build_sink<T: Data + CsvRecord>(stream: Stream<'_, T>, name: &str,
                 }
                 match out {
                     Target::Direct(writer, _) => {
-                        for line in lines {
+                        for (_, line) in lines {
                             if let Err(e) = writer.write_all(line.as_bytes()).and_then(|_| writer.write_all(b"\n")) {
                                 report(&metrics, &sink_name, format!("write failed: {e}"));
                                 failed = true;
@@ -363,7 +381,7 @@ pub(crate) fn build_sink<T: Data + CsvRecord>(stream: Stream<'_, T>, name: &str,
                             }
                         }
                     }
-                    Target::Staged(staged) => staged.lines.entry(time.epoch).or_default().extend(lines),
+                    Target::Staged(staged) => staged.lines.entry(time.epoch).or_default().extend(lines.into_iter().map(|(_, l)| l)),
                 }
             }
             if written > 0 {
@@ -434,7 +452,6 @@ mod tests {
                 .collect();
             let mut want = lines.clone();
             want.sort_unstable();
-            let want: Vec<String> = want.into_iter().map(|(_, l)| l).collect();
             assert_eq!(sorted_lines(lines.clone()), want, "case {case}: {lines:?}");
         }
     }
