@@ -433,7 +433,7 @@ fn rng_for_test(test: &str) -> Rng {
     let mut rng = Rng(seed);
     for b in test.bytes() {
         rng.0 = rng.0.rotate_left(8) ^ u64::from(b);
-        rng.next();
+        rng.next_u64();
     }
     rng
 }

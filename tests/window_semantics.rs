@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use paystream::engine::source::BATCH;
-use paystream::engine::testing::run_partitions;
+use paystream::engine::testing::{run_partitions, Rng};
 use paystream::engine::{millis, OutOfOrder};
 use paystream::operators::{Count, Sum, Tumbling, WindowExt, WindowResult};
 
@@ -113,39 +113,8 @@ fn model(case: &Case) -> Outcome {
 }
 
 // ---------------------------------------------------------------------------------------------
-// A small deterministic RNG (splitmix64) and the case generator.
+// The case generator, on the engine's deterministic `testing::Rng` (SplitMix64).
 // ---------------------------------------------------------------------------------------------
-
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed ^ 0x5eed_0fc0_ffee)
-    }
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    /// Uniform in `lo..=hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        assert!(lo <= hi);
-        let span = hi - lo;
-        if span == u64::MAX {
-            return self.next_u64();
-        }
-        lo + self.next_u64() % (span + 1)
-    }
-    /// True with probability `percent`/100.
-    fn chance(&mut self, percent: u64) -> bool {
-        self.range(0, 99) < percent
-    }
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.range(0, items.len() as u64 - 1) as usize]
-    }
-}
 
 /// A random case with 1..=`max_partitions` partitions of `min_records..=max_records` records
 /// each (some partitions are empty when `min_records` is 0).
@@ -436,7 +405,7 @@ fn random_cases_match_the_model() {
     let mut total_late = 0;
     let mut total_records = 0;
     for seed in 0..240u64 {
-        let mut rng = Rng::new(seed);
+        let mut rng = Rng(seed ^ 0x5eed_0fc0_ffee);
         let case = random_case(&mut rng, 4, 0, 300);
         let workers = rng.range(1, 3) as usize;
         total_late += model(&case).late_dropped;
@@ -452,7 +421,7 @@ fn random_large_partitions_span_several_reads() {
     // More records per partition than the source reads per activation (BATCH), so watermarks
     // advance and windows fire while input is still being read.
     for seed in 1_000..1_006u64 {
-        let mut rng = Rng::new(seed);
+        let mut rng = Rng(seed ^ 0x5eed_0fc0_ffee);
         let case = random_case(&mut rng, 3, BATCH as u64 + 1, 3 * BATCH as u64);
         let workers = rng.range(1, 3) as usize;
         check_case(&format!("large seed {seed}"), &case, workers);
@@ -506,7 +475,7 @@ fn window_fires_only_when_the_watermark_reaches_its_end_across_reads() {
 #[test]
 fn results_do_not_depend_on_worker_count() {
     for seed in 5_000..5_030u64 {
-        let mut rng = Rng::new(seed);
+        let mut rng = Rng(seed ^ 0x5eed_0fc0_ffee);
         let case = random_case(&mut rng, 4, 0, 300);
         let one = run_engine(&case, 1);
         for workers in [2, 4] {

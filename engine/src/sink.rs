@@ -437,11 +437,8 @@ mod tests {
     /// inside others, empty lines, duplicates and several order keys.
     #[test]
     fn sorted_lines_match_a_plain_sort() {
-        let mut seed = 11u64;
-        let mut next = move |below: u64| {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (seed >> 33) % below
-        };
+        let mut rng = crate::testing::Rng(11);
+        let mut next = move |below: u64| rng.below(below);
         for case in 0..400 {
             let prefix = ["", "1767225600000,1767225660000,", "a", "\u{e9}t\u{e9},"][case % 4];
             let lines: Vec<(u64, String)> = (0..next(40))

@@ -312,12 +312,11 @@ mod tests {
     fn one_percentile_is_the_one_of_percentiles() {
         let all = Percentiles::of(|x: &u64| *x);
         let (p50, p90, p99) = (Percentile::of(0.5, |x: &u64| *x), Percentile::of(0.9, |x: &u64| *x), Percentile::of(0.99, |x: &u64| *x));
-        let mut seed = 7u64;
+        let mut rng = paystream_engine::testing::Rng(7);
         for n in [0usize, 1, 2, 10, 100, 1000] {
             let (mut a, mut b, mut c, mut d) = (all.init(), p50.init(), p90.init(), p99.init());
             for _ in 0..n {
-                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                let x = (seed >> 33) % 1_000_000;
+                let x = rng.below(1_000_000);
                 all.add(&mut a, &x);
                 p50.add(&mut b, &x);
                 p90.add(&mut c, &x);

@@ -195,32 +195,8 @@ pub fn data_lines(path: &Path, header: &str) -> Vec<String> {
     lines.map(String::from).collect()
 }
 
-/// SplitMix64, for deterministic test inputs.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    /// True with a chance of `percent` in 100.
-    pub fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-
-    /// A uniform fraction in `[low, high)`.
-    pub fn fraction(&mut self, low: f64, high: f64) -> f64 {
-        low + (high - low) * ((self.next() >> 11) as f64 / (1u64 << 53) as f64)
-    }
-}
+#[allow(unused_imports)] // not every test binary draws random inputs
+pub use paystream::engine::testing::Rng;
 
 /// Compares two sorted lists as multisets, listing a few of the differences when they differ.
 pub fn assert_same<T: Ord + Clone + std::fmt::Debug>(what: &str, expected: &[T], actual: &[T]) {

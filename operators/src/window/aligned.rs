@@ -384,11 +384,8 @@ mod tests {
     /// records on time, late within the lateness and later than it, in random batches.
     #[test]
     fn batches_give_what_single_records_give() {
-        let mut seed = 7u64;
-        let mut next = move |below: u64| {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (seed >> 33) % below
-        };
+        let mut rng = paystream_engine::testing::Rng(7);
+        let mut next = move |below: u64| rng.below(below);
         for (size, slide, lateness) in [(30, 30, 0), (30, 30, 20), (30, 10, 15), (20, 30, 5), (60, 20, 0)] {
             let shape = Shape { size, slide };
             let mut batched = AlignedLogic::new(shape, lateness, InOrder);
