@@ -25,7 +25,7 @@ use timely::dataflow::operators::Capability;
 use crate::checkpoint::{self, CheckpointConfig, Participant};
 use crate::job::BuildContext;
 use crate::keygroup::worker_for_key_group;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PartSize};
 use crate::stream::TStream;
 use crate::time::{frontier_bounds, Time, END_OF_TIME};
 use crate::{Data, Result};
@@ -163,13 +163,15 @@ fn restore_state<K, V, L: KeyedLogic<K, V>>(ctx: &BuildContext, name: &str, work
     Ok(())
 }
 
-fn write_state<K, V, L: KeyedLogic<K, V>>(config: &CheckpointConfig, epoch: u64, who: &Participant, logic: &L, last: bool) -> Result<()> {
+/// Writes the logic's part of checkpoint `epoch`; its size in bytes.
+fn write_state<K, V, L: KeyedLogic<K, V>>(config: &CheckpointConfig, epoch: u64, who: &Participant, logic: &L, last: bool) -> Result<u64> {
     let payload = checkpoint::encode(&logic.snapshot()?)?;
     if last {
-        checkpoint::write_final_part(&config.dir, epoch, who, &payload)
+        checkpoint::write_final_part(&config.dir, epoch, who, &payload)?;
     } else {
-        checkpoint::write_part(&config.dir, epoch, who, &payload)
+        checkpoint::write_part(&config.dir, epoch, who, &payload)?;
     }
+    Ok(payload.len() as u64)
 }
 
 /// The keyed operator over records of type `R`, each seen as its key and value through `split`
@@ -272,9 +274,10 @@ where
                 // Every record of `epoch` is in: this step's part of checkpoint `epoch`.
                 let ended = frontier_epoch == END_OF_TIME && later.is_empty();
                 if let Some(config) = &checkpoints {
-                    if let Err(e) = write_state(config, epoch, &who, &logic, ended) {
+                    match write_state(config, epoch, &who, &logic, ended) {
+                        Ok(bytes) => metrics.record_state_part(&step, PartSize { bytes, entries: logic.state_size() as u64 }),
                         // Without this part checkpoint `epoch` never completes: fail loudly.
-                        panic!("step {step}: cannot write its checkpoint part for epoch {epoch}: {e:#}");
+                        Err(e) => panic!("step {step}: cannot write its checkpoint part for epoch {epoch}: {e:#}"),
                     }
                 }
                 if ended {

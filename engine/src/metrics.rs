@@ -15,11 +15,29 @@ pub struct Metrics {
     watermarks: Vec<AtomicU64>,
     counters: Mutex<BTreeMap<String, u64>>,
     /// Named per-worker levels, such as `state:STEP` (entries of state held).
-    gauges: Mutex<BTreeMap<String, Vec<u64>>>,
+    gauges: Mutex<BTreeMap<String, Gauge>>,
+    /// Per stateful step, the checkpoint part with the most entries any worker wrote.
+    state_parts: Mutex<BTreeMap<String, PartSize>>,
     /// The events-per-second budget of this process's sources, when paced.
     pacing: Option<Pacing>,
     /// End-to-end latency measurement, when on.
     latency: Option<LatencyClock>,
+}
+
+/// A gauge: each local worker's level, and the highest their sum reached.
+#[derive(Debug, Default)]
+struct Gauge {
+    levels: Vec<u64>,
+    peak: u64,
+}
+
+/// The size of a stateful step's checkpoint part: its bytes, and the state entries it holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PartSize {
+    /// Bytes of the part as written (bincode, before the file's header and checksum).
+    pub bytes: u64,
+    /// State entries the step held (its `state:STEP` gauge) when it wrote the part.
+    pub entries: u64,
 }
 
 impl Metrics {
@@ -30,6 +48,7 @@ impl Metrics {
             watermarks: (0..workers).map(|_| AtomicU64::new(0)).collect(),
             counters: Mutex::new(BTreeMap::new()),
             gauges: Mutex::new(BTreeMap::new()),
+            state_parts: Mutex::new(BTreeMap::new()),
             pacing: None,
             latency: None,
         }
@@ -81,16 +100,31 @@ impl Metrics {
     pub fn set_gauge(&self, name: &str, local_worker: usize, value: u64) {
         let workers = self.watermarks.len().max(1);
         let mut g = self.gauges.lock().unwrap_or_else(|e| e.into_inner());
-        if !g.contains_key(name) {
-            g.insert(name.to_string(), vec![0; workers]);
-        }
-        if let Some(slot) = g.get_mut(name).and_then(|v| v.get_mut(local_worker)) {
+        let gauge = g.entry(name.to_string()).or_insert_with(|| Gauge { levels: vec![0; workers], peak: 0 });
+        if let Some(slot) = gauge.levels.get_mut(local_worker) {
             *slot = value;
         }
+        gauge.peak = gauge.peak.max(gauge.levels.iter().sum());
     }
     /// Each named gauge summed over this process's workers.
     pub fn gauges(&self) -> BTreeMap<String, u64> {
-        self.gauges.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(k, v)| (k.clone(), v.iter().sum())).collect()
+        self.gauges.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(k, g)| (k.clone(), g.levels.iter().sum())).collect()
+    }
+    /// The highest each named gauge's sum over this process's workers reached.
+    pub fn gauge_peaks(&self) -> BTreeMap<String, u64> {
+        self.gauges.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(k, g)| (k.clone(), g.peak)).collect()
+    }
+    /// Notes a checkpoint part a stateful step wrote; the one with the most entries is kept.
+    pub fn record_state_part(&self, step: &str, part: PartSize) {
+        let mut parts = self.state_parts.lock().unwrap_or_else(|e| e.into_inner());
+        let kept = parts.entry(step.to_string()).or_default();
+        if part.entries > kept.entries || kept.bytes == 0 {
+            *kept = part;
+        }
+    }
+    /// Per stateful step, the largest checkpoint part (by entries) written in this process.
+    pub fn state_parts(&self) -> BTreeMap<String, PartSize> {
+        self.state_parts.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
     /// A snapshot of the named counters.
     pub fn counters(&self) -> BTreeMap<String, u64> {

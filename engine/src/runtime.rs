@@ -143,6 +143,10 @@ pub struct Summary {
     pub counters: std::collections::BTreeMap<String, u64>,
     /// Named levels at the end (`state:STEP`: entries of state held), summed over workers.
     pub gauges: std::collections::BTreeMap<String, u64>,
+    /// The highest each of those levels reached during the run.
+    pub gauge_peaks: std::collections::BTreeMap<String, u64>,
+    /// Per stateful step, its largest checkpoint part (by entries): bytes and entries.
+    pub state_parts: std::collections::BTreeMap<String, crate::metrics::PartSize>,
     /// The process's peak resident memory so far, in bytes (Linux; `None` elsewhere).
     pub peak_rss_bytes: Option<u64>,
     /// Ingestion-to-sink latency of the results, when measured.
@@ -405,6 +409,8 @@ pub fn run_prepared(prepared: Prepared) -> Result<Summary> {
         elapsed: start.elapsed(),
         counters: metrics.counters(),
         gauges: metrics.gauges(),
+        gauge_peaks: metrics.gauge_peaks(),
+        state_parts: metrics.state_parts(),
         peak_rss_bytes: peak_rss_bytes(),
         latency: metrics.latency().map(|c| crate::latency::LatencySummary::of(&c.histogram())),
     })
@@ -483,9 +489,25 @@ pub fn describe(plan: &RunPlan, options: &RunOptions, summary: &Summary) -> Stri
             out.push_str(&format!("\n  {name}: {} records -> {target}", group_digits(*n)));
         }
     }
-    for (name, n) in summary.counters.iter().chain(&summary.gauges) {
+    for (name, n) in summary.counters.iter() {
         if !name.starts_with("written:") {
             out.push_str(&format!("\n  {name}: {}", group_digits(*n)));
+        }
+    }
+    for (name, n) in &summary.gauges {
+        out.push_str(&format!("\n  {name}: {}", group_digits(*n)));
+        if let Some(peak) = summary.gauge_peaks.get(name).filter(|p| **p > *n) {
+            out.push_str(&format!(" (peak {})", group_digits(*peak)));
+        }
+    }
+    for (step, part) in &summary.state_parts {
+        if part.entries > 0 {
+            out.push_str(&format!(
+                "\n  largest checkpoint part of {step}: {} bytes for {} entries ({:.1} bytes/entry)",
+                group_digits(part.bytes),
+                group_digits(part.entries),
+                part.bytes as f64 / part.entries as f64
+            ));
         }
     }
     out
