@@ -697,3 +697,53 @@ fn card_velocity_matches_a_batch_computation() {
         assert_same(&format!("late payments (min_count {min_count})"), &expected_late, &read_late(&late_path));
     }
 }
+
+/// The run summary gives each state gauge's peak and, with checkpoints, the bytes per entry of
+/// the largest checkpoint part (BENCHMARKS.md's state-per-key figures come from these lines).
+#[test]
+fn summary_reports_peak_state_and_checkpoint_bytes_per_entry() {
+    let dir = TempDir::new("state-summary");
+    let outcome = run(
+        "state summary",
+        args![
+            "run",
+            "card-velocity",
+            "--source",
+            "payments=gen:count=60000,cards=2000",
+            "--sink",
+            format!("alerts={}", file_uri(&dir.path().join("alerts.csv"))),
+            "--rate",
+            "100000",
+            "--checkpoint-dir",
+            dir.path().join("chk").display().to_string(),
+            "--checkpoint-interval",
+            "50ms"
+        ],
+        dir.path(),
+    );
+    outcome.assert_success();
+    let line = |prefix: &str| {
+        outcome
+            .stderr
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} line:\n{}", outcome.stderr))
+            .to_string()
+    };
+    let number = |text: &str| -> f64 { text.replace(',', "").parse().unwrap_or_else(|e| panic!("{text:?}: {e}")) };
+    // "state:velocity: 0 (peak N)": the window state was non-empty during the run, empty at its end.
+    let gauge = line("state:velocity:");
+    let peak = gauge.strip_prefix("state:velocity: 0 (peak ").and_then(|r| r.strip_suffix(')')).unwrap_or_else(|| panic!("{gauge:?}"));
+    let peak = number(peak);
+    assert!(peak > 0.0, "{gauge}");
+    // "largest checkpoint part of velocity: B bytes for N entries (X bytes/entry)".
+    let part = line("largest checkpoint part of velocity:");
+    let words: Vec<&str> = part.split_whitespace().collect();
+    let (bytes, entries) = (number(words[5]), number(words[8]));
+    let per_entry = number(words[10].trim_start_matches('('));
+    assert!(entries > 0.0 && entries <= peak, "{part} (peak {peak})");
+    assert!((per_entry - bytes / entries).abs() < 0.06, "{part}");
+    // A (card, pane) entry is a key, a pane start and a count and sum: tens of bytes, not hundreds.
+    assert!((8.0..64.0).contains(&per_entry), "{part}");
+}

@@ -138,3 +138,30 @@ impl Metrics {
         self.watermarks.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gauge_peaks_are_of_the_sum_over_workers() {
+        let m = Metrics::new(2);
+        m.set_gauge("state:w", 0, 5);
+        m.set_gauge("state:w", 1, 7);
+        m.set_gauge("state:w", 0, 1);
+        m.set_gauge("state:w", 1, 9);
+        assert_eq!(m.gauges()["state:w"], 10);
+        // 5 + 7 = 12 was the highest sum; 9 + 5 never held at once.
+        assert_eq!(m.gauge_peaks()["state:w"], 12);
+    }
+
+    #[test]
+    fn the_state_part_with_the_most_entries_is_kept() {
+        let m = Metrics::new(1);
+        m.record_state_part("w", PartSize { bytes: 0, entries: 0 });
+        m.record_state_part("w", PartSize { bytes: 900, entries: 50 });
+        m.record_state_part("w", PartSize { bytes: 100, entries: 4 });
+        m.record_state_part("w", PartSize { bytes: 0, entries: 0 });
+        assert_eq!(m.state_parts()["w"], PartSize { bytes: 900, entries: 50 });
+    }
+}
