@@ -59,6 +59,27 @@ impl Shape {
     }
 }
 
+/// The accumulators of the pane starting at `start`, for a record on time for every window
+/// covering it. The first record of a pane registers the pane's windows as unfired (every record
+/// of a pane is covered by the same windows): a pane that exists already had them registered, and
+/// none of them has fired, since a record is only on time while its first window is open.
+fn on_time_pane<'a, K, Acc>(
+    panes: &'a mut BTreeMap<u64, KeyMap<K, Acc>>,
+    unfired: &mut BTreeSet<u64>,
+    shape: &Shape,
+    start: u64,
+) -> &'a mut KeyMap<K, Acc> {
+    match panes.entry(start) {
+        Entry::Occupied(accs) => accs.into_mut(),
+        Entry::Vacant(accs) => {
+            for (_, end) in shape.windows_of(start) {
+                unfired.insert(end);
+            }
+            accs.insert(KeyMap::default())
+        }
+    }
+}
+
 pub(crate) struct AlignedLogic<K, V, A: Aggregate<V>> {
     shape: Shape,
     pane: u64,
@@ -84,20 +105,9 @@ impl<K: Key, V: Data, A: Aggregate<V>> AlignedLogic<K, V, A> {
         self.aggregate.add(acc, value);
     }
 
-    /// Adds a record that is on time for every window covering it. The first record of a pane
-    /// registers the pane's windows as unfired (every record of a pane is covered by the same
-    /// windows): a pane that exists already had them registered, and none of them has fired,
-    /// since a record is only on time while its first window is open.
+    /// Adds a record that is on time for every window covering it.
     fn add_on_time(&mut self, ts: u64, key: K, value: &V) {
-        let accs = match self.panes.entry(ts - ts % self.pane) {
-            Entry::Occupied(pane) => pane.into_mut(),
-            Entry::Vacant(pane) => {
-                for (_, end) in self.shape.windows_of(ts) {
-                    self.unfired.insert(end);
-                }
-                pane.insert(KeyMap::default())
-            }
-        };
+        let accs = on_time_pane(&mut self.panes, &mut self.unfired, &self.shape, ts - ts % self.pane);
         let acc = accs.entry(key).or_insert_with(|| self.aggregate.init());
         self.aggregate.add(acc, value);
     }
@@ -207,16 +217,7 @@ impl<K: Key, V: Data, A: Aggregate<V>> KeyedLogic<K, V> for AlignedLogic<K, V, A
                 let accs = if shape.first_end(ts).is_some_and(|end| end <= message_time) {
                     None
                 } else {
-                    Some(match panes.entry(start) {
-                        Entry::Occupied(accs) => accs.into_mut(),
-                        Entry::Vacant(accs) => {
-                            // A new pane: register its windows (see `add_on_time`).
-                            for (_, end) in shape.windows_of(ts) {
-                                unfired.insert(end);
-                            }
-                            accs.insert(KeyMap::default())
-                        }
-                    })
+                    Some(on_time_pane(panes, unfired, shape, start))
                 };
                 (current_start, current) = (Some(start), accs);
             }
