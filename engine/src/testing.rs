@@ -1,4 +1,15 @@
 //! Running streams over in-memory input, for tests and doctests of operators.
+//!
+//! What is here and when it is built:
+//!
+//! * [`run_partitions`] and [`run_collect`], the in-memory runner, are always built: they are
+//!   public API (the facade re-exports this module as `paystream::local`), examples and doctests
+//!   call them to try an operator out, and they cost production nothing but their code.
+//! * `Rng` (a seeded generator of test inputs) and `mutate_json_line` (a fuzzer of JSON lines)
+//!   serve only tests and benchmarks, so they are built only for this crate's own tests or with
+//!   the `testing` cargo feature. The workspace's crates turn the feature on in their
+//!   `[dev-dependencies]`, which production builds do not use; the facade forwards it as its own
+//!   `testing` feature for users who want the generator in their tests.
 
 use std::sync::{Arc, Mutex};
 
@@ -85,7 +96,8 @@ where
 /// Changes a JSON line the way a broken or hand-written file might: bytes with a meaning in JSON
 /// inserted, deleted or replaced, white space, escapes, keys moved, doubled or unknown. For tests
 /// of decoders' fast paths against serde_json; `below(n)` draws a number below `n` (a seeded
-/// generator, so that failures reproduce).
+/// generator, so that failures reproduce). Only with the `testing` feature (see the module doc).
+#[cfg(any(test, feature = "testing"))]
 pub fn mutate_json_line(line: &str, below: &mut impl FnMut(usize) -> usize) -> String {
     const PIECES: &[&str] = &[
         "\"",
@@ -171,9 +183,12 @@ pub fn mutate_json_line(line: &str, below: &mut impl FnMut(usize) -> usize) -> S
 }
 
 /// SplitMix64: a small deterministic generator of test inputs, so that failures reproduce.
+/// Only with the `testing` feature (see the module doc).
+#[cfg(any(test, feature = "testing"))]
 #[derive(Clone, Debug)]
 pub struct Rng(pub u64);
 
+#[cfg(any(test, feature = "testing"))]
 impl Rng {
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
