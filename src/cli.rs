@@ -165,25 +165,8 @@ fn parse_rate(text: &str) -> std::result::Result<f64, String> {
     }
 }
 
-/// Parses `500ms`, `1s`, `2m` or a bare number of milliseconds.
-fn parse_duration(text: &str) -> std::result::Result<std::time::Duration, String> {
-    let t = text.trim();
-    let (number, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => t.split_at(i),
-        None => (t, "ms"),
-    };
-    let n: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration such as 500ms, 1s or 2m"))?;
-    let ms = match unit {
-        "ms" => n,
-        "s" => n * 1_000,
-        "m" => n * 60_000,
-        _ => return Err(format!("{text:?}: unknown unit {unit:?}; use ms, s or m")),
-    };
-    if ms == 0 {
-        return Err("a duration must be positive".into());
-    }
-    Ok(std::time::Duration::from_millis(ms))
-}
+mod duration;
+use duration::parse_duration;
 
 fn parse_key_value(text: &str) -> std::result::Result<(String, String), String> {
     match text.split_once('=') {
