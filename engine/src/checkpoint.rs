@@ -22,9 +22,11 @@
 //! DIR/savepoint-0000000007/...          a savepoint: a checkpoint never deleted automatically
 //! ```
 //!
-//! A part file is `PSCK`, a format version (u32), the payload length (u64), an FNV-1a checksum of
-//! the payload (u64), then the payload (bincode). A truncated or corrupt part makes its checkpoint
-//! unusable; the restore then falls back to the previous complete checkpoint.
+//! A part file is `PSCK`, a format version (u32), the payload length (u64), a CRC-32C checksum of
+//! the payload (u32), then the payload (bincode); the integers are little-endian. A truncated or
+//! corrupt part makes its checkpoint unusable; the restore then falls back to the previous complete
+//! checkpoint. A part of another format version is refused by name: it is restored by the
+//! paystream that wrote it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
@@ -45,7 +47,10 @@ const MAGIC: &[u8; 4] = b"PSCK";
 /// saves changes shape, so an old checkpoint is refused by name instead of misread:
 /// * 2: the joins of `auth-match` (`auth-window`) and `fraud-detection` (`unauthorized`) hold
 ///   only the fields they use of payments and authorizations.
-pub const FORMAT_VERSION: u32 = 2;
+/// * 3: the checksum is CRC-32C (u32) instead of FNV-1a (u64), so the header is 20 bytes, not 24.
+pub const FORMAT_VERSION: u32 = 3;
+/// The bytes before a part's payload: magic, version, payload length, checksum.
+const HEADER_LEN: usize = 20;
 const MANIFEST: &str = "MANIFEST";
 
 /// How a run checkpoints.
@@ -89,13 +94,10 @@ pub fn epoch_dir(dir: &Path, epoch: u64) -> PathBuf {
     dir.join(format!("chk-{epoch:010}"))
 }
 
-fn checksum(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
+/// The checksum of a part's payload: CRC-32C (Castagnoli), which detects every burst error of up
+/// to 32 bits and is computed in hardware where the CPU has the instruction (SSE 4.2, ARMv8).
+fn checksum(bytes: &[u8]) -> u32 {
+    crc32c::crc32c(bytes)
 }
 
 /// Serializes a value with bincode.
@@ -132,7 +134,7 @@ fn sync_dir(dir: &Path) -> Result<()> {
 pub fn write_part(dir: &Path, epoch: u64, who: &Participant, payload: &[u8]) -> Result<()> {
     let edir = epoch_dir(dir, epoch);
     fs::create_dir_all(&edir).with_context(|| format!("cannot create {}", edir.display()))?;
-    let mut bytes = Vec::with_capacity(payload.len() + 24);
+    let mut bytes = Vec::with_capacity(HEADER_LEN + payload.len());
     bytes.extend_from_slice(MAGIC);
     bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
@@ -152,16 +154,25 @@ pub fn write_final_part(dir: &Path, epoch: u64, who: &Participant, payload: &[u8
 /// Reads and verifies a part file, returning its payload.
 pub fn read_part(path: &Path) -> Result<Vec<u8>> {
     let bytes = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    if bytes.len() < 24 || &bytes[..4] != MAGIC {
+    if bytes.len() < 8 || &bytes[..4] != MAGIC {
         bail!("{} is not a paystream checkpoint part", path.display());
     }
+    // The version first: the rest of the header's layout depends on it.
     let version = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
     if version != FORMAT_VERSION {
-        bail!("{} has format version {version}; this paystream reads version {FORMAT_VERSION}", path.display());
+        let (by, with) = if version < FORMAT_VERSION { ("an older", "the paystream that wrote it") } else { ("a newer", "that paystream") };
+        bail!(
+            "{} has checkpoint format version {version}, written by {by} paystream; this one reads version {FORMAT_VERSION}: \
+             restore it with {with}, or start the job afresh (without --restore, into an empty --checkpoint-dir)",
+            path.display()
+        );
+    }
+    if bytes.len() < HEADER_LEN {
+        bail!("{} is truncated: {} of {HEADER_LEN} header bytes", path.display(), bytes.len());
     }
     let len = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes")) as usize;
-    let sum = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
-    let payload = &bytes[24..];
+    let sum = u32::from_le_bytes(bytes[16..HEADER_LEN].try_into().expect("4 bytes"));
+    let payload = &bytes[HEADER_LEN..];
     if payload.len() != len {
         bail!("{} is truncated: {} of {len} payload bytes", path.display(), payload.len());
     }
@@ -483,6 +494,59 @@ mod tests {
         assert!(read_part(&path).unwrap_err().to_string().contains("corrupt"));
         fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
         assert!(read_part(&path).unwrap_err().to_string().contains("truncated"));
+        fs::remove_dir_all(&dir).ok();
+    }
+
+    /// A part of format version 2 (an FNV-1a checksum, a 24-byte header), as paystream wrote it
+    /// before version 3, is refused with a message that says what to do; so is a newer one.
+    #[test]
+    fn parts_of_other_format_versions_are_refused_with_advice() {
+        fn fnv1a(bytes: &[u8]) -> u64 {
+            bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
+        }
+        let dir = std::env::temp_dir().join(format!("paystream-chk-version-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let payload = b"hello state";
+        let path = dir.join("state-w-w0.part");
+        let mut v2 = Vec::new();
+        v2.extend_from_slice(MAGIC);
+        v2.extend_from_slice(&2u32.to_le_bytes());
+        v2.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        v2.extend_from_slice(&fnv1a(payload).to_le_bytes());
+        v2.extend_from_slice(payload);
+        fs::write(&path, &v2).unwrap();
+        let e = read_part(&path).unwrap_err().to_string();
+        assert!(e.contains("format version 2, written by an older paystream; this one reads version 3"), "{e}");
+        assert!(e.contains("restore it with the paystream that wrote it, or start the job afresh (without --restore"), "{e}");
+        // A newer version, even one shorter than this version's header.
+        fs::write(&path, [&MAGIC[..], &4u32.to_le_bytes()].concat()).unwrap();
+        let e = read_part(&path).unwrap_err().to_string();
+        assert!(e.contains("format version 4, written by a newer paystream") && e.contains("restore it with that paystream"), "{e}");
+        fs::remove_dir_all(&dir).ok();
+    }
+
+    /// The header is this version's: CRC-32C of the payload after the length, then the payload.
+    #[test]
+    fn parts_carry_a_crc32c_of_the_payload() {
+        let dir = std::env::temp_dir().join(format!("paystream-chk-crc-test-{}", std::process::id()));
+        let who = Participant::Source { name: "p".into(), worker: 1 };
+        write_part(&dir, 1, &who, b"123456789").unwrap();
+        let path = epoch_dir(&dir, 1).join(who.file_name());
+        let bytes = fs::read(&path).unwrap();
+        assert_eq!(bytes.len(), HEADER_LEN + 9);
+        assert_eq!(&bytes[4..8], &3u32.to_le_bytes());
+        assert_eq!(&bytes[8..16], &9u64.to_le_bytes());
+        // The CRC-32C check value (RFC 3720).
+        assert_eq!(&bytes[16..20], &0xe306_9283u32.to_le_bytes());
+        // A damaged checksum, and a header cut short, are detected.
+        let mut damaged = bytes.clone();
+        damaged[17] ^= 0x10;
+        fs::write(&path, &damaged).unwrap();
+        assert!(read_part(&path).unwrap_err().to_string().contains("corrupt"));
+        fs::write(&path, &bytes[..HEADER_LEN - 1]).unwrap();
+        assert!(read_part(&path).unwrap_err().to_string().contains("truncated"));
+        fs::write(&path, &bytes[..3]).unwrap();
+        assert!(read_part(&path).unwrap_err().to_string().contains("not a paystream checkpoint part"));
         fs::remove_dir_all(&dir).ok();
     }
 
