@@ -36,7 +36,8 @@ impl<T> Records<T> for Stamped<'_, T> {
 }
 
 /// Finds line breaks: memchr's AVX2 searcher when the CPU has one, chosen once per decoder instead
-/// of through `memchr::memchr`'s dispatch on every call (about 30 instructions a line).
+/// of through `memchr::memchr`'s dispatch on every call, which costs on every line (figures in
+/// BENCHMARKS.md, "Decoding").
 #[derive(Clone, Copy, Debug)]
 struct NewlineFinder {
     #[cfg(target_arch = "x86_64")]

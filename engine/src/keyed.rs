@@ -254,8 +254,8 @@ where
                     let floor = c.time().wm;
                     let stamp = |ts: u64| coarse(ts).max(floor);
                     // Results grouped by timestamp, in the order they were emitted, each group
-                    // sent as one message: each result is moved once rather than sorted (a stable
-                    // sort of the results was a tenth of auth-match's instructions).
+                    // sent as one message: each result is moved once rather than sorted, a
+                    // visible saving for a join's many results (BENCHMARKS.md, "Joins").
                     for result in emitted.drain(..) {
                         by_stamp.entry(stamp(result.0)).or_insert_with(|| spare.pop().unwrap_or_default()).push(result);
                     }

@@ -9,11 +9,11 @@ use std::hash::{Hash, Hasher};
 
 /// The hasher of per-key state inside one worker ([`KeyMap`]). Not [`StableHasher`]: that one
 /// decides where a key lives and must never change, while this one only has to be fast and well
-/// mixed. std's SipHash costs several times more per integer key and was a visible part of every
-/// keyed operator's profile; foldhash (the default hasher of hashbrown, the table under std's
-/// `HashMap`) mixes a `u64` key with one folded multiply, spreads keys that differ only in their
-/// high bits (unlike FxHash, whose low bits, which pick the bucket, see only the key's low
-/// bits), and is seeded per process, which keeps crafted keys from degrading the tables.
+/// mixed. std's SipHash costs several times more per integer key, on every state lookup of every
+/// keyed operator (figures in BENCHMARKS.md); foldhash (the default hasher of hashbrown, the table
+/// under std's `HashMap`) mixes a `u64` key with one folded multiply, spreads keys that differ
+/// only in their high bits (unlike FxHash, whose low bits, which pick the bucket, see only the
+/// key's low bits), and is seeded per process, which keeps crafted keys from degrading the tables.
 pub type KeyHasher = foldhash::fast::RandomState;
 
 /// A map from keys to per-key state, with the fast [`KeyHasher`].

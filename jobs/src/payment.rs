@@ -63,8 +63,8 @@ impl CsvField for Status {
     }
     /// A name exactly as written, in quotes (as serde writes it), compared in place; anything else
     /// goes to serde_json. The quoted names are spelt out (they are `as_str`'s): compared as
-    /// constants they cost about 90 instructions a payment line less than a search through
-    /// `Status::ALL`, on the JSON fast path.
+    /// constants they cost less than a search through `Status::ALL`, on the JSON fast path that
+    /// every payment line takes (figures in BENCHMARKS.md).
     #[inline]
     fn parse_json_at(line: &str, at: usize) -> Option<(Self, usize)> {
         let rest = line.as_bytes().get(at..)?;

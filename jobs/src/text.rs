@@ -38,7 +38,7 @@ impl ShortText {
         match &self.0 {
             // SAFETY: the inline bytes are a copy of a whole `&str` or of ASCII bytes (see
             // `ShortText::inline`, the only maker of inline texts), so they are UTF-8; checking
-            // again on every read cost more than the rest of a comparison.
+            // again on every read would cost more than the rest of a comparison.
             Repr::Inline { len, bytes } => unsafe { std::str::from_utf8_unchecked(&bytes[..*len as usize]) },
             Repr::Heap(text) => text,
         }

@@ -540,8 +540,8 @@ impl<V: 'static, F: Fn(&V) -> u64 + 'static> Aggregate<V> for Percentiles<V, F> 
 
 /// One percentile of a non-negative field, with the same HdrHistogram as [`Percentiles`] and the
 /// same value for it. Where a job reports only one percentile, this reads the histogram once per
-/// result instead of three times: for `throughput-windows` the three reads were a fifth of what
-/// the engine spent above its hand-written loop (BENCHMARKS.md).
+/// result instead of three times, which matters where a window fires for many keys, as in
+/// `throughput-windows` (figures in BENCHMARKS.md).
 ///
 /// ```
 /// use paystream_operators::{Aggregate, Percentile, Percentiles};

@@ -101,8 +101,7 @@ macro_rules! signed_field {
                 text.trim().parse::<$t>().map_err(|e| format!("invalid {}: {e}", stringify!($t)))
             }
             fn write_field(&self, out: &mut String) {
-                // As `Display` writes it, without the formatting machinery (a fifth of
-                // card-velocity's sink went to `write!` for amounts).
+                // As `Display` writes it, without the formatting machinery (see `WriteDecimal`).
                 WriteDecimal::write_decimal(self, out)
             }
             /// What `parse_field` reads directly (digits after an optional `-`), read in place;
@@ -140,8 +139,9 @@ impl CsvField for bool {
     }
 }
 
-/// The text `Display` gives integers (and `true`/`false`), without `fmt`'s machinery, which was
-/// most of what writing a CSV line cost: a sink encodes every result it writes.
+/// The text `Display` gives integers (and `true`/`false`), without `fmt`'s machinery, which
+/// costs far more than the digits themselves: a sink encodes every result it writes (figures in
+/// BENCHMARKS.md, "Figures behind choices in the code").
 trait WriteDecimal {
     fn write_decimal(&self, out: &mut String);
 }

@@ -8,8 +8,8 @@
 //! records more than the retention behind their watermark are late (dropped and counted).
 //!
 //! Why keyed versioned state and not differential dataflow: differential's join revises earlier
-//! results when the table changes, which an as-of join must not do, and a prototype measured it
-//! at about 50x the CPU per record of this approach (see DESIGN.md, "Joins and tables").
+//! results when the table changes, which an as-of join must not do, and it costs far more CPU per
+//! record than this approach (figures in BENCHMARKS.md).
 
 use std::collections::{BTreeMap, HashMap};
 

@@ -201,8 +201,9 @@ impl<K: Key, V: Data, A: Aggregate<V>> KeyedLogic<K, V> for AlignedLogic<K, V, A
     /// Reads on-time records where they are (an aggregate only reads them); late ones, rare, are
     /// moved out afterwards in their order. Records of one pane share their windows, so whether
     /// they are on time and their pane's accumulators are looked up once per run of records in
-    /// the same pane. Handing each record over by value (`on_record`) cost three copies of it, and
-    /// the lookups two divisions, per record.
+    /// the same pane. Handing each record over by value (as `on_record` does) would copy it three
+    /// times on its way, and look its pane up with two divisions, per record (figures in
+    /// BENCHMARKS.md).
     fn on_records<R, S: Split<R, K, V>>(&mut self, message_time: u64, records: &mut Vec<(u64, R)>, split: &S) {
         let AlignedLogic { shape, pane, aggregate, panes, unfired, late, .. } = self;
         let pane = *pane;
