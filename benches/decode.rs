@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use paystream::engine::decode::LineDecoder;
 use paystream::engine::source::{GenOptions, ReadStatus, BATCH};
-use paystream::engine::uri::Format;
+use paystream::engine::Format;
 use paystream::engine::{CsvRecord, DeadLetter, Generate};
 use paystream::jobs::Payment;
 

@@ -100,7 +100,8 @@ fn main() {
             let out = root.join("out").join(name);
             let first_sink = spec.sinks.first().expect("a sink").name;
             let sinks = [(first_sink.to_string(), format!("file:{}", out.join(format!("{first_sink}.csv")).display()))].into();
-            let plan = RunPlan::resolve(spec, &sources, &sinks, &BTreeMap::new()).expect("plan");
+            let plan =
+                RunPlan::resolve(spec, &sources, &sinks, &BTreeMap::new(), std::sync::Arc::new(paystream::connectors())).expect("plan");
             for workers in [1, 2] {
                 for interval in [None, Some(Duration::from_secs(1))] {
                     let (mut walls, mut cpus, mut read) = (Vec::new(), Vec::new(), 0);

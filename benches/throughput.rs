@@ -237,7 +237,7 @@ fn main() {
         let spec = jobs.iter().find(|j| j.name == w.job).expect("job");
         let sources = [("payments".to_string(), format!("gen:count={events}"))].into();
         let sinks = [(w.sink.to_string(), format!("file:{}", job_file.display()))].into();
-        let plan = RunPlan::resolve(spec, &sources, &sinks, &BTreeMap::new()).expect("plan");
+        let plan = RunPlan::resolve(spec, &sources, &sinks, &BTreeMap::new(), std::sync::Arc::new(paystream::connectors())).expect("plan");
         let checkpoints = dir.join("checkpoints");
         let variants: &[(&str, usize, Option<u64>)] = if loop_only { &[] } else { w.variants };
         // Rounds: the loop and every variant, `runs` times over. Interleaved so that a slow

@@ -6,13 +6,16 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use clap::{Parser, Subcommand};
 use paystream_engine::checkpoint::CheckpointConfig;
 use paystream_engine::job::RunPlan;
-use paystream_engine::runtime::{self, RunOptions};
-use paystream_engine::{JobSpec, Result};
+use paystream_engine::runtime::{self, Outcome, RunOptions};
+use paystream_engine::{Connectors, JobSpec, Result};
 use serde::Deserialize;
 
 /// paystream: event-time stream processing for payments.
@@ -204,17 +207,31 @@ fn read_hosts(path: &Path) -> Result<Vec<String>> {
     Ok(hosts)
 }
 
-/// Runs the CLI over `jobs` and returns the process exit code. Call it from your own `main` to get
-/// every subcommand for your own jobs.
+/// Runs the CLI over `jobs` with the built-in connectors and returns the process exit code. Call
+/// it from your own `main` to get every subcommand for your own jobs.
 pub fn main(jobs: Vec<JobSpec>) -> ExitCode {
+    main_with(jobs, crate::connectors())
+}
+
+/// [`main`] with connectors of your choice: the built-in ones ([`crate::connectors`]) plus your
+/// own, registered by URI scheme.
+///
+/// ```no_run
+/// fn main() -> std::process::ExitCode {
+///     let connectors = paystream::connectors(); // .source(MySource).sink(MySink)
+///     paystream::cli::main_with(paystream::jobs::all_jobs(), connectors)
+/// }
+/// ```
+pub fn main_with(jobs: Vec<JobSpec>, connectors: Connectors) -> ExitCode {
     let cli = Cli::parse();
+    let connectors = Arc::new(connectors);
     match cli.command {
         Command::Jobs => {
             print!("{}", describe_jobs(&jobs));
             ExitCode::SUCCESS
         }
-        Command::Run(args) => run(&jobs, *args),
-        Command::Bench(args) => bench(&jobs, *args),
+        Command::Run(args) => run(&jobs, &connectors, *args),
+        Command::Bench(args) => bench(&jobs, &connectors, *args),
         Command::Savepoint(args) => match paystream_engine::checkpoint::request_savepoint(&args.checkpoint_dir, args.stop, args.timeout) {
             Ok(path) => {
                 println!("{}", path.display());
@@ -247,7 +264,7 @@ pub fn describe_jobs(jobs: &[JobSpec]) -> String {
     out
 }
 
-fn plan_run(jobs: &[JobSpec], args: &RunArgs) -> Result<(RunPlan, RunOptions)> {
+fn plan_run(jobs: &[JobSpec], connectors: &Arc<Connectors>, args: &RunArgs) -> Result<(RunPlan, RunOptions)> {
     let Some(spec) = jobs.iter().find(|j| j.name == args.job) else {
         let names: Vec<&str> = jobs.iter().map(|j| j.name).collect();
         bail!("no job named {:?}; the jobs are: {} (see `paystream jobs`)", args.job, names.join(", "));
@@ -272,7 +289,7 @@ fn plan_run(jobs: &[JobSpec], args: &RunArgs) -> Result<(RunPlan, RunOptions)> {
         params.insert(k, text);
     }
     params.extend(args.params.iter().cloned());
-    let plan = RunPlan::resolve(spec, &sources, &sinks, &params)?;
+    let plan = RunPlan::resolve(spec, &sources, &sinks, &params, connectors.clone())?;
     if args.processes == 0 {
         bail!("--processes must be at least 1");
     }
@@ -308,10 +325,10 @@ fn plan_run(jobs: &[JobSpec], args: &RunArgs) -> Result<(RunPlan, RunOptions)> {
     Ok((plan, options))
 }
 
-fn bench(jobs: &[JobSpec], args: BenchArgs) -> ExitCode {
+fn bench(jobs: &[JobSpec], connectors: &Arc<Connectors>, args: BenchArgs) -> ExitCode {
     let mut run_args = args.run;
     run_args.quiet = true;
-    let (plan, options) = match plan_run(jobs, &run_args) {
+    let (plan, options) = match plan_run(jobs, connectors, &run_args) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -330,8 +347,9 @@ fn bench(jobs: &[JobSpec], args: BenchArgs) -> ExitCode {
     }
 }
 
-fn run(jobs: &[JobSpec], args: RunArgs) -> ExitCode {
-    let prepared = plan_run(jobs, &args).and_then(|(plan, options)| runtime::prepare(&plan, &options).map(|p| (plan, options, p)));
+fn run(jobs: &[JobSpec], connectors: &Arc<Connectors>, args: RunArgs) -> ExitCode {
+    let prepared =
+        plan_run(jobs, connectors, &args).and_then(|(plan, options)| runtime::prepare(&plan, &options).map(|p| (plan, options, p)));
     let (plan, options, prepared) = match prepared {
         Ok(p) => p,
         Err(e) => {
@@ -339,16 +357,126 @@ fn run(jobs: &[JobSpec], args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime::run_prepared(prepared) {
-        Ok(summary) => {
+    let signals = match Signals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot install signal handlers: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let handle = match runtime::start(prepared) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(1);
+        }
+    };
+    // The first SIGTERM or SIGINT stops the job: with checkpoints, after a savepoint; without,
+    // abandoning its output. A second one exits at once (see `Signals`).
+    let mut stopping_by: Option<i32> = None;
+    while !handle.is_finished() {
+        if let (None, Some(signal)) = (stopping_by, signals.received()) {
+            stopping_by = Some(signal);
+            let name = signal_name(signal);
+            match &options.checkpoint {
+                Some(c) => {
+                    eprintln!("{name}: stopping {} after a savepoint (send it again to abort at once)", plan.spec.name);
+                    let dir = c.dir.clone();
+                    std::thread::spawn(move || paystream_engine::checkpoint::request_savepoint(&dir, true, Duration::from_secs(120)));
+                }
+                None => {
+                    eprintln!("{name}: stopping {}; without --checkpoint-dir its output is abandoned", plan.spec.name);
+                    handle.cancel();
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    match handle.join() {
+        Ok(Outcome::Finished(summary)) => {
             if !args.quiet {
                 eprintln!("{}", runtime::describe(&plan, &options, &summary));
             }
             ExitCode::SUCCESS
+        }
+        Ok(Outcome::Stopped { savepoint, .. }) => {
+            match savepoint {
+                Some(path) => {
+                    eprintln!("stopped after savepoint {}; resume with:\n  {}", path.display(), resume_command(&path.display().to_string()))
+                }
+                None => eprintln!("stopped"),
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(Outcome::Cancelled(_)) => {
+            let signal = stopping_by.unwrap_or(signal_hook::consts::SIGTERM);
+            eprintln!(
+                "error: stopped by {} before the input ended: no output was published (run with --checkpoint-dir DIR to stop \
+                 with a savepoint and resume later)",
+                signal_name(signal)
+            );
+            ExitCode::from((128 + signal) as u8)
         }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(1)
         }
     }
+}
+
+/// SIGTERM and SIGINT, as flags polled by `run`. The first one sets the flag; while it is set, a
+/// second one exits the process at once with 128 + its number.
+struct Signals {
+    received: Arc<AtomicUsize>,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        let received = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(AtomicBool::new(false));
+        for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+            signal_hook::flag::register_conditional_shutdown(signal, 128 + signal, seen.clone())?;
+            signal_hook::flag::register(signal, seen.clone())?;
+            signal_hook::flag::register_usize(signal, received.clone(), signal as usize)?;
+        }
+        Ok(Signals { received })
+    }
+
+    /// The signal received, if any.
+    fn received(&self) -> Option<i32> {
+        match self.received.load(Ordering::Acquire) {
+            0 => None,
+            n => Some(n as i32),
+        }
+    }
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        signal_hook::consts::SIGINT => "SIGINT",
+        _ => "SIGTERM",
+    }
+}
+
+/// This command line with `--restore PATH` in place of any `--restore`.
+fn resume_command(path: &str) -> String {
+    let mut args: Vec<String> = Vec::new();
+    let mut skip = false;
+    for a in std::env::args() {
+        if skip {
+            skip = false;
+            continue;
+        }
+        if a == "--restore" {
+            skip = true;
+            continue;
+        }
+        if a.starts_with("--restore=") {
+            continue;
+        }
+        args.push(if a.is_empty() || a.contains([' ', '"', '\'', '$']) { format!("'{}'", a.replace('\'', "'\\''")) } else { a });
+    }
+    args.push("--restore".into());
+    args.push(path.to_string());
+    args.join(" ")
 }

@@ -24,6 +24,13 @@ pub use paystream_engine::testing as local;
 pub use paystream_jobs as jobs;
 pub use paystream_operators as operators;
 
+/// The connectors the `paystream` binary has: `file:` and `stdout:`, and `gen:` for the payment
+/// event types. Add your own with `.source(...)`/`.sink(...)` and pass them to
+/// [`cli::main_with`].
+pub fn connectors() -> paystream_engine::Connectors {
+    paystream_jobs::connectors()
+}
+
 /// Everything a job needs, in one import.
 pub mod prelude {
     pub use paystream_engine::{

@@ -73,6 +73,8 @@ pub enum Participant {
     State { step: String, worker: usize },
     /// A sink's staged output (written by worker 0).
     Sink { name: String },
+    /// A parallel sink's pre-commits on one worker.
+    ParallelSink { name: String, worker: usize },
     /// The last part of a participant that finished; it stands for every later epoch.
     Final(Box<Participant>),
 }
@@ -84,6 +86,7 @@ impl Participant {
             Participant::Source { name, worker } => format!("source-{name}-w{worker}.part"),
             Participant::State { step, worker } => format!("state-{step}-w{worker}.part"),
             Participant::Sink { name } => format!("sink-{name}.part"),
+            Participant::ParallelSink { name, worker } => format!("sink-{name}-w{worker}.part"),
             Participant::Final(who) => format!("{}.final", who.file_name()),
         }
     }
@@ -283,6 +286,10 @@ pub struct CommitState {
     committed_plus_one: AtomicU64,
     /// Set when a savepoint is requested (by `paystream savepoint` through a request file).
     stop: AtomicBool,
+    /// The newest savepoint this run wrote.
+    savepoint: std::sync::Mutex<Option<PathBuf>>,
+    /// Set when the coordinator cannot complete checkpoints any more.
+    failure: std::sync::Mutex<Option<String>>,
 }
 
 impl CommitState {
@@ -296,6 +303,31 @@ impl CommitState {
     /// Whether the coordinator was asked to stop the job after a savepoint.
     pub fn stop_requested(&self) -> bool {
         self.stop.load(Ordering::Acquire)
+    }
+    /// Why the coordinator gave up, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    /// The newest savepoint this run wrote.
+    pub fn savepoint(&self) -> Option<PathBuf> {
+        self.savepoint.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Follows the checkpoints process 0 completes, for the other processes of a run (which share
+/// the checkpoint directory): sets `state` to the newest complete checkpoint until `done`.
+pub fn watch_commits(dir: &Path, state: &CommitState, done: &AtomicBool) {
+    while !done.load(Ordering::Acquire) {
+        if let Ok(found) = complete_checkpoints(dir) {
+            let newest = found
+                .iter()
+                .filter_map(|p| p.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("chk-")).and_then(|e| e.parse().ok()))
+                .max();
+            if let Some(epoch) = newest {
+                state.set_committed(epoch);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -354,15 +386,26 @@ impl Coordinator {
         Coordinator { config, job: job.to_string(), workers, expected, state, next_epoch: first_epoch }
     }
 
-    /// Polls until `done` is set, completing checkpoints as their parts arrive.
+    /// Polls until `done` is set, completing checkpoints as their parts arrive. After a minute of
+    /// failing (a full disk, a removed directory) it fails the job: sinks wait for checkpoints,
+    /// so a coordinator that cannot write them must not let the job hang.
     pub fn run(mut self, done: &AtomicBool) {
         let mut finals: BTreeMap<Participant, PathBuf> = BTreeMap::new();
+        let mut failing_since: Option<std::time::Instant> = None;
         while !done.load(Ordering::Acquire) {
             match self.step(&mut finals) {
-                Ok(true) => continue,
-                Ok(false) => std::thread::sleep(Duration::from_millis(5)),
+                Ok(true) => failing_since = None,
+                Ok(false) => {
+                    failing_since = None;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
                 Err(e) => {
                     eprintln!("error: checkpoint coordinator: {e:#}");
+                    let since = *failing_since.get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed() > Duration::from_secs(60) {
+                        let mut f = self.state.failure.lock().unwrap_or_else(|e| e.into_inner());
+                        f.get_or_insert(format!("checkpoint coordinator: {e:#}"));
+                    }
                     std::thread::sleep(Duration::from_millis(200));
                 }
             }
@@ -388,9 +431,12 @@ impl Coordinator {
             } else if final_path.is_file() {
                 fs::hard_link(&final_path, &path).or_else(|_| fs::copy(&final_path, &path).map(|_| ()))?;
                 parts.push(who.file_name());
-            } else if let Some(earlier) = finals.get(who) {
-                // A finished participant's last part stands for every later epoch.
-                fs::hard_link(earlier, &path).or_else(|_| fs::copy(earlier, &path).map(|_| ()))?;
+            } else if let Some(earlier) = finals.get(who).cloned() {
+                // A finished participant's last part stands for every later epoch. The copy here
+                // becomes the one later epochs link to: older checkpoints are retired, and the
+                // sinks wait for the last checkpoint to complete.
+                fs::hard_link(&earlier, &path).or_else(|_| fs::copy(&earlier, &path).map(|_| ()))?;
+                finals.insert(who.clone(), path.clone());
                 parts.push(who.file_name());
             } else {
                 return Ok(false);
@@ -431,10 +477,10 @@ impl Coordinator {
         let stop = fs::read_to_string(request).map(|t| t.trim() == "stop").unwrap_or(false);
         fs::remove_file(request).ok();
         eprintln!("savepoint {} written", target.display());
+        *self.state.savepoint.lock().unwrap_or_else(|e| e.into_inner()) = Some(target.clone());
         if stop {
+            // The run halts (see runtime::JobHandle) and says how to resume.
             self.state.stop.store(true, Ordering::Release);
-            eprintln!("stopping after the savepoint: resume with --restore {}", target.display());
-            std::process::exit(0);
         }
         Ok(())
     }

@@ -7,9 +7,9 @@
 
 use std::io::BufRead;
 
+use crate::format::Format;
 use crate::record::{CsvRecord, DeadLetter};
 use crate::source::ReadStatus;
-use crate::uri::Format;
 
 /// Where a reader puts the records it reads: a `Vec<T>`, or a source's batch of
 /// `(event time, record)` pairs ([`Stamped`]), so that a record is written once, where it stays.
@@ -170,6 +170,19 @@ impl LineDecoder {
             reader.consume(consumed);
         }
         ReadStatus::More
+    }
+
+    /// Decodes one message (a broker message: a CSV line or a JSON object, without a line
+    /// break) into `out` or `dead`; `number` (its offset in its split) is the line number dead
+    /// letters give. Returns 1 if it yielded a record.
+    pub fn decode_message<T, O>(&mut self, payload: &[u8], number: u64, out: &mut O, dead: &mut Vec<DeadLetter>) -> usize
+    where
+        T: CsvRecord + serde::de::DeserializeOwned,
+        O: Records<T>,
+    {
+        // Numbered as given; a CSV header is recognised only as the first message (number 1).
+        self.line_no = number.saturating_sub(1);
+        self.decode_line(payload, payload.len(), out, dead)
     }
 
     /// Decodes one line (its bytes, the line break excluded; `consumed` bytes of input with it)

@@ -16,12 +16,11 @@ use anyhow::{anyhow, bail};
 use timely::dataflow::Scope;
 
 use crate::checkpoint::{CheckpointConfig, CommitState, Restore};
+use crate::connector::{Connectors, ResolvedSink, ResolvedSource};
 use crate::metrics::Metrics;
 use crate::record::{CsvRecord, DeadLetter};
-use crate::source::Generate;
 use crate::stream::{SourceStage, Stream, TStream};
 use crate::time::Time;
-use crate::uri::{parse_sink, parse_source, Format, SinkUri, SourceUri};
 use crate::{Data, Result};
 
 /// The sink name under which unreadable records are written. A job may not declare it; a run may
@@ -126,21 +125,25 @@ pub struct RunPlan {
     pub spec: JobSpec,
     /// Its parameters.
     pub params: Params,
-    /// Each declared source's URI.
-    pub sources: BTreeMap<String, SourceUri>,
-    /// Each declared sink's URI, plus [`DEAD_LETTERS`].
-    pub sinks: BTreeMap<String, SinkUri>,
+    /// Each declared source, resolved by its connector.
+    pub sources: BTreeMap<String, ResolvedSource>,
+    /// Each declared sink, plus [`DEAD_LETTERS`], resolved by its connector.
+    pub sinks: BTreeMap<String, ResolvedSink>,
+    /// The connectors the run resolves URIs with (typed sources are resolved as the job reads them).
+    pub connectors: Arc<Connectors>,
 }
 
 impl RunPlan {
-    /// Resolves a run: URIs given on the command line override the defaults (the generator, and
-    /// `NAME.csv` in the directory of the first sink given as a file, else in `./out/JOB/`); dead
-    /// letters go to `dead_letters.csv` in that same directory.
+    /// Resolves a run: URIs given on the command line override the defaults (the connectors'
+    /// default source, and the connectors' default sink in the directory of the first sink given
+    /// with a directory, else in `./out/JOB/`); dead letters go to the sink `dead_letters` in that
+    /// same directory.
     pub fn resolve(
         spec: &JobSpec,
         sources: &BTreeMap<String, String>,
         sinks: &BTreeMap<String, String>,
         params: &BTreeMap<String, String>,
+        connectors: Arc<Connectors>,
     ) -> Result<RunPlan> {
         for name in sources.keys() {
             if !spec.sources.iter().any(|s| s.name == name) {
@@ -156,31 +159,43 @@ impl RunPlan {
         }
         let mut resolved_sources = BTreeMap::new();
         for s in spec.sources {
-            let uri = sources.get(s.name).map(String::as_str).unwrap_or("gen:");
-            resolved_sources.insert(s.name.to_string(), parse_source(uri)?);
+            let uri = match sources.get(s.name) {
+                Some(u) => u.as_str(),
+                None if connectors.default_source_uri().is_empty() => {
+                    bail!("source {} of job {} needs a URI: --source {}=URI", s.name, spec.name, s.name)
+                }
+                None => connectors.default_source_uri(),
+            };
+            resolved_sources.insert(s.name.to_string(), connectors.resolve_source(s.name, uri)?);
         }
-        // Sinks not given on the command line go beside the first one that was given as a file,
-        // else under out/JOB/: side outputs (late records, dead letters) land beside the results.
+        let mut given: BTreeMap<String, ResolvedSink> = BTreeMap::new();
+        for (name, uri) in sinks {
+            given.insert(name.clone(), connectors.resolve_sink(name, uri)?);
+        }
+        // Sinks not given on the command line go beside the first one that was given with a
+        // directory, else under out/JOB/: side outputs (late records, dead letters) land beside
+        // the results.
         let base_dir = spec
             .sinks
             .iter()
-            .filter_map(|s| sinks.get(s.name))
-            .find_map(|uri| parse_sink(uri).ok().and_then(|u| u.directory()))
+            .filter_map(|s| given.get(s.name))
+            .find_map(|sink| sink.target.directory())
             .unwrap_or_else(|| PathBuf::from(format!("out/{}", spec.name)));
         let mut resolved_sinks = BTreeMap::new();
-        for s in spec.sinks {
-            let uri = match sinks.get(s.name) {
-                Some(u) => parse_sink(u)?,
-                None => SinkUri::File(base_dir.join(format!("{}.csv", s.name)), Format::Csv),
+        for name in spec.sinks.iter().map(|s| s.name).chain([DEAD_LETTERS]) {
+            let sink = match given.remove(name) {
+                Some(sink) => sink,
+                None => {
+                    let uri = connectors.default_sink_uri(&base_dir, name);
+                    if uri.is_empty() {
+                        bail!("sink {name} of job {} needs a URI: --sink {name}=URI", spec.name);
+                    }
+                    connectors.resolve_sink(name, &uri)?
+                }
             };
-            resolved_sinks.insert(s.name.to_string(), uri);
+            resolved_sinks.insert(name.to_string(), sink);
         }
-        let dead = match sinks.get(DEAD_LETTERS) {
-            Some(u) => parse_sink(u)?,
-            None => SinkUri::File(base_dir.join("dead_letters.csv"), Format::Csv),
-        };
-        resolved_sinks.insert(DEAD_LETTERS.to_string(), dead);
-        Ok(RunPlan { spec: *spec, params: Params::resolve(spec, params)?, sources: resolved_sources, sinks: resolved_sinks })
+        Ok(RunPlan { spec: *spec, params: Params::resolve(spec, params)?, sources: resolved_sources, sinks: resolved_sinks, connectors })
     }
 }
 
@@ -191,8 +206,10 @@ pub enum ParticipantKind {
     Source(String),
     /// A stateful step: one part per worker.
     State(String),
-    /// A sink: one part, from worker 0.
+    /// A single-writer sink: one part, from worker 0.
     Sink(String),
+    /// A parallel sink: one part per worker.
+    ParallelSink(String),
 }
 
 /// Per-worker state shared by the streams of one dataflow under construction.
@@ -278,7 +295,7 @@ impl<'scope> JobBuilder<'scope> {
 
     /// Reads the declared source `name`, with records of type `T`. Give it event time next, with
     /// [`SourceStage::assign_timestamps`].
-    pub fn source<T: Data + CsvRecord + Generate>(&mut self, name: &str) -> Result<SourceStage<'scope, T>> {
+    pub fn source<T: Data + CsvRecord>(&mut self, name: &str) -> Result<SourceStage<'scope, T>> {
         let Some(uri) = self.ctx.plan.sources.get(name).cloned() else {
             bail!("job {} reads source {name:?} but does not declare it in its JobSpec", self.ctx.plan.spec.name);
         };
@@ -326,14 +343,18 @@ impl<'scope> JobBuilder<'scope> {
         Ok(self.ctx.participants.borrow().clone())
     }
 
-    pub(crate) fn mark_sink_used(ctx: &BuildContext, name: &str) -> Result<SinkUri> {
-        let Some(uri) = ctx.plan.sinks.get(name).cloned() else {
+    pub(crate) fn mark_sink_used(ctx: &BuildContext, name: &str) -> Result<ResolvedSink> {
+        let Some(sink) = ctx.plan.sinks.get(name).cloned() else {
             bail!("job {} writes sink {name:?} but does not declare it in its JobSpec", ctx.plan.spec.name);
         };
         if !ctx.used_sinks.borrow_mut().insert(name.to_string()) {
             bail!("sink {name:?} is written twice; union the streams first");
         }
-        ctx.add_participant(ParticipantKind::Sink(name.to_string()));
-        Ok(uri)
+        if sink.target.parallel() {
+            ctx.add_participant(ParticipantKind::ParallelSink(name.to_string()));
+        } else {
+            ctx.add_participant(ParticipantKind::Sink(name.to_string()));
+        }
+        Ok(sink)
     }
 }

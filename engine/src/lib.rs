@@ -9,13 +9,18 @@
 //! * [`stream`]: [`Stream`] and [`KeyedStream`] with the stateless operators.
 //! * [`keyed`]: the event-time keyed operator primitive windows and joins are built on.
 //! * [`decode`]: the `file:` source's line reading and decoding, usable on any buffered reader.
-//! * [`source`] and [`sink`]: connectors addressed by URI (`gen:`, `file:`, `stdout:`).
+//! * [`connector`]: the traits of source and sink connectors and their registry by URI scheme.
+//! * [`format`]: payload formats (CSV, JSON lines), apart from transports.
+//! * [`source`] and [`sink`]: the operators that drive connectors: splits, watermarks,
+//!   checkpointed positions; encoding, ordering and the two-phase commit of output.
 //! * [`runtime`]: running a job on threads or processes, with progress and a summary.
 
 pub mod checkpoint;
 pub mod collection;
+pub mod connector;
 pub mod decode;
 pub mod faults;
+pub mod format;
 pub mod job;
 pub mod keyed;
 pub mod keygroup;
@@ -28,9 +33,10 @@ pub mod source;
 pub mod stream;
 pub mod testing;
 pub mod time;
-pub mod uri;
 
 pub use collection::{Change, Collection};
+pub use connector::Connectors;
+pub use format::Format;
 pub use job::{JobBuilder, JobSpec, ParamSpec, Params, SinkSpec, SourceSpec};
 pub use keyed::{KeyedLogic, Split};
 pub use keygroup::KeyMap;

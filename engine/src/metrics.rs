@@ -22,6 +22,22 @@ pub struct Metrics {
     pacing: Option<Pacing>,
     /// End-to-end latency measurement, when on.
     latency: Option<LatencyClock>,
+    /// Set when the job halts before its input ends (a failure, a stop, a cancel): sources stop
+    /// reading and sinks publish no more.
+    halted: std::sync::atomic::AtomicBool,
+    /// Why it halted (the first reason given).
+    halt: Mutex<Option<Halt>>,
+}
+
+/// Why a job halted before the end of its input.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Halt {
+    /// A source or sink failed; the message names it and the cause.
+    Failed(String),
+    /// Stopped after a savepoint.
+    Stopped,
+    /// Cancelled: output not yet committed is abandoned.
+    Cancelled,
 }
 
 /// A gauge: each local worker's level, and the highest their sum reached.
@@ -51,6 +67,8 @@ impl Metrics {
             state_parts: Mutex::new(BTreeMap::new()),
             pacing: None,
             latency: None,
+            halted: Default::default(),
+            halt: Mutex::new(None),
         }
     }
     /// Paces the sources at `rate` events per second in all (when given) and measures latency;
@@ -133,6 +151,24 @@ impl Metrics {
 }
 
 impl Metrics {
+    /// Halts the job (the first reason is kept): sources stop, sinks abort what is not committed.
+    pub fn halt(&self, why: Halt) {
+        let mut h = self.halt.lock().unwrap_or_else(|e| e.into_inner());
+        h.get_or_insert(why);
+        self.halted.store(true, Ordering::Release);
+    }
+    /// Fails the job with `message` (the first failure is the run's error).
+    pub fn fail(&self, message: String) {
+        self.halt(Halt::Failed(message));
+    }
+    /// Whether the job halted.
+    pub fn halted(&self) -> bool {
+        self.halted.load(Ordering::Relaxed)
+    }
+    /// Why the job halted, if it did.
+    pub fn halt_reason(&self) -> Option<Halt> {
+        self.halt.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
     /// The number of local worker threads these counters were made for.
     pub fn local_workers(&self) -> usize {
         self.watermarks.len()

@@ -15,7 +15,6 @@ use crate::job::{BuildContext, ParticipantKind};
 use crate::job::{JobBuilder, RunPlan};
 use crate::metrics::Metrics;
 use crate::time::format_ts_ms;
-use crate::uri::SinkUri;
 use crate::Result;
 
 /// How to run: threads, processes, progress output.
@@ -241,6 +240,9 @@ fn expected_parts(participants: &[ParticipantKind], workers: usize) -> BTreeSet<
             ParticipantKind::Sink(name) => {
                 expected.insert(Participant::Sink { name: name.clone() });
             }
+            ParticipantKind::ParallelSink(name) => {
+                expected.extend((0..workers).map(|worker| Participant::ParallelSink { name: name.clone(), worker }))
+            }
         }
     }
     expected
@@ -309,30 +311,152 @@ pub fn prepare(plan: &RunPlan, options: &RunOptions) -> Result<Prepared> {
     if let Some(c) = &options.checkpoint {
         prepare_checkpoint_dir(c, restore.as_deref(), is_first_process)?;
         if is_first_process {
-            for uri in plan.sinks.values() {
-                if let SinkUri::File(path, _) = uri {
-                    crate::sink::prepare_file_sink(path, restored_epoch)?;
-                }
+            for (name, sink) in &plan.sinks {
+                let committables = match &restore {
+                    Some(r) => sink_committables(r, name)?,
+                    None => Vec::new(),
+                };
+                let recovery = crate::connector::Recovery {
+                    job: plan.spec.name.to_string(),
+                    sink: name.clone(),
+                    restored: restored_epoch,
+                    committables,
+                };
+                sink.target.recover(&recovery).map_err(|e| e.context(format!("sink {name}: cannot recover {}", sink.target.describe())))?;
             }
         }
     }
     Ok(Prepared { plan: plan.clone(), options: options.clone(), config, participants, restore })
 }
 
-/// Runs a prepared job to completion.
+/// The pre-commits a checkpoint holds for sink `name`: its single part (`sink-NAME.part`) or
+/// its parallel parts (`sink-NAME-wW.part`).
+fn sink_committables(restore: &Restore, name: &str) -> Result<Vec<crate::connector::Committable>> {
+    let single = format!("sink-{name}.part");
+    let worker_prefix = format!("sink-{name}-w");
+    let mut all = Vec::new();
+    for part in &restore.manifest.parts {
+        let parallel = part
+            .strip_prefix(&worker_prefix)
+            .and_then(|rest| rest.strip_suffix(".part"))
+            .is_some_and(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_digit()));
+        if *part == single || parallel {
+            let payload = crate::checkpoint::read_part(&restore.dir.join(part))?;
+            let committables: Vec<crate::connector::Committable> = crate::checkpoint::decode(&payload)
+                .with_context(|| format!("checkpoint {}: part {part} of sink {name}", restore.dir.display()))?;
+            all.extend(committables);
+        }
+    }
+    Ok(all)
+}
+
+/// Runs a prepared job to completion. A job that halts before its input ends (a sink failed, it
+/// was stopped or cancelled) is an error.
 pub fn run_prepared(prepared: Prepared) -> Result<Summary> {
+    match start(prepared)?.join()? {
+        Outcome::Finished(summary) => Ok(summary),
+        Outcome::Stopped { savepoint, .. } => match savepoint {
+            Some(path) => bail!("stopped after savepoint {}", path.display()),
+            None => bail!("stopped"),
+        },
+        Outcome::Cancelled(_) => bail!("cancelled before the input ended; no output was published"),
+    }
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The input ended and every sink finished.
+    Finished(Summary),
+    /// Stopped after a savepoint (`paystream savepoint --stop`, or SIGTERM with checkpoints):
+    /// resume with `--restore SAVEPOINT`.
+    Stopped {
+        /// What ran until then.
+        summary: Summary,
+        /// The savepoint to resume from.
+        savepoint: Option<std::path::PathBuf>,
+    },
+    /// Cancelled: output not yet committed was abandoned (a file sink without checkpoints
+    /// publishes nothing).
+    Cancelled(Summary),
+}
+
+/// A running job: cancel it, take a savepoint, read its metrics, wait for its outcome.
+pub struct JobHandle {
+    metrics: Arc<Metrics>,
+    checkpoint: Option<CheckpointConfig>,
+    started: Instant,
+    thread: std::thread::JoinHandle<Result<Outcome>>,
+}
+
+impl JobHandle {
+    /// Stops the job without a savepoint: sources stop, sinks abandon what is not committed.
+    pub fn cancel(&self) {
+        self.metrics.halt(crate::metrics::Halt::Cancelled);
+    }
+
+    /// Takes a savepoint (and stops the job after it, with `stop`); waits up to `timeout` for it.
+    pub fn savepoint(&self, stop: bool, timeout: Duration) -> Result<std::path::PathBuf> {
+        let Some(c) = &self.checkpoint else {
+            bail!("this run takes no checkpoints: start it with --checkpoint-dir DIR to take savepoints");
+        };
+        crate::checkpoint::request_savepoint(&c.dir, stop, timeout)
+    }
+
+    /// What the job has done so far.
+    pub fn metrics(&self) -> Summary {
+        summary_of(&self.metrics, self.started)
+    }
+
+    /// Whether the job has ended (its outcome is ready for [`JobHandle::join`]).
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+
+    /// Waits for the job to end.
+    pub fn join(self) -> Result<Outcome> {
+        self.thread.join().map_err(|_| anyhow!("the job's control thread panicked"))?
+    }
+}
+
+fn summary_of(metrics: &Metrics, start: Instant) -> Summary {
+    Summary {
+        events_read: metrics.events_read(),
+        elapsed: start.elapsed(),
+        counters: metrics.counters(),
+        gauges: metrics.gauges(),
+        gauge_peaks: metrics.gauge_peaks(),
+        state_parts: metrics.state_parts(),
+        peak_rss_bytes: peak_rss_bytes(),
+        latency: metrics.latency().map(|c| crate::latency::LatencySummary::of(&c.histogram())),
+    }
+}
+
+/// Starts a prepared job on its worker threads and returns its handle at once.
+pub fn start(prepared: Prepared) -> Result<JobHandle> {
+    let mut metrics = Metrics::new(prepared.options.workers);
+    if prepared.options.measure_latency || prepared.options.rate.is_some() {
+        let sources = prepared.participants.iter().filter(|p| matches!(p, ParticipantKind::Source(_))).count();
+        metrics = metrics.with_latency(prepared.options.rate, sources);
+    }
+    let metrics = Arc::new(metrics);
+    let started = Instant::now();
+    let checkpoint = prepared.options.checkpoint.clone();
+    let job_metrics = metrics.clone();
+    let thread = std::thread::Builder::new()
+        .name(format!("paystream-job-{}", prepared.plan.spec.name))
+        .spawn(move || execute(prepared, job_metrics, started))
+        .map_err(|e| anyhow!("cannot start the job: {e}"))?;
+    Ok(JobHandle { metrics, checkpoint, started, thread })
+}
+
+/// Runs the job on this thread until it ends.
+fn execute(prepared: Prepared, metrics: Arc<Metrics>, start: Instant) -> Result<Outcome> {
     let Prepared { plan, options, config, participants, restore } = prepared;
     let options = &options;
     let is_first_process = options.process == 0;
     let first_epoch = restore.as_ref().map_or(0, |r| r.manifest.epoch + 1);
     let plan = Arc::new(plan);
-    let mut metrics = Metrics::new(options.workers);
-    if options.measure_latency || options.rate.is_some() {
-        let sources = participants.iter().filter(|p| matches!(p, ParticipantKind::Source(_))).count();
-        metrics = metrics.with_latency(options.rate, sources);
-    }
-    let metrics = Arc::new(metrics);
-    let start = Instant::now();
     let done = Arc::new(AtomicBool::new(false));
     let reporter = options.progress.then(|| {
         let (metrics, done, every) = (metrics.clone(), done.clone(), options.progress_every);
@@ -351,15 +475,31 @@ pub fn run_prepared(prepared: Prepared) -> Result<Summary> {
         _ => None,
     };
 
-    let sink_parts: Vec<std::path::PathBuf> = plan
-        .sinks
-        .values()
-        .filter_map(|uri| match uri {
-            SinkUri::File(path, _) => Some(crate::sink::parts_dir(path)),
-            SinkUri::Stdout => None,
-        })
-        .collect();
+    // A savepoint with stop halts the job once the coordinator has written it; a coordinator that
+    // cannot write checkpoints fails it.
+    let control = match (&options.checkpoint, is_first_process) {
+        (Some(_), true) => {
+            let (commit, metrics, done) = (commit.clone(), metrics.clone(), done.clone());
+            Some(std::thread::spawn(move || {
+                while !done.load(Ordering::Acquire) {
+                    if commit.stop_requested() {
+                        metrics.halt(crate::metrics::Halt::Stopped);
+                        break;
+                    }
+                    if let Some(failure) = commit.failure() {
+                        metrics.fail(failure);
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }))
+        }
+        _ => None,
+    };
+    let sinks: Vec<(String, Arc<dyn crate::connector::SinkTarget>)> =
+        plan.sinks.iter().map(|(name, sink)| (name.clone(), sink.target.clone())).collect();
     let worker_metrics = metrics.clone();
+    let watched_commit = commit.clone();
     let checkpoint = options.checkpoint.clone();
     let max_in_flight = options.max_in_flight;
     let time_granularity_ms = options.time_granularity_ms;
@@ -378,6 +518,16 @@ pub fn run_prepared(prepared: Prepared) -> Result<Summary> {
         })
     })
     .map_err(|e| anyhow!("cannot start the workers: {e}"))?;
+    // Processes other than the first learn of completed checkpoints from their manifests. Started
+    // only now that every process is connected, hence past its preparation: by then process 0 has
+    // removed what a crashed run left after the checkpoint this run resumes from.
+    let watcher = match (&options.checkpoint, is_first_process) {
+        (Some(c), false) => {
+            let (dir, commit, done) = (c.dir.clone(), watched_commit.clone(), done.clone());
+            Some(std::thread::spawn(move || crate::checkpoint::watch_commits(&dir, &commit, &done)))
+        }
+        _ => None,
+    };
     let results = guards.join();
     done.store(true, Ordering::Relaxed);
     if let Some(r) = reporter {
@@ -386,6 +536,9 @@ pub fn run_prepared(prepared: Prepared) -> Result<Summary> {
     if let Some(c) = coordinator {
         let _ = c.join();
     }
+    if let Some(w) = watcher {
+        let _ = w.join();
+    }
     for r in results {
         match r {
             Ok(Ok(())) => {}
@@ -393,27 +546,30 @@ pub fn run_prepared(prepared: Prepared) -> Result<Summary> {
             Err(panic) => bail!("a worker failed: {panic}"),
         }
     }
+    if let Some(control) = control {
+        let _ = control.join();
+    }
+    // A halted job keeps its checkpoints: it can resume from the last one.
+    match metrics.halt_reason() {
+        Some(crate::metrics::Halt::Failed(failure)) => bail!("{failure}"),
+        Some(crate::metrics::Halt::Stopped) => {
+            return Ok(Outcome::Stopped { summary: summary_of(&metrics, start), savepoint: watched_commit.savepoint() })
+        }
+        Some(crate::metrics::Halt::Cancelled) => return Ok(Outcome::Cancelled(summary_of(&metrics, start))),
+        None => {}
+    }
     if let (Some(c), true) = (&options.checkpoint, is_first_process) {
         // A finished job's checkpoints are of no more use (as in Flink); savepoints stay.
         crate::checkpoint::discard_checkpoints(&c.dir);
-        // Only now, with no checkpoint left to restore, may the sinks' per-epoch parts go: until
-        // then a restore needs them to rebuild the output.
-        for dir in &sink_parts {
-            if dir.exists() {
-                std::fs::remove_dir_all(dir).ok();
+        // Only now, with no checkpoint left to restore, may the sinks drop what a restore needs
+        // (a file sink's per-epoch parts).
+        for (name, target) in &sinks {
+            if let Err(e) = target.after_finish() {
+                eprintln!("warning: sink {name}: {e:#}");
             }
         }
     }
-    Ok(Summary {
-        events_read: metrics.events_read(),
-        elapsed: start.elapsed(),
-        counters: metrics.counters(),
-        gauges: metrics.gauges(),
-        gauge_peaks: metrics.gauge_peaks(),
-        state_parts: metrics.state_parts(),
-        peak_rss_bytes: peak_rss_bytes(),
-        latency: metrics.latency().map(|c| crate::latency::LatencySummary::of(&c.histogram())),
-    })
+    Ok(Outcome::Finished(summary_of(&metrics, start)))
 }
 
 fn report_progress(job: &str, metrics: &Metrics, done: &AtomicBool, start: Instant, every: Duration) {
@@ -480,12 +636,9 @@ pub fn describe(plan: &RunPlan, options: &RunOptions, summary: &Summary) -> Stri
             ms(l.max)
         ));
     }
-    for (name, uri) in &plan.sinks {
+    for (name, sink) in &plan.sinks {
         if let Some(n) = summary.counters.get(&format!("written:{name}")) {
-            let target = match uri {
-                SinkUri::File(p, _) => p.display().to_string(),
-                SinkUri::Stdout => "stdout".to_string(),
-            };
+            let target = sink.target.describe();
             out.push_str(&format!("\n  {name}: {} records -> {target}", group_digits(*n)));
         }
     }

@@ -1,32 +1,28 @@
-//! Sinks: where results go.
+//! Sinks: the operator that drives a sink connector (see [`crate::connector`]).
 //!
-//! Records are encoded (CSV or JSON lines) on the worker that produced them, then sent to worker 0,
-//! which writes them. Worker 0 holds each timestamp's records until the input frontier passes it,
-//! then writes them sorted (by line, or by a key the job gives and then by line), so a file's
-//! content depends only on the input, never on thread timing: runs with 1, 2 or N workers, or
-//! several processes, write the same bytes (updating views excepted: their revisions follow how
-//! input met the watermark, see `crate::collection`).
+//! Records are encoded (CSV or JSON lines, the sink's format) on the worker that produced them.
+//! A single-writer sink sends every line to worker 0; a parallel sink keeps each worker's lines
+//! on that worker. The writing worker holds each timestamp's lines until its input frontier
+//! passes it, then hands them to the connector's [`SinkWriter`] sorted (by line, or by a key the
+//! job gives and then by line), so a single-writer sink's output depends only on the input, never
+//! on thread timing: runs with 1, 2 or N workers, or several processes, write the same bytes
+//! (updating views excepted: their revisions follow how input met the watermark, see
+//! `crate::collection`).
 //!
-//! Delivery guarantees:
-//! * Without checkpoints, a file sink writes `PATH.inprogress` and renames it to `PATH` when the
-//!   job finishes, so `PATH` only ever holds a finished run's complete output. A run that dies
-//!   leaves only the `.inprogress` file; start it again.
-//! * With checkpoints, a file sink is exactly-once: the output of epoch `k` is staged in
-//!   `PATH.parts/epoch-K.staged` (fsync) when the input passes epoch `k`, and renamed to
-//!   `epoch-K.csv` (published) only once checkpoint `k` is complete. A restore publishes staged
-//!   epochs up to the checkpoint and deletes later ones, so the published parts always equal what a
-//!   run that never failed produced for those epochs. When the job finishes, the parts are joined
-//!   into `PATH` (header first); the directory is removed with the checkpoints once the job
-//!   has finished. Within the file, lines are ordered by
-//!   epoch, so their order (not their content) depends on when checkpoints happened.
-//! * `stdout:` prints as it goes: with checkpoints, output after the last checkpoint may be printed
-//!   again after a restore (at-least-once).
+//! With checkpoints, the two-phase commit: when the input passes epoch `k` the writer pre-commits
+//! `k` (durable, invisible) and returns a committable; the sink writes its part of checkpoint `k`
+//! (every committable not yet committed); once the coordinator has made checkpoint `k` complete,
+//! the writer commits `k`. At the end of the input the sink waits for the last checkpoint, commits
+//! it and finishes. A restore hands the checkpoint's committables to [`SinkTarget::recover`]
+//! before the run starts. Without checkpoints, the writer writes as lines come and finishes at the
+//! end.
+//!
+//! A writer that fails (a full disk, a closed pipe, a refused connection) fails the job: the
+//! sources stop, no checkpoint after the failure completes, and the run ends with the sink's
+//! name and the cause (exit code 1).
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{self, File};
-use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::time::Duration;
 
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
@@ -34,193 +30,13 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Probe;
 
-use crate::checkpoint::{self, CommitState, Participant};
-use crate::metrics::Metrics;
+use crate::checkpoint::{self, Participant};
+use crate::connector::{Committable, Progress, ResolvedSink, SinkContext, SinkTarget, SinkWriter};
+use crate::format::Format;
 use crate::record::CsvRecord;
 use crate::stream::Stream;
-use crate::time::{frontier_bounds, Time, END_OF_TIME};
-use crate::uri::{Format, SinkUri};
+use crate::time::{frontier_bounds, Time};
 use crate::{Data, Result};
-
-/// The directory where a checkpointed file sink stages and publishes its output per epoch.
-pub fn parts_dir(path: &Path) -> PathBuf {
-    let mut p = path.as_os_str().to_owned();
-    p.push(".parts");
-    PathBuf::from(p)
-}
-
-fn staged_path(dir: &Path, epoch: u64) -> PathBuf {
-    dir.join(format!("epoch-{epoch:010}.staged"))
-}
-
-fn published_path(dir: &Path, epoch: u64) -> PathBuf {
-    dir.join(format!("epoch-{epoch:010}.csv"))
-}
-
-fn in_progress(path: &Path) -> PathBuf {
-    let mut p = path.as_os_str().to_owned();
-    p.push(".inprogress");
-    PathBuf::from(p)
-}
-
-/// The epoch of a part file name (`epoch-0000000007.staged` -> (7, staged?)).
-fn part_epoch(name: &str) -> Option<(u64, bool)> {
-    let rest = name.strip_prefix("epoch-")?;
-    if let Some(n) = rest.strip_suffix(".staged") {
-        return n.parse().ok().map(|e| (e, true));
-    }
-    rest.strip_suffix(".csv").and_then(|n| n.parse().ok()).map(|e| (e, false))
-}
-
-/// Prepares a file sink before a run: a fresh run removes old parts; a restore from checkpoint
-/// `restored` publishes staged epochs up to it and deletes later ones (rolls forward, then back).
-pub fn prepare_file_sink(path: &Path, restored: Option<u64>) -> Result<()> {
-    let dir = parts_dir(path);
-    fs::remove_file(in_progress(path)).ok();
-    let Some(k) = restored else {
-        if dir.exists() {
-            fs::remove_dir_all(&dir).map_err(|e| anyhow::anyhow!("cannot clear {}: {e}", dir.display()))?;
-        }
-        return Ok(());
-    };
-    if !dir.exists() {
-        return Ok(());
-    }
-    for entry in fs::read_dir(&dir)? {
-        let file = entry?.path();
-        let name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
-        match part_epoch(&name) {
-            Some((epoch, true)) if epoch <= k => fs::rename(&file, published_path(&dir, epoch))?,
-            Some((epoch, _)) if epoch > k => fs::remove_file(&file)?,
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-/// Where encoded lines go.
-enum Target {
-    /// Straight to the output (no checkpoints): `(writer, in-progress path, final path)`.
-    Direct(Box<dyn Write>, Option<(PathBuf, PathBuf)>),
-    /// Staged per epoch, published on commit.
-    Staged(StagedFile),
-}
-
-struct StagedFile {
-    path: PathBuf,
-    dir: PathBuf,
-    header: Option<String>,
-    /// Complete lines of epochs not yet staged.
-    lines: BTreeMap<u64, Vec<String>>,
-    /// The next epoch to stage.
-    next_epoch: u64,
-    /// Staged epochs not yet published.
-    unpublished: BTreeSet<u64>,
-    commit: Option<Arc<CommitState>>,
-    checkpoint_dir: PathBuf,
-    sink: String,
-}
-
-impl StagedFile {
-    /// Stages every epoch below `complete_below`: a file with its lines (if any), fsynced, and
-    /// this sink's part of the epoch's checkpoint. `last` marks the final part.
-    fn stage(&mut self, complete_below: u64, last: bool) -> Result<()> {
-        while self.next_epoch < complete_below {
-            let epoch = self.next_epoch;
-            let lines = self.lines.remove(&epoch).unwrap_or_default();
-            let count = lines.len() as u64;
-            if !lines.is_empty() {
-                fs::create_dir_all(&self.dir)?;
-                let staged = staged_path(&self.dir, epoch);
-                let mut w = BufWriter::new(File::create(&staged)?);
-                for line in lines {
-                    writeln!(w, "{line}")?;
-                }
-                let file = w.into_inner().map_err(|e| anyhow::anyhow!("cannot write {}: {e}", staged.display()))?;
-                crate::faults::point("sink:before-stage");
-                file.sync_all()?;
-                self.unpublished.insert(epoch);
-            }
-            let who = Participant::Sink { name: self.sink.clone() };
-            let ends = last && complete_below == END_OF_TIME && self.lines.is_empty();
-            if ends {
-                checkpoint::write_final_part(&self.checkpoint_dir, epoch, &who, &checkpoint::encode(&count)?)?;
-                break;
-            }
-            checkpoint::write_part(&self.checkpoint_dir, epoch, &who, &checkpoint::encode(&count)?)?;
-            self.next_epoch += 1;
-        }
-        Ok(())
-    }
-
-    /// Publishes staged epochs whose checkpoint is complete.
-    fn publish(&mut self) -> Result<()> {
-        let Some(committed) = self.commit.as_ref().and_then(|c| c.committed()) else { return Ok(()) };
-        while let Some(&epoch) = self.unpublished.first() {
-            if epoch > committed {
-                break;
-            }
-            crate::faults::point("sink:before-publish");
-            fs::rename(staged_path(&self.dir, epoch), published_path(&self.dir, epoch))?;
-            self.unpublished.remove(&epoch);
-        }
-        Ok(())
-    }
-
-    /// Joins every part, in epoch order, into the output file, and removes the parts.
-    fn finish(&mut self) -> Result<()> {
-        let staging = in_progress(&self.path);
-        if let Some(parent) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            fs::create_dir_all(parent)?;
-        }
-        let mut out = BufWriter::with_capacity(1 << 20, File::create(&staging)?);
-        if let Some(h) = &self.header {
-            writeln!(out, "{h}")?;
-        }
-        let mut parts: Vec<(u64, PathBuf)> = Vec::new();
-        if self.dir.exists() {
-            for entry in fs::read_dir(&self.dir)? {
-                let file = entry?.path();
-                if let Some((epoch, _)) = file.file_name().and_then(|n| n.to_str()).and_then(part_epoch) {
-                    parts.push((epoch, file));
-                }
-            }
-        }
-        parts.sort();
-        for (_, file) in &parts {
-            std::io::copy(&mut File::open(file)?, &mut out)?;
-        }
-        let file = out.into_inner().map_err(|e| anyhow::anyhow!("cannot write {}: {e}", staging.display()))?;
-        file.sync_all()?;
-        fs::rename(&staging, &self.path)?;
-        // The parts stay until the job has finished and its checkpoints are gone (see
-        // runtime::run_prepared): a crash before then restores from a checkpoint that needs them.
-        Ok(())
-    }
-}
-
-fn open_direct(uri: &SinkUri, header: Option<&str>) -> std::io::Result<Target> {
-    let (mut writer, rename): (Box<dyn Write>, _) = match uri {
-        SinkUri::Stdout => (Box::new(BufWriter::new(std::io::stdout())), None),
-        SinkUri::File(path, _) => {
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                fs::create_dir_all(dir)?;
-            }
-            let staged = in_progress(path);
-            let file = File::create(&staged)?;
-            (Box::new(BufWriter::with_capacity(1 << 20, file)), Some((staged, path.clone())))
-        }
-    };
-    if let Some(h) = header {
-        writeln!(writer, "{h}")?;
-    }
-    Ok(Target::Direct(writer, rename))
-}
-
-fn report(metrics: &Metrics, sink: &str, what: String) {
-    eprintln!("error: sink {sink}: {what}");
-    metrics.add(&format!("sink_errors:{sink}"), 1);
-}
 
 /// One timestamp's `(order key, line)` pairs in the order `sort_unstable` gives them. Lines of
 /// one window firing share a long prefix (the window's bounds), on which every comparison of a
@@ -269,18 +85,17 @@ fn sorted_lines(mut lines: Vec<(u64, String)>) -> Vec<(u64, String)> {
     lines
 }
 
-pub(crate) fn build_sink<T: Data + CsvRecord>(stream: Stream<'_, T>, name: &str, uri: SinkUri, order: impl Fn(&T) -> u64 + 'static) {
+pub(crate) fn build_sink<T: Data + CsvRecord>(stream: Stream<'_, T>, name: &str, sink: ResolvedSink, order: impl Fn(&T) -> u64 + 'static) {
     let ctx = stream.ctx.clone();
     if ctx.dry_run {
         return;
     }
-    let format = match &uri {
-        SinkUri::File(_, f) => *f,
-        SinkUri::Stdout => Format::Csv,
-    };
+    let target = sink.target.clone();
+    let format = target.format();
+    let parallel = target.parallel();
     let metrics = ctx.metrics.clone();
     let scope = stream.inner.scope();
-    let is_writer = scope.index() == 0;
+    let is_writer = parallel || scope.index() == 0;
     let sink_name = name.to_string();
     if is_writer {
         metrics.add(&format!("written:{name}"), 0);
@@ -304,14 +119,41 @@ pub(crate) fn build_sink<T: Data + CsvRecord>(stream: Stream<'_, T>, name: &str,
                 });
             }
         });
-    let header = (format == Format::Csv).then(T::csv_header);
-    let checkpoints = ctx.checkpoint.clone();
-    let first_epoch = ctx.first_epoch();
-    let commit = ctx.commit.clone();
+    let context = SinkContext {
+        job: ctx.plan.spec.name.to_string(),
+        sink: name.to_string(),
+        worker: if parallel { scope.index() } else { 0 },
+        workers: scope.peers(),
+        checkpointed: ctx.checkpoint.is_some(),
+        first_epoch: ctx.first_epoch(),
+        header: (format == Format::Csv).then(T::csv_header),
+    };
+    let participant = if parallel {
+        Participant::ParallelSink { name: name.to_string(), worker: scope.index() }
+    } else {
+        Participant::Sink { name: name.to_string() }
+    };
+    let mut driver = Driver {
+        name: sink_name,
+        target,
+        context,
+        writer: None,
+        checkpoint_dir: ctx.checkpoint.as_ref().map(|c| c.dir.clone()),
+        commit: ctx.commit.clone(),
+        participant,
+        metrics: metrics.clone(),
+        next_epoch: ctx.first_epoch(),
+        last_written_epoch: None,
+        uncommitted: BTreeMap::new(),
+        final_epoch: None,
+        state: State::Running,
+    };
 
     let mut builder = OperatorBuilder::new(format!("sink:{name}"), scope);
     let activator = scope.activator_for(builder.operator_info().address);
-    let mut input = builder.new_input(encoded, Exchange::new(|_| 0));
+    // A single-writer sink gathers every line on worker 0; a parallel one keeps each worker's.
+    let writer_index = if parallel { scope.index() as u64 } else { 0 };
+    let mut input = builder.new_input(encoded, Exchange::new(move |_| writer_index));
     // The sink sends nothing; its output's frontier is its input's, messages still queued for it
     // included, which is what flow control watches.
     let (_output, landed) = builder.new_output::<Vec<()>>();
@@ -321,10 +163,7 @@ pub(crate) fn build_sink<T: Data + CsvRecord>(stream: Stream<'_, T>, name: &str,
         input.for_each(|_, _| {});
         flow.wake();
     });
-    builder.build(move |_capabilities| {
-        let mut target: Option<Target> = None;
-        let mut failed = false;
-        let mut finished = false;
+    builder.build_reschedule(move |_capabilities| {
         let mut pending: BTreeMap<Time, Vec<(u64, String)>> = BTreeMap::new();
         move |frontiers| {
             let frontier = &frontiers[0];
@@ -332,35 +171,17 @@ pub(crate) fn build_sink<T: Data + CsvRecord>(stream: Stream<'_, T>, name: &str,
                 let Some(&time) = cap.stamp().iter().next() else { return };
                 pending.entry(time).or_default().append(data);
             });
-            if !is_writer || finished || failed {
+            if !is_writer || driver.state != State::Running {
                 pending.clear();
-                return;
+                return false;
             }
-            if target.is_none() {
-                let opened = match (&checkpoints, &uri) {
-                    (Some(c), SinkUri::File(path, _)) => Ok(Target::Staged(StagedFile {
-                        path: path.clone(),
-                        dir: parts_dir(path),
-                        header: header.clone(),
-                        lines: BTreeMap::new(),
-                        next_epoch: first_epoch,
-                        unpublished: BTreeSet::new(),
-                        commit: commit.clone(),
-                        checkpoint_dir: c.dir.clone(),
-                        sink: sink_name.clone(),
-                    })),
-                    _ => open_direct(&uri, header.as_deref()),
-                };
-                match opened {
-                    Ok(t) => target = Some(t),
-                    Err(e) => {
-                        report(&metrics, &sink_name, format!("cannot open {uri:?}: {e}; its results are lost"));
-                        failed = true;
-                        return;
-                    }
-                }
+            if driver.metrics.halted() {
+                // The job halted (a failure, a stop after a savepoint, a cancel): publish nothing
+                // more; what is not committed is abandoned (a restore replays it).
+                driver.abort();
+                pending.clear();
+                return false;
             }
-            let Some(out) = target.as_mut() else { return };
             // Times the frontier has passed are complete: their lines are final.
             let complete: Vec<Time> = pending.keys().copied().filter(|t| !frontier.less_equal(t)).collect();
             let mut written = 0u64;
@@ -368,65 +189,163 @@ pub(crate) fn build_sink<T: Data + CsvRecord>(stream: Stream<'_, T>, name: &str,
                 let lines = sorted_lines(pending.remove(&time).unwrap_or_default());
                 written += lines.len() as u64;
                 crate::faults::slow_sink(lines.len());
-                if let (Some(clock), false) = (metrics.latency(), sink_name == crate::job::DEAD_LETTERS) {
+                if let (Some(clock), false) = (driver.metrics.latency(), driver.name == crate::job::DEAD_LETTERS) {
                     clock.record(time.wm, lines.len());
                 }
-                match out {
-                    Target::Direct(writer, _) => {
-                        for (_, line) in lines {
-                            if let Err(e) = writer.write_all(line.as_bytes()).and_then(|_| writer.write_all(b"\n")) {
-                                report(&metrics, &sink_name, format!("write failed: {e}"));
-                                failed = true;
-                                return;
-                            }
-                        }
-                    }
-                    Target::Staged(staged) => staged.lines.entry(time.epoch).or_default().extend(lines.into_iter().map(|(_, l)| l)),
+                let lines: Vec<String> = lines.into_iter().map(|(_, l)| l).collect();
+                if let Err(e) = driver.write(time.epoch, lines) {
+                    driver.fail(e);
+                    return false;
                 }
             }
             if written > 0 {
-                metrics.add(&format!("written:{sink_name}"), written);
+                driver.metrics.add(&format!("written:{}", driver.name), written);
             }
             let (frontier_epoch, _) = frontier_bounds(frontier.frontier().iter());
             let ended = frontier.is_empty();
-            let result = match out {
-                Target::Direct(writer, rename) if ended => {
-                    let flushed = writer.flush();
-                    let renamed = flushed.and_then(|_| match rename {
-                        Some((staged, path)) => fs::rename(staged, path),
-                        None => Ok(()),
-                    });
-                    renamed.map_err(anyhow::Error::from)
+            match driver.advance(frontier_epoch, ended) {
+                Ok(Some(wait)) => {
+                    activator.activate_after(wait);
+                    true
                 }
-                Target::Direct(..) => Ok(()),
-                Target::Staged(staged) => {
-                    let staged_result = staged.stage(frontier_epoch, ended).and_then(|_| staged.publish());
-                    match staged_result {
-                        Ok(()) if ended => staged.finish(),
-                        Ok(()) => {
-                            if !staged.unpublished.is_empty() {
-                                // Publish as soon as the coordinator completes the checkpoint.
-                                activator.activate_after(std::time::Duration::from_millis(5));
-                            }
-                            Ok(())
-                        }
-                        Err(e) => Err(e),
-                    }
+                Ok(None) => false,
+                Err(e) => {
+                    driver.fail(e);
+                    false
                 }
-            };
-            if let Err(e) = result {
-                if matches!(out, Target::Staged(_)) {
-                    // A sink that cannot stage breaks exactly-once: stop the job rather than go on.
-                    panic!("sink {sink_name}: {e:#}");
-                }
-                report(&metrics, &sink_name, format!("cannot finish {uri:?}: {e:#}"));
-            }
-            if ended {
-                finished = true;
-                target = None;
             }
         }
     });
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Running,
+    Finished,
+    Failed,
+}
+
+/// The sink protocol of one writing worker: writes, pre-commits, checkpoint parts, commits.
+struct Driver {
+    name: String,
+    target: std::sync::Arc<dyn SinkTarget>,
+    context: SinkContext,
+    writer: Option<Box<dyn SinkWriter>>,
+    /// Where checkpoint parts go, when checkpointing.
+    checkpoint_dir: Option<std::path::PathBuf>,
+    commit: Option<std::sync::Arc<checkpoint::CommitState>>,
+    participant: Participant,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// The next epoch to pre-commit.
+    next_epoch: u64,
+    /// The highest epoch lines were written for.
+    last_written_epoch: Option<u64>,
+    /// Pre-committed epochs not yet committed, with their committables.
+    uncommitted: BTreeMap<u64, Vec<u8>>,
+    /// The epoch of the final part, once written.
+    final_epoch: Option<u64>,
+    state: State,
+}
+
+/// How often a sink looks again while it waits for a checkpoint or a connector.
+const POLL: Duration = Duration::from_millis(5);
+
+impl Driver {
+    fn writer(&mut self) -> Result<&mut Box<dyn SinkWriter>> {
+        if self.writer.is_none() {
+            let w = self.target.writer(&self.context).map_err(|e| e.context(format!("cannot open {}", self.target.describe())))?;
+            self.writer = Some(w);
+        }
+        Ok(self.writer.as_mut().expect("opened above"))
+    }
+
+    fn write(&mut self, epoch: u64, lines: Vec<String>) -> Result<()> {
+        self.last_written_epoch = Some(self.last_written_epoch.map_or(epoch, |e| e.max(epoch)));
+        self.writer()?.write(epoch, lines)
+    }
+
+    /// Pre-commits what the frontier completed, commits what the coordinator completed, and
+    /// finishes at the end. Returns when to look again, if the protocol is waiting for something.
+    fn advance(&mut self, frontier_epoch: u64, ended: bool) -> Result<Option<Duration>> {
+        self.writer()?;
+        let Some(dir) = self.checkpoint_dir.clone() else {
+            if !ended {
+                return Ok(None);
+            }
+            return self.finish();
+        };
+        // Pre-commit every epoch the input has passed; at the end, up to the last one written.
+        let last = if ended { self.last_written_epoch.map_or(self.next_epoch, |e| e.max(self.next_epoch)) } else { 0 };
+        while self.final_epoch.is_none() && (self.next_epoch < frontier_epoch || ended) {
+            let epoch = self.next_epoch;
+            let writer = self.writer.as_mut().expect("opened above");
+            match writer.pre_commit(epoch)? {
+                Progress::Pending => return Ok(Some(POLL)),
+                Progress::Ready(Some(data)) => {
+                    self.uncommitted.insert(epoch, data);
+                }
+                Progress::Ready(None) => {}
+            }
+            let worker = self.context.worker;
+            let pending: Vec<Committable> =
+                self.uncommitted.iter().map(|(e, data)| Committable { worker, epoch: *e, data: data.clone() }).collect();
+            let payload = checkpoint::encode(&pending)?;
+            if ended && epoch >= last {
+                checkpoint::write_final_part(&dir, epoch, &self.participant, &payload)?;
+                self.final_epoch = Some(epoch);
+            } else {
+                checkpoint::write_part(&dir, epoch, &self.participant, &payload)?;
+                self.next_epoch += 1;
+            }
+        }
+        // Commit what completed checkpoints cover.
+        let committed = self.commit.as_ref().and_then(|c| c.committed());
+        while let Some((&epoch, _)) = self.uncommitted.first_key_value() {
+            if committed.is_none_or(|c| epoch > c) {
+                break;
+            }
+            crate::faults::point("sink:before-publish");
+            let data = self.uncommitted.get(&epoch).cloned().unwrap_or_default();
+            match self.writer.as_mut().expect("opened above").commit(epoch, &data)? {
+                Progress::Pending => return Ok(Some(POLL)),
+                Progress::Ready(()) => {
+                    self.uncommitted.remove(&epoch);
+                }
+            }
+        }
+        match self.final_epoch {
+            // Wait for the last checkpoint, then finish.
+            Some(last) if committed.is_some_and(|c| c >= last) && self.uncommitted.is_empty() => self.finish(),
+            Some(_) => Ok(Some(POLL)),
+            None if !self.uncommitted.is_empty() => Ok(Some(POLL)),
+            None => Ok(None),
+        }
+    }
+
+    fn finish(&mut self) -> Result<Option<Duration>> {
+        match self.writer()?.finish()? {
+            Progress::Pending => Ok(Some(POLL)),
+            Progress::Ready(()) => {
+                self.state = State::Finished;
+                self.writer = None;
+                Ok(None)
+            }
+        }
+    }
+
+    fn abort(&mut self) {
+        if let Some(mut w) = self.writer.take() {
+            w.abort();
+        }
+        self.state = State::Failed;
+    }
+
+    /// The writer failed: the job fails with the sink's name and the cause.
+    fn fail(&mut self, error: anyhow::Error) {
+        self.metrics.add(&format!("sink_errors:{}", self.name), 1);
+        self.metrics.fail(format!("sink {}: {error:#}", self.name));
+        self.abort();
+    }
 }
 
 #[cfg(test)]

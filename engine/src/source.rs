@@ -25,8 +25,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::io::BufReader;
-use std::path::{Path, PathBuf};
+use std::io::{BufRead, BufReader};
 use std::rc::Rc;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -40,13 +39,13 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::Scope;
 
 use crate::checkpoint::{self, Participant};
+use crate::connector::{Decode, ResolvedSource, SourcePlan, SourceWaker, SplitReader};
 use crate::decode::LineDecoder;
 use crate::job::BuildContext;
 use crate::record::{CsvRecord, DeadLetter};
 use crate::stream::TStream;
 use crate::time::OutOfOrder;
 use crate::time::Time;
-use crate::uri::{Format, SourceUri};
 use crate::{Data, Result};
 
 /// Records a source worker reads per activation, over all its partitions: large enough that
@@ -211,6 +210,13 @@ pub trait Partition<T>: 'static {
     fn position(&self) -> Position;
     /// Continues from a position a checkpoint recorded.
     fn seek(&mut self, position: &Position) -> Result<()>;
+    /// Registers the worker's waker; `true` if the partition calls it when data arrives (see
+    /// [`SplitReader::set_waker`]).
+    fn set_waker(&mut self, _waker: SourceWaker) -> bool {
+        false
+    }
+    /// Checkpoint `epoch` is complete.
+    fn on_checkpoint_complete(&mut self, _epoch: u64) {}
 }
 
 /// A partition with its index within its source.
@@ -231,75 +237,50 @@ pub struct PartitionSnapshot {
     pub done: bool,
 }
 
-struct GenPartition<T> {
-    next: u64,
-    step: u64,
-    count: u64,
-    record: Arc<dyn Fn(u64) -> T + Send + Sync>,
-}
-
-impl<T: 'static> Partition<T> for GenPartition<T> {
-    fn read(&mut self, max: usize, out: &mut Vec<(u64, T)>, _dead: &mut Vec<DeadLetter>) -> ReadStatus {
-        let left = self.count.saturating_sub(self.next).div_ceil(self.step);
-        let n = (max as u64).min(left);
-        let (first, step, record) = (self.next, self.step, &self.record);
-        // An exact-size iterator: written straight into the batch, without a capacity check each.
-        out.extend((0..n).map(|k| (0, record(first + k * step))));
-        self.next += n * step;
-        if self.next >= self.count {
-            ReadStatus::Done
-        } else {
-            ReadStatus::More
-        }
-    }
-    fn position(&self) -> Position {
-        Position { offset: self.next, line: 0 }
-    }
-    fn seek(&mut self, position: &Position) -> Result<()> {
-        self.next = position.offset;
-        Ok(())
-    }
-}
-
-/// A CSV or JSON-lines file, read line by line.
-pub(crate) struct FilePartition {
-    source: String,
-    path: PathBuf,
-    reader: BufReader<File>,
-    decoder: LineDecoder,
-}
-
-impl FilePartition {
-    pub(crate) fn open(source: &str, path: &Path, format: Format) -> Result<Self> {
-        let file = File::open(path).map_err(|e| anyhow!("source {source}: cannot open {}: {e}", path.display()))?;
-        Ok(FilePartition {
-            source: source.to_string(),
-            path: path.to_path_buf(),
-            reader: BufReader::with_capacity(1 << 20, file),
-            decoder: LineDecoder::new(source, path.display().to_string(), format),
-        })
-    }
-}
-
 /// Parses one CSV line into a record.
 pub fn parse_csv_line<T: CsvRecord>(line: &str) -> Result<T, String> {
     T::from_csv_line(line)
 }
 
-impl<T: Data + CsvRecord> Partition<T> for FilePartition {
+/// A connector's split, decoding its messages into records of type `T`.
+struct DecodingPartition<T> {
+    reader: Box<dyn SplitReader>,
+    _record: std::marker::PhantomData<fn() -> T>,
+}
+
+/// The engine's [`Decode`]: decodes into a source's batch and its dead letters.
+struct Decoding<'a, T> {
+    out: &'a mut Vec<(u64, T)>,
+    dead: &'a mut Vec<DeadLetter>,
+}
+
+impl<T: Data + CsvRecord> Decode for Decoding<'_, T> {
+    fn file_lines(&mut self, lines: &mut LineDecoder, reader: &mut BufReader<File>, max: usize) -> ReadStatus {
+        lines.read(reader, max, &mut crate::decode::Stamped(self.out), self.dead)
+    }
+    fn lines(&mut self, lines: &mut LineDecoder, mut reader: &mut dyn BufRead, max: usize) -> ReadStatus {
+        lines.read(&mut reader, max, &mut crate::decode::Stamped(self.out), self.dead)
+    }
+    fn message(&mut self, lines: &mut LineDecoder, payload: &[u8], number: u64) {
+        lines.decode_message(payload, number, &mut crate::decode::Stamped(self.out), self.dead);
+    }
+}
+
+impl<T: Data + CsvRecord> Partition<T> for DecodingPartition<T> {
     fn read(&mut self, max: usize, out: &mut Vec<(u64, T)>, dead: &mut Vec<DeadLetter>) -> ReadStatus {
-        self.decoder.read(&mut self.reader, max, &mut crate::decode::Stamped(out), dead)
+        self.reader.read(max, &mut Decoding { out, dead })
     }
     fn position(&self) -> Position {
-        Position { offset: self.decoder.offset(), line: self.decoder.line_no() }
+        self.reader.position()
     }
     fn seek(&mut self, position: &Position) -> Result<()> {
-        use std::io::Seek;
-        self.reader
-            .seek(std::io::SeekFrom::Start(position.offset))
-            .map_err(|e| anyhow!("source {}: cannot resume {} at byte {}: {e}", self.source, self.path.display(), position.offset))?;
-        self.decoder.resume_at(position.offset, position.line);
-        Ok(())
+        self.reader.seek(position)
+    }
+    fn set_waker(&mut self, waker: SourceWaker) -> bool {
+        self.reader.set_waker(waker)
+    }
+    fn on_checkpoint_complete(&mut self, epoch: u64) {
+        self.reader.on_checkpoint_complete(epoch)
     }
 }
 
@@ -329,33 +310,34 @@ impl<T: Clone + 'static> Partition<T> for VecPartition<T> {
     }
 }
 
-/// Checks that a source can be opened, before workers start: the generator's options are valid.
-pub fn check_source<T: Generate>(uri: &SourceUri) -> Result<()> {
-    if let SourceUri::Generator(options) = uri {
-        let mut o = GenOptions::new(options.clone());
-        T::generator(&mut o)?;
-        o.finish()?;
-    }
-    Ok(())
-}
-
-/// The partitions of a source that worker `index` of `peers` reads.
-fn partitions_for<T: Data + CsvRecord + Generate>(name: &str, uri: &SourceUri, index: usize, peers: usize) -> Result<Vec<Indexed<T>>> {
+/// The partitions of a source that worker `index` of `peers` reads: split `i` goes to worker
+/// `i % peers`, over all workers of all processes. In a dry run, only checks the source.
+fn partitions_for<T: Data + CsvRecord>(
+    ctx: &BuildContext,
+    name: &str,
+    source: &ResolvedSource,
+    index: usize,
+    peers: usize,
+) -> Result<Vec<Indexed<T>>> {
     let mut parts: Vec<Indexed<T>> = Vec::new();
-    match uri {
-        SourceUri::Generator(options) => {
-            let mut o = GenOptions::new(options.clone());
-            let g = T::generator(&mut o)?;
-            o.finish()?;
-            for p in (0..g.partitions).filter(|p| *p as usize % peers == index) {
-                parts.push((p, Box::new(GenPartition { next: p, step: g.partitions, count: g.count, record: g.record.clone() })));
+    match &source.plan {
+        SourcePlan::Payload(payload) => {
+            if ctx.dry_run {
+                return Ok(parts);
+            }
+            for split in (0..payload.splits()?).filter(|p| *p as usize % peers == index) {
+                let reader = payload.open_split(split)?;
+                parts.push((split, Box::new(DecodingPartition::<T> { reader, _record: std::marker::PhantomData })));
             }
         }
-        SourceUri::Files(files) => {
-            for (i, (path, format)) in files.iter().enumerate() {
-                if i % peers == index {
-                    parts.push((i as u64, Box::new(FilePartition::open(name, path, *format)?)));
-                }
+        SourcePlan::Typed { scheme } => {
+            let factory = ctx.plan.connectors.typed::<T>(scheme).map_err(|e| anyhow!("source {name}: {e:#}"))?;
+            let splits = factory(name, &source.uri)?;
+            if ctx.dry_run {
+                return Ok(parts);
+            }
+            for split in (0..splits.splits).filter(|p| *p as usize % peers == index) {
+                parts.push((split, (splits.open)(split)));
             }
         }
     }
@@ -370,6 +352,8 @@ struct PartitionState<T> {
     done: bool,
     last_data: Instant,
     idle: bool,
+    /// Whether the split wakes the worker when data arrives.
+    wakes: bool,
 }
 
 impl<T: 'static> PartitionState<T> {
@@ -385,20 +369,15 @@ impl<T: 'static> PartitionState<T> {
 }
 
 /// Builds the source operator: a stream of records and one of dead letters.
-pub(crate) fn build_source<'scope, T: Data + CsvRecord + Generate>(
+pub(crate) fn build_source<'scope, T: Data + CsvRecord>(
     scope: Scope<'scope, Time>,
     ctx: &Rc<BuildContext>,
     name: &str,
-    uri: &SourceUri,
+    source: &ResolvedSource,
     event_time: impl Fn(&T) -> u64 + 'static,
     strategy: OutOfOrder,
 ) -> Result<(TStream<'scope, T>, TStream<'scope, DeadLetter>)> {
-    let partitions = if ctx.dry_run {
-        check_source::<T>(uri)?;
-        Vec::new()
-    } else {
-        partitions_for::<T>(name, uri, scope.index(), scope.peers())?
-    };
+    let partitions = partitions_for::<T>(ctx, name, source, scope.index(), scope.peers())?;
     build_partitioned_source(scope, ctx, name, partitions, event_time, strategy)
 }
 
@@ -418,8 +397,16 @@ fn resume<T: 'static>(ctx: &BuildContext, name: &str, partitions: Vec<Indexed<T>
     }
     let mut states = Vec::with_capacity(partitions.len());
     for (index, mut reader) in partitions {
-        let mut state =
-            PartitionState { index, reader: Box::new(NoPartition), max_ts: None, watermark: 0, done: false, last_data: now, idle: false };
+        let mut state = PartitionState {
+            index,
+            reader: Box::new(NoPartition),
+            max_ts: None,
+            watermark: 0,
+            done: false,
+            last_data: now,
+            idle: false,
+            wakes: false,
+        };
         if ctx.restore.is_some() {
             let Some(snap) = saved.get(&index) else {
                 bail!("source {name:?}: the checkpoint has no position for partition {index}; was the input changed?");
@@ -463,13 +450,25 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
     let local_worker = scope.index() % metrics.local_workers().max(1);
     let mut builder = OperatorBuilder::new(format!("source:{name}"), scope);
     let info = builder.operator_info();
-    let activator = scope.activator_for(info.address);
+    let activator = scope.activator_for(info.address.clone());
     let (records_out, records) = builder.new_output::<Vec<(u64, T)>>();
     let (dead_out, dead) = builder.new_output::<Vec<(u64, DeadLetter)>>();
     let mut records_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<(u64, T)>>>::from(records_out);
     let mut dead_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<(u64, DeadLetter)>>>::from(dead_out);
 
     let mut parts = resume(ctx, name, partitions)?;
+    // Splits that wake the worker when data arrives let it sleep while they are idle.
+    let waker = {
+        let sync = scope.worker().sync_activator_for(info.address.to_vec());
+        SourceWaker(Arc::new(move || {
+            let _ = sync.activate();
+        }))
+    };
+    for part in parts.iter_mut() {
+        part.wakes = part.reader.set_waker(waker.clone());
+    }
+    let commit = ctx.commit.clone().filter(|_| ctx.checkpoint.is_some());
+    let mut notified_commit: Option<u64> = ctx.restore.as_ref().map(|r| r.manifest.epoch);
     let per_partition = (BATCH / parts.len().max(1)).clamp(64, BATCH);
     let advance_every = (ADVANCE_EVERY / parts.len().max(1)).clamp(256, BATCH) * parts.len().max(1);
     // Checkpointing: each interval, write this worker's positions as its part of the current
@@ -516,6 +515,21 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
         let mut behind: BTreeMap<u64, Vec<(u64, T)>> = BTreeMap::new();
         let mut dead_letters: Vec<DeadLetter> = Vec::new();
         move |_frontiers| {
+            // Tell the splits about completed checkpoints (brokers acknowledge what they cover).
+            if let Some(committed) = commit.as_ref().and_then(|c| c.committed()) {
+                if notified_commit.is_none_or(|n| committed > n) {
+                    notified_commit = Some(committed);
+                    for part in parts.iter_mut() {
+                        part.reader.on_checkpoint_complete(committed);
+                    }
+                }
+            }
+            if metrics.halted() && caps.is_some() {
+                // The job halted (a sink failed, a stop after a savepoint, a cancel): stop reading.
+                // No final checkpoint part is written, so no checkpoint claims the rest was read.
+                caps = None;
+                wrote_final = true;
+            }
             let Some((records_cap, dead_cap)) = caps.as_mut() else {
                 if let (Some(c), false) = (&checkpoints, wrote_final) {
                     wrote_final = true;
@@ -690,6 +704,20 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
             }
             if read > 0 || had_dead_letters {
                 activator.activate();
+            } else if parts.iter().filter(|p| !p.done).all(|p| p.wakes) {
+                // Every live split wakes the worker when data arrives: sleep until then, or until
+                // the next checkpoint tick or idleness check is due.
+                let mut due: Option<std::time::Duration> = next_tick.map(|t| t.saturating_duration_since(Instant::now()));
+                if let Some(timeout) = strategy.idle_timeout.filter(|_| parts.iter().any(|p| !p.done && !p.idle)) {
+                    due = Some(due.map_or(timeout, |d| d.min(timeout)));
+                }
+                if commit.is_some() {
+                    // Completed checkpoints are told to the splits within a second.
+                    due = Some(due.map_or(std::time::Duration::from_secs(1), |d| d.min(std::time::Duration::from_secs(1))));
+                }
+                if let Some(d) = due {
+                    activator.activate_after(d.max(std::time::Duration::from_millis(1)));
+                }
             } else {
                 // Nothing to read right now: look again shortly rather than spin.
                 activator.activate_after(std::time::Duration::from_millis(10));
@@ -704,47 +732,5 @@ fn write_final_part(c: &checkpoint::CheckpointConfig, epoch: u64, who: &Particip
     let result = checkpoint::encode(&snaps).and_then(|bytes| checkpoint::write_final_part(&c.dir, epoch, who, &bytes));
     if let Err(e) = result {
         eprintln!("error: {}: final checkpoint part: {e:#}", who.file_name());
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A generator partition reads its share of the sequence (`first`, `first + step`, ... below
-    /// `count`), whatever the read sizes, says `Done` exactly when it has read the last one, and
-    /// resumes from a position it reported.
-    #[test]
-    fn generator_partition_reads_its_share() {
-        for (first, step, count) in [(0u64, 1u64, 10u64), (3, 16, 100), (15, 16, 16), (16, 16, 16), (2, 3, 3), (0, 4, 0)] {
-            for max in [1usize, 2, 5, 64] {
-                let mut part = GenPartition { next: first, step, count, record: Arc::new(|i: u64| i * 10) };
-                let (mut out, mut dead) = (Vec::new(), Vec::new());
-                let mut done = false;
-                for _ in 0..1000 {
-                    let before = out.len();
-                    let status = part.read(max, &mut out, &mut dead);
-                    assert!(out.len() - before <= max);
-                    if status == ReadStatus::Done {
-                        done = true;
-                        break;
-                    }
-                    assert_eq!(out.len() - before, max, "a partition with more to read fills the read");
-                }
-                assert!(done);
-                let want: Vec<(u64, u64)> = (first..count).step_by(step as usize).map(|i| (0, i * 10)).collect();
-                assert_eq!(out, want, "first {first} step {step} count {count} max {max}");
-                assert!(dead.is_empty());
-            }
-        }
-        let mut part = GenPartition { next: 1, step: 2, count: 20, record: Arc::new(|i: u64| i) };
-        let (mut out, mut dead) = (Vec::new(), Vec::new());
-        part.read(3, &mut out, &mut dead);
-        let at = part.position();
-        let mut resumed = GenPartition { next: 0, step: 2, count: 20, record: Arc::new(|i: u64| i) };
-        resumed.seek(&at).unwrap();
-        out.clear();
-        resumed.read(2, &mut out, &mut dead);
-        assert_eq!(out, vec![(0, 7), (0, 9)]);
     }
 }

@@ -15,13 +15,12 @@ use timely::dataflow::operators::generic::{Operator, OutputBuilder};
 use timely::dataflow::operators::Concat;
 use timely::dataflow::Scope;
 
+use crate::connector::ResolvedSource;
 use crate::job::{BuildContext, JobBuilder};
 use crate::keygroup::{key_group, worker_for_key_group};
 use crate::metrics::Metrics;
 use crate::record::{CsvRecord, DeadLetter};
-use crate::source::Generate;
 use crate::time::{OutOfOrder, Time};
-use crate::uri::SourceUri;
 use crate::{Data, Key, Result};
 
 /// A timely stream of `(event time, record)` pairs, at watermark timestamps.
@@ -34,17 +33,17 @@ pub struct SourceStage<'scope, T> {
     ctx: Rc<BuildContext>,
     dead_letters: Rc<RefCell<Vec<TStream<'scope, DeadLetter>>>>,
     name: String,
-    uri: SourceUri,
+    uri: ResolvedSource,
     _record: std::marker::PhantomData<T>,
 }
 
-impl<'scope, T: Data + CsvRecord + Generate> SourceStage<'scope, T> {
+impl<'scope, T: Data + CsvRecord> SourceStage<'scope, T> {
     pub(crate) fn new(
         scope: Scope<'scope, Time>,
         ctx: Rc<BuildContext>,
         dead_letters: Rc<RefCell<Vec<TStream<'scope, DeadLetter>>>>,
         name: String,
-        uri: SourceUri,
+        uri: ResolvedSource,
     ) -> Self {
         SourceStage { scope, ctx, dead_letters, name, uri, _record: std::marker::PhantomData }
     }

@@ -25,7 +25,13 @@ use crate::Data;
 
 fn test_plan() -> RunPlan {
     const SPEC: JobSpec = JobSpec { name: "test", about: "", sources: &[], sinks: &[], params: &[], build: |_, _| Ok(()) };
-    RunPlan { spec: SPEC, params: Params::default(), sources: Default::default(), sinks: Default::default() }
+    RunPlan {
+        spec: SPEC,
+        params: Params::default(),
+        sources: Default::default(),
+        sinks: Default::default(),
+        connectors: Default::default(),
+    }
 }
 
 /// Runs `build` on `workers` threads over `partitions` of records (partition `p` read by worker

@@ -22,4 +22,4 @@ pub mod throughput;
 pub mod velocity;
 
 pub use payment::{Adjustment, AdjustmentKind, Authorization, BlockedCard, Payment, Status};
-pub use registry::all_jobs;
+pub use registry::{all_jobs, connectors};

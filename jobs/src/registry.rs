@@ -1,6 +1,10 @@
-//! Every job paystream ships, in the order `paystream jobs` lists them.
+//! Every job paystream ships, in the order `paystream jobs` lists them, and the connectors they
+//! read and write through.
 
-use paystream_engine::JobSpec;
+use paystream_engine::{Connectors, JobSpec};
+use paystream_operators::connectors::{builtin, with_generator};
+
+use crate::{Adjustment, Authorization, BlockedCard, Payment};
 
 /// The registered jobs.
 pub fn all_jobs() -> Vec<JobSpec> {
@@ -12,4 +16,14 @@ pub fn all_jobs() -> Vec<JobSpec> {
         crate::exposure::SPEC,
         crate::generate::SPEC,
     ]
+}
+
+/// The built-in connectors (`file:`, `stdout:`) and the generators (`gen:`) of the payment
+/// event types.
+pub fn connectors() -> Connectors {
+    let c = builtin();
+    let c = with_generator::<Payment>(c);
+    let c = with_generator::<Authorization>(c);
+    let c = with_generator::<BlockedCard>(c);
+    with_generator::<Adjustment>(c)
 }

@@ -1,9 +1,11 @@
-//! What jobs compose on top of the engine's streams: windows, aggregates and joins.
+//! What jobs compose on top of the engine's streams: windows, aggregates and joins, and the
+//! built-in connectors (`file:`, `stdout:`, `gen:`).
 //!
 //! Operators are extension traits with one job each ([`window::WindowExt`]); import them through
 //! the prelude.
 
 pub mod aggregate;
+pub mod connectors;
 pub mod join;
 pub mod process;
 mod slots;
