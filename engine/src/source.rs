@@ -493,6 +493,7 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
     // partition's watermark since then (for latency).
     let mut since_advance = 0usize;
     let mut raised: Option<u64> = None;
+    let source_records = metrics.step_records(name, scope.index());
 
     builder.build(move |mut capabilities| {
         let dead_cap = capabilities.pop();
@@ -633,6 +634,7 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
                 }
             }
             metrics.add_events_read(read);
+            source_records.output.add(read);
             {
                 let mut handle = records_out.activate();
                 let mut sent = |t: Time, n: usize| match in_flight.back_mut() {
