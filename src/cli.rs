@@ -156,6 +156,9 @@ struct RunArgs {
     /// Print no progress lines and no summary.
     #[arg(short, long)]
     quiet: bool,
+
+    #[command(flatten)]
+    log: crate::logging::LogArgs,
 }
 
 fn parse_rate(text: &str) -> std::result::Result<f64, String> {
@@ -225,6 +228,12 @@ fn read_hosts(path: &Path) -> Result<Vec<String>> {
 /// every subcommand for your own jobs.
 pub fn main(jobs: Vec<JobSpec>) -> ExitCode {
     let cli = Cli::parse();
+    let log = match &cli.command {
+        Command::Run(args) => args.log.clone(),
+        Command::Bench(args) => args.run.log.clone(),
+        _ => crate::logging::LogArgs::default(),
+    };
+    crate::logging::init(&log);
     match cli.command {
         Command::Jobs => {
             print!("{}", describe_jobs(&jobs));

@@ -259,7 +259,7 @@ pub fn choose_restore(checkpoint_dir: Option<&Path>, what: &str) -> Result<Resto
         let attempt = read_manifest(&dir).map(|manifest| Restore { manifest, dir: dir.clone() });
         match attempt.and_then(|r| r.verify().map(|_| r)) {
             Ok(r) => return Ok(r),
-            Err(e) => eprintln!("warning: skipping checkpoint {}: {e:#}; trying the previous one", dir.display()),
+            Err(e) => tracing::warn!(checkpoint = %dir.display(), "skipping checkpoint {}: {e:#}; trying the previous one", dir.display()),
         }
     }
     bail!("every checkpoint in {} is damaged", base.display())
@@ -351,7 +351,7 @@ impl Coordinator {
                 Ok(true) => continue,
                 Ok(false) => std::thread::sleep(Duration::from_millis(5)),
                 Err(e) => {
-                    eprintln!("error: checkpoint coordinator: {e:#}");
+                    tracing::error!(epoch = self.next_epoch, "checkpoint coordinator: {e:#}");
                     std::thread::sleep(Duration::from_millis(200));
                 }
             }
@@ -419,10 +419,10 @@ impl Coordinator {
         sync_dir(&target)?;
         let stop = fs::read_to_string(request).map(|t| t.trim() == "stop").unwrap_or(false);
         fs::remove_file(request).ok();
-        eprintln!("savepoint {} written", target.display());
+        tracing::info!(epoch, savepoint = %target.display(), "savepoint {} written", target.display());
         if stop {
             self.state.stop.store(true, Ordering::Release);
-            eprintln!("stopping after the savepoint: resume with --restore {}", target.display());
+            tracing::info!(savepoint = %target.display(), "stopping after the savepoint: resume with --restore {}", target.display());
             std::process::exit(0);
         }
         Ok(())

@@ -11,6 +11,7 @@
 //! * [`decode`]: the `file:` source's line reading and decoding, usable on any buffered reader.
 //! * [`source`] and [`sink`]: connectors addressed by URI (`gen:`, `file:`, `stdout:`).
 //! * [`runtime`]: running a job on threads or processes, with progress and a summary.
+//! * [`observe`]: keeping timely's own prints off the terminal.
 
 pub mod checkpoint;
 pub mod collection;
@@ -21,6 +22,7 @@ pub mod keyed;
 pub mod keygroup;
 pub mod latency;
 pub mod metrics;
+pub mod observe;
 pub mod record;
 pub mod runtime;
 pub mod sink;

@@ -363,7 +363,9 @@ pub fn run_prepared(prepared: Prepared) -> Result<Summary> {
     let checkpoint = options.checkpoint.clone();
     let max_in_flight = options.max_in_flight;
     let time_granularity_ms = options.time_granularity_ms;
-    let guards = timely::execute(config, move |worker| {
+    // timely's connection messages go to the log, not stdout (see `crate::observe::timely_output`).
+    let (builders, others) = crate::observe::timely_output::build_communication(config.communication)?;
+    let guards = timely::execute::execute_from(builders, others, config.worker, move |worker| {
         let plan = plan.clone();
         let mut ctx = BuildContext::new(plan.clone(), worker_metrics.clone(), false);
         ctx.checkpoint = checkpoint.clone();

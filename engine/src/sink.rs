@@ -218,7 +218,7 @@ fn open_direct(uri: &SinkUri, header: Option<&str>) -> std::io::Result<Target> {
 }
 
 fn report(metrics: &Metrics, sink: &str, what: String) {
-    eprintln!("error: sink {sink}: {what}");
+    tracing::error!(sink, "sink {sink}: {what}");
     metrics.add(&format!("sink_errors:{sink}"), 1);
 }
 

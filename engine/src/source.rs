@@ -541,7 +541,7 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
                             records_cap.downgrade(&Time::new(epoch, wm));
                             dead_cap.downgrade(&Time::new(epoch, wm));
                         }
-                        Err(e) => eprintln!("error: source {}: checkpoint {epoch}: {e:#}; will retry", participant.file_name()),
+                        Err(e) => tracing::error!(epoch, part = %participant.file_name(), "source checkpoint part: {e:#}; will retry"),
                     }
                     next_tick = Some(Instant::now() + c.interval);
                 }
@@ -705,7 +705,7 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
 fn write_final_part(c: &checkpoint::CheckpointConfig, epoch: u64, who: &Participant, snaps: &[PartitionSnapshot]) {
     let result = checkpoint::encode(&snaps).and_then(|bytes| checkpoint::write_final_part(&c.dir, epoch, who, &bytes));
     if let Err(e) = result {
-        eprintln!("error: {}: final checkpoint part: {e:#}", who.file_name());
+        tracing::error!(epoch, part = %who.file_name(), "final checkpoint part: {e:#}");
     }
 }
 
