@@ -11,12 +11,14 @@
 //! * [`decode`]: the `file:` source's line reading and decoding, usable on any buffered reader.
 //! * [`source`] and [`sink`]: connectors addressed by URI (`gen:`, `file:`, `stdout:`).
 //! * [`runtime`]: running a job on threads or processes, with progress and a summary.
+//! * [`io`]: the run's tokio runtime, for control endpoints and network connectors.
 //! * [`observe`]: keeping timely's own prints off the terminal.
 
 pub mod checkpoint;
 pub mod collection;
 pub mod decode;
 pub mod faults;
+pub mod io;
 pub mod job;
 pub mod keyed;
 pub mod keygroup;

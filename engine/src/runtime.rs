@@ -340,6 +340,10 @@ pub fn run_prepared(prepared: Prepared) -> Result<Summary> {
         std::thread::spawn(move || report_progress(name, &metrics, &done, start, every))
     });
     let commit = Arc::new(CommitState::default());
+    // --- observability hooks: the run's I/O runtime.
+    let io = crate::io::IoRuntime::new()?;
+    let io_handle = io.handle().clone();
+    // ---
     let coordinator = match (&options.checkpoint, is_first_process) {
         (Some(c), true) => {
             let workers = options.workers * options.processes.max(1);
@@ -366,6 +370,8 @@ pub fn run_prepared(prepared: Prepared) -> Result<Summary> {
     // timely's connection messages go to the log, not stdout (see `crate::observe::timely_output`).
     let (builders, others) = crate::observe::timely_output::build_communication(config.communication)?;
     let guards = timely::execute::execute_from(builders, others, config.worker, move |worker| {
+        // Connectors on this worker find the run's I/O runtime (`crate::io::handle`).
+        let _io = io_handle.enter();
         let plan = plan.clone();
         let mut ctx = BuildContext::new(plan.clone(), worker_metrics.clone(), false);
         ctx.checkpoint = checkpoint.clone();
@@ -373,11 +379,16 @@ pub fn run_prepared(prepared: Prepared) -> Result<Summary> {
         ctx.time_granularity_ms = time_granularity_ms;
         ctx.restore = restore.clone();
         ctx.commit = Some(commit.clone());
-        worker.dataflow::<crate::time::Time, _, _>(|scope| {
+        let built = worker.dataflow::<crate::time::Time, _, _>(|scope| {
             let mut builder = JobBuilder::new(scope, ctx);
             let params = plan.params.clone();
             (plan.spec.build)(&mut builder, &params).and_then(|_| builder.finish()).map(|_| ()).map_err(|e| e.to_string())
-        })
+        });
+        // Run the dataflow here rather than after returning, so the I/O context stays entered.
+        while worker.has_dataflows() {
+            worker.step_or_park(None);
+        }
+        built
     })
     .map_err(|e| anyhow!("cannot start the workers: {e}"))?;
     let results = guards.join();
