@@ -159,6 +159,12 @@ struct RunArgs {
 
     #[command(flatten)]
     log: crate::logging::LogArgs,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics and a health check at /healthz (200 while
+    /// the job runs, 503 after a failure) while the job runs, such as 127.0.0.1:9249. Off unless
+    /// given. The metrics are listed in the README.
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 fn parse_rate(text: &str) -> std::result::Result<f64, String> {
@@ -323,6 +329,7 @@ fn plan_run(jobs: &[JobSpec], args: &RunArgs) -> Result<(RunPlan, RunOptions)> {
         max_in_flight: args.max_in_flight,
         time_granularity_ms: args.time_granularity_ms,
         rate: args.rate,
+        metrics_addr: args.metrics_addr,
         ..RunOptions::default()
     };
     if options.restore.as_deref() == Some("latest") && options.checkpoint.is_none() {

@@ -272,6 +272,8 @@ pub struct CommitState {
     committed_plus_one: AtomicU64,
     /// Set when a savepoint is requested (by `paystream savepoint` through a request file).
     stop: AtomicBool,
+    /// Completed and failed checkpoints, for the metrics endpoint.
+    pub stats: crate::observe::CheckpointStats,
 }
 
 impl CommitState {
@@ -351,6 +353,7 @@ impl Coordinator {
                 Ok(true) => continue,
                 Ok(false) => std::thread::sleep(Duration::from_millis(5)),
                 Err(e) => {
+                    self.state.stats.failed();
                     tracing::error!(epoch = self.next_epoch, "checkpoint coordinator: {e:#}");
                     std::thread::sleep(Duration::from_millis(200));
                 }
@@ -394,6 +397,7 @@ impl Coordinator {
         sync_dir(&edir)?;
         crate::faults::point("manifest:after-write");
         self.state.set_committed(epoch);
+        self.state.stats.completed(epoch, &edir);
         if savepoint {
             self.make_savepoint(&edir, epoch, &savepoint_request)?;
         }

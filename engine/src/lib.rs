@@ -12,7 +12,7 @@
 //! * [`source`] and [`sink`]: connectors addressed by URI (`gen:`, `file:`, `stdout:`).
 //! * [`runtime`]: running a job on threads or processes, with progress and a summary.
 //! * [`io`]: the run's tokio runtime, for control endpoints and network connectors.
-//! * [`observe`]: keeping timely's own prints off the terminal.
+//! * [`observe`]: the Prometheus metrics endpoint and health check.
 
 pub mod checkpoint;
 pub mod collection;

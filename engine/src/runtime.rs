@@ -57,6 +57,9 @@ pub struct RunOptions {
     /// granularity; a file lists them sorted within each granule, so its line order depends on
     /// the granularity (never on timing or worker count).
     pub time_granularity_ms: u64,
+    /// Serve Prometheus metrics and a health check on this address while the run lasts (see
+    /// `crate::observe::endpoint`).
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// The default of [`RunOptions::time_granularity_ms`].
@@ -81,6 +84,7 @@ impl Default for RunOptions {
             rate: None,
             measure_latency: false,
             time_granularity_ms: DEFAULT_TIME_GRANULARITY_MS,
+            metrics_addr: None,
         }
     }
 }
@@ -284,6 +288,8 @@ pub struct Prepared {
     config: timely::Config,
     participants: Vec<ParticipantKind>,
     restore: Option<Arc<Restore>>,
+    /// The metrics endpoint's listener, bound early so a taken port stops the run before it starts.
+    metrics_listener: Option<std::net::TcpListener>,
 }
 
 /// Runs a job to completion: [`prepare`], then [`run_prepared`].
@@ -316,12 +322,13 @@ pub fn prepare(plan: &RunPlan, options: &RunOptions) -> Result<Prepared> {
             }
         }
     }
-    Ok(Prepared { plan: plan.clone(), options: options.clone(), config, participants, restore })
+    let metrics_listener = options.metrics_addr.map(crate::observe::endpoint::bind).transpose()?;
+    Ok(Prepared { plan: plan.clone(), options: options.clone(), config, participants, restore, metrics_listener })
 }
 
 /// Runs a prepared job to completion.
 pub fn run_prepared(prepared: Prepared) -> Result<Summary> {
-    let Prepared { plan, options, config, participants, restore } = prepared;
+    let Prepared { plan, options, config, participants, restore, metrics_listener } = prepared;
     let options = &options;
     let is_first_process = options.process == 0;
     let first_epoch = restore.as_ref().map_or(0, |r| r.manifest.epoch + 1);
@@ -340,8 +347,14 @@ pub fn run_prepared(prepared: Prepared) -> Result<Summary> {
         std::thread::spawn(move || report_progress(name, &metrics, &done, start, every))
     });
     let commit = Arc::new(CommitState::default());
-    // --- observability hooks: the run's I/O runtime.
+    // --- observability hooks: the run's I/O runtime and its metrics endpoint.
     let io = crate::io::IoRuntime::new()?;
+    if let Some(listener) = metrics_listener {
+        let commit = (is_first_process && options.checkpoint.is_some()).then(|| commit.clone());
+        let registry =
+            crate::observe::exporter::RunCollector::new(plan.spec.name, options.process, metrics.clone(), commit).into_registry();
+        crate::observe::endpoint::serve(io.handle(), listener, registry, metrics.clone())?;
+    }
     let io_handle = io.handle().clone();
     // ---
     let coordinator = match (&options.checkpoint, is_first_process) {
@@ -369,6 +382,7 @@ pub fn run_prepared(prepared: Prepared) -> Result<Summary> {
     let time_granularity_ms = options.time_granularity_ms;
     // timely's connection messages go to the log, not stdout (see `crate::observe::timely_output`).
     let (builders, others) = crate::observe::timely_output::build_communication(config.communication)?;
+    metrics.set_run_state(crate::metrics::RunState::Running);
     let guards = timely::execute::execute_from(builders, others, config.worker, move |worker| {
         // Connectors on this worker find the run's I/O runtime (`crate::io::handle`).
         let _io = io_handle.enter();
@@ -399,6 +413,8 @@ pub fn run_prepared(prepared: Prepared) -> Result<Summary> {
     if let Some(c) = coordinator {
         let _ = c.join();
     }
+    let failed = results.iter().any(|r| !matches!(r, Ok(Ok(()))));
+    metrics.set_run_state(if failed { crate::metrics::RunState::Failed } else { crate::metrics::RunState::Finished });
     for r in results {
         match r {
             Ok(Ok(())) => {}

@@ -534,6 +534,7 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
             if let (Some(c), Some(tick)) = (&checkpoints, next_tick) {
                 if Instant::now() >= tick {
                     let snaps: Vec<PartitionSnapshot> = parts.iter().map(PartitionState::snapshot).collect();
+                    crate::observe::note_positions(&metrics, &participant, &snaps);
                     match checkpoint::encode(&snaps).and_then(|bytes| checkpoint::write_part(&c.dir, epoch, &participant, &bytes)) {
                         Ok(()) => {
                             epoch += 1;
