@@ -251,4 +251,13 @@ mod tests {
             assert!(FAMILIES.iter().any(|f| f.0 == base), "{name} is not in FAMILIES (nor README.md)");
         }
     }
+
+    #[test]
+    fn every_family_is_documented_in_the_readme() {
+        let readme = include_str!("../../../README.md");
+        for (name, kind, _, _) in FAMILIES {
+            let wire = if matches!(kind, MetricType::Counter) { format!("`{name}_total`") } else { format!("`{name}`") };
+            assert!(readme.contains(&wire), "README.md's metrics table lacks {wire}");
+        }
+    }
 }
