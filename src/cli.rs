@@ -159,6 +159,15 @@ struct RunArgs {
     /// Print no progress lines and no summary.
     #[arg(short, long)]
     quiet: bool,
+
+    #[command(flatten)]
+    log: crate::logging::LogArgs,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics and a health check at /healthz (200 while
+    /// the job runs, 503 after a failure) while the job runs, such as 127.0.0.1:9249. Off unless
+    /// given. The metrics are listed in the README.
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 fn parse_rate(text: &str) -> std::result::Result<f64, String> {
@@ -224,6 +233,12 @@ pub fn main(jobs: Vec<JobSpec>) -> ExitCode {
 /// ```
 pub fn main_with(jobs: Vec<JobSpec>, connectors: Connectors) -> ExitCode {
     let cli = Cli::parse();
+    let log = match &cli.command {
+        Command::Run(args) => args.log.clone(),
+        Command::Bench(args) => args.run.log.clone(),
+        _ => crate::logging::LogArgs::default(),
+    };
+    crate::logging::init(&log);
     let connectors = Arc::new(connectors);
     match cli.command {
         Command::Jobs => {
@@ -314,6 +329,7 @@ fn plan_run(jobs: &[JobSpec], connectors: &Arc<Connectors>, args: &RunArgs) -> R
         max_in_flight: args.max_in_flight,
         time_granularity_ms: args.time_granularity_ms,
         rate: args.rate,
+        metrics_addr: args.metrics_addr,
         ..RunOptions::default()
     };
     if options.restore.as_deref() == Some("latest") && options.checkpoint.is_none() {

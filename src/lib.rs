@@ -17,6 +17,7 @@
 pub mod alloc;
 pub mod bench;
 pub mod cli;
+pub mod logging;
 
 pub use paystream_engine as engine;
 /// Runs streams over records held in memory: for examples, tests and trying an operator out.

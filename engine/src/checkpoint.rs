@@ -273,7 +273,7 @@ pub fn choose_restore(checkpoint_dir: Option<&Path>, what: &str) -> Result<Resto
         let attempt = read_manifest(&dir).map(|manifest| Restore { manifest, dir: dir.clone() });
         match attempt.and_then(|r| r.verify().map(|_| r)) {
             Ok(r) => return Ok(r),
-            Err(e) => eprintln!("warning: skipping checkpoint {}: {e:#}; trying the previous one", dir.display()),
+            Err(e) => tracing::warn!(checkpoint = %dir.display(), "skipping checkpoint {}: {e:#}; trying the previous one", dir.display()),
         }
     }
     bail!("every checkpoint in {} is damaged", base.display())
@@ -290,6 +290,8 @@ pub struct CommitState {
     savepoint: std::sync::Mutex<Option<PathBuf>>,
     /// Set when the coordinator cannot complete checkpoints any more.
     failure: std::sync::Mutex<Option<String>>,
+    /// Completed and failed checkpoints, for the metrics endpoint.
+    pub stats: crate::observe::CheckpointStats,
 }
 
 impl CommitState {
@@ -400,7 +402,8 @@ impl Coordinator {
                     std::thread::sleep(Duration::from_millis(5));
                 }
                 Err(e) => {
-                    eprintln!("error: checkpoint coordinator: {e:#}");
+                    self.state.stats.failed();
+                    tracing::error!(epoch = self.next_epoch, "checkpoint coordinator: {e:#}");
                     let since = *failing_since.get_or_insert_with(std::time::Instant::now);
                     if since.elapsed() > Duration::from_secs(60) {
                         let mut f = self.state.failure.lock().unwrap_or_else(|e| e.into_inner());
@@ -451,6 +454,7 @@ impl Coordinator {
         sync_dir(&edir)?;
         crate::faults::point("manifest:after-write");
         self.state.set_committed(epoch);
+        self.state.stats.completed(epoch, &edir);
         if savepoint {
             self.make_savepoint(&edir, epoch, &savepoint_request)?;
         }
@@ -476,7 +480,7 @@ impl Coordinator {
         sync_dir(&target)?;
         let stop = fs::read_to_string(request).map(|t| t.trim() == "stop").unwrap_or(false);
         fs::remove_file(request).ok();
-        eprintln!("savepoint {} written", target.display());
+        tracing::info!(epoch, savepoint = %target.display(), "savepoint {} written", target.display());
         *self.state.savepoint.lock().unwrap_or_else(|e| e.into_inner()) = Some(target.clone());
         if stop {
             // The run halts (see runtime::JobHandle) and says how to resume.

@@ -23,7 +23,7 @@ pub fn point(name: &str) {
     });
     if let Some((point, n)) = target {
         if point == name && HITS.fetch_add(1, Ordering::Relaxed) + 1 == *n {
-            eprintln!("paystream: crash injected at {name}");
+            tracing::error!(point = name, "crash injected at {name}");
             std::process::abort();
         }
     }

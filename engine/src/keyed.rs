@@ -191,6 +191,7 @@ where
     let (worker, peers) = (input.scope().index(), input.scope().peers());
     let local_worker = worker % metrics.local_workers().max(1);
     let gauge = format!("state:{name}");
+    let counts = metrics.step_records(name, worker);
     let checkpoints = ctx.checkpoint.clone().filter(|_| !ctx.dry_run);
     let who = Participant::State { step: name.to_string(), worker };
     let step = name.to_string();
@@ -224,6 +225,7 @@ where
             }
             input.for_each(|stamp, data| {
                 let Some(&time) = stamp.stamp().iter().next() else { return };
+                counts.input.add(data.len() as u64);
                 if time.epoch <= epoch {
                     logic.on_records(time.wm, data, &split);
                     data.clear();
@@ -250,6 +252,7 @@ where
                     }
                 }
                 if !emitted.is_empty() {
+                    counts.output.add(emitted.len() as u64);
                     let c = cap.as_ref().expect("a keyed operator emitted after its input ended");
                     let floor = c.time().wm;
                     let stamp = |ts: u64| coarse(ts).max(floor);

@@ -14,6 +14,8 @@
 //! * [`source`] and [`sink`]: the operators that drive connectors: splits, watermarks,
 //!   checkpointed positions; encoding, ordering and the two-phase commit of output.
 //! * [`runtime`]: running a job on threads or processes, with progress and a summary.
+//! * [`io`]: the run's tokio runtime, for control endpoints and network connectors.
+//! * [`observe`]: the Prometheus metrics endpoint and health check.
 
 pub mod checkpoint;
 pub mod collection;
@@ -21,11 +23,13 @@ pub mod connector;
 pub mod decode;
 pub mod faults;
 pub mod format;
+pub mod io;
 pub mod job;
 pub mod keyed;
 pub mod keygroup;
 pub mod latency;
 pub mod metrics;
+pub mod observe;
 pub mod record;
 pub mod runtime;
 pub mod sink;

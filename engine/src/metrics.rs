@@ -1,9 +1,14 @@
 //! Counters shared by the workers of one process: events read, watermarks, and named counts such
-//! as `late_dropped` and `dead_lettered`. The progress line and the end-of-run summary read them.
+//! as `late_dropped` and `dead_lettered`. The progress line, the end-of-run summary and the
+//! metrics endpoint (`crate::observe`) read them.
+//!
+//! Counts bumped on a worker's hot path (records in and out of each step, late records) are
+//! [`WorkerCounter`]s, registered once per step and worker when the step is built; counts of rare
+//! events go through [`Metrics::add`], which takes a lock.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::latency::{LatencyClock, Pacing};
 
@@ -27,6 +32,12 @@ pub struct Metrics {
     halted: std::sync::atomic::AtomicBool,
     /// Why it halted (the first reason given).
     halt: Mutex<Option<Halt>>,
+    /// Per-worker counters registered by steps as they are built.
+    registered: Mutex<Registered>,
+    /// Per source split, the position and backlog last reported.
+    splits: Mutex<BTreeMap<(String, String), SplitLevel>>,
+    /// A [`RunState`].
+    run_state: std::sync::atomic::AtomicU8,
 }
 
 /// Why a job halted before the end of its input.
@@ -69,6 +80,9 @@ impl Metrics {
             latency: None,
             halted: Default::default(),
             halt: Mutex::new(None),
+            registered: Mutex::default(),
+            splits: Mutex::default(),
+            run_state: std::sync::atomic::AtomicU8::new(RunState::Starting as u8),
         }
     }
     /// Paces the sources at `rate` events per second in all (when given) and measures latency;
@@ -144,9 +158,17 @@ impl Metrics {
     pub fn state_parts(&self) -> BTreeMap<String, PartSize> {
         self.state_parts.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
-    /// A snapshot of the named counters.
-    pub fn counters(&self) -> BTreeMap<String, u64> {
+    /// The named counters counted through [`Metrics::add`] alone (not those kept per worker).
+    pub fn shared_counters(&self) -> BTreeMap<String, u64> {
         self.counters.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    /// A snapshot of the named counters (those kept per worker summed over the workers).
+    pub fn counters(&self) -> BTreeMap<String, u64> {
+        let mut counters = self.counters.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for (name, _, n) in self.worker_counts() {
+            *counters.entry(name).or_default() += n;
+        }
+        counters
     }
 }
 
@@ -175,6 +197,176 @@ impl Metrics {
     }
 }
 
+/// A count kept by one worker: registered once when its step is built, then bumped once per batch
+/// with a relaxed add on an atomic of its own cache line (no lock, no name to format, and no
+/// cache line shared with another worker's counter). Read by the summary and the metrics endpoint.
+#[derive(Clone, Debug, Default)]
+pub struct WorkerCounter(Arc<PaddedCount>);
+
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct PaddedCount(AtomicU64);
+
+impl WorkerCounter {
+    /// Adds `n`.
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0 .0.fetch_add(n, Ordering::Relaxed);
+    }
+    /// The count so far.
+    pub fn get(&self) -> u64 {
+        self.0 .0.load(Ordering::Relaxed)
+    }
+}
+
+/// The records a step took in and sent on, on one worker (see [`Metrics::step_records`]).
+#[derive(Clone, Debug, Default)]
+pub struct StepRecords {
+    /// Records the step received.
+    pub input: WorkerCounter,
+    /// Records the step emitted.
+    pub output: WorkerCounter,
+}
+
+/// One step's record counts on one worker, as read by the metrics endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepCount {
+    /// The step's name.
+    pub step: String,
+    /// The worker's index among all workers of the run.
+    pub worker: usize,
+    /// Records in.
+    pub records_in: u64,
+    /// Records out.
+    pub records_out: u64,
+}
+
+/// Where a worker is in one split (partition) of a source: the position it reads from next and,
+/// when the connector knows it, how much is left to read behind that position.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SplitLevel {
+    /// The source's name.
+    pub source: String,
+    /// The split's name within the source (a partition index, `topic-partition`, a file).
+    pub split: String,
+    /// The worker reading it, among all workers of the run.
+    pub worker: usize,
+    /// The position last reported (byte offset, generator index, broker offset).
+    pub position: Option<u64>,
+    /// Records or bytes still to read, when the connector knows.
+    pub backlog: Option<u64>,
+}
+
+/// The state of a run, for `/healthz`: one place sets it (`crate::runtime`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum RunState {
+    /// Checked, workers starting.
+    Starting = 0,
+    /// Workers running.
+    Running = 1,
+    /// Every worker finished without error.
+    Finished = 2,
+    /// A worker failed.
+    Failed = 3,
+}
+
+/// Per-worker counters of steps and named counts, registered at build time.
+#[derive(Debug, Default)]
+struct Registered {
+    steps: Vec<(String, usize, StepRecords)>,
+    /// Named counts kept per worker (`late_dropped:STEP`, ...), summed into [`Metrics::counters`].
+    named: Vec<(String, usize, WorkerCounter)>,
+}
+
+impl Metrics {
+    /// The record counters of `step` on `worker` (its index among all workers), registered on
+    /// first use: call it when the step is built and keep the handles.
+    pub fn step_records(&self, step: &str, worker: usize) -> StepRecords {
+        let mut r = self.registered.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, _, c)) = r.steps.iter().find(|(s, w, _)| s == step && *w == worker) {
+            return c.clone();
+        }
+        let c = StepRecords::default();
+        r.steps.push((step.to_string(), worker, c.clone()));
+        c
+    }
+    /// A per-worker share of the named counter `name` (as [`Metrics::add`] counts, and summed
+    /// with it in [`Metrics::counters`]), registered on first use: for counts bumped per batch.
+    pub fn worker_counter(&self, name: &str, worker: usize) -> WorkerCounter {
+        let mut r = self.registered.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, _, c)) = r.named.iter().find(|(n, w, _)| n == name && *w == worker) {
+            return c.clone();
+        }
+        let c = WorkerCounter::default();
+        r.named.push((name.to_string(), worker, c.clone()));
+        c
+    }
+    /// Every step's record counts, per worker.
+    pub fn step_counts(&self) -> Vec<StepCount> {
+        let r = self.registered.lock().unwrap_or_else(|e| e.into_inner());
+        r.steps
+            .iter()
+            .map(|(step, worker, c)| StepCount {
+                step: step.clone(),
+                worker: *worker,
+                records_in: c.input.get(),
+                records_out: c.output.get(),
+            })
+            .collect()
+    }
+    /// The named counts kept per worker: `(name, worker, count)`.
+    pub fn worker_counts(&self) -> Vec<(String, usize, u64)> {
+        let r = self.registered.lock().unwrap_or_else(|e| e.into_inner());
+        r.named.iter().map(|(name, worker, c)| (name.clone(), *worker, c.get())).collect()
+    }
+    /// Each named gauge's level per local worker.
+    pub fn gauge_levels(&self) -> BTreeMap<String, Vec<u64>> {
+        self.gauges.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(k, g)| (k.clone(), g.levels.clone())).collect()
+    }
+    /// Each local worker's source watermark (ms; `u64::MAX` once its sources are done).
+    pub fn watermarks(&self) -> Vec<u64> {
+        self.watermarks.iter().map(|w| w.load(Ordering::Relaxed)).collect()
+    }
+    /// Notes the position `worker` reads split `split` of source `source` from next. Connectors
+    /// call it when they know a position (at the latest at each checkpoint).
+    pub fn set_split_position(&self, source: &str, split: &str, worker: usize, position: u64) {
+        self.with_split(source, split, worker, |s| s.position = Some(position));
+    }
+    /// Notes how much is left to read in split `split` of source `source` (records or bytes, as
+    /// the connector counts), for connectors that know it.
+    pub fn set_split_backlog(&self, source: &str, split: &str, worker: usize, backlog: u64) {
+        self.with_split(source, split, worker, |s| s.backlog = Some(backlog));
+    }
+    fn with_split(&self, source: &str, split: &str, worker: usize, f: impl FnOnce(&mut SplitLevel)) {
+        let mut splits = self.splits.lock().unwrap_or_else(|e| e.into_inner());
+        let level = splits.entry((source.to_string(), split.to_string())).or_insert_with(|| SplitLevel {
+            source: source.to_string(),
+            split: split.to_string(),
+            ..SplitLevel::default()
+        });
+        level.worker = worker;
+        f(level);
+    }
+    /// Every split's last reported position and backlog.
+    pub fn split_levels(&self) -> Vec<SplitLevel> {
+        self.splits.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+    }
+    /// Sets the run's state.
+    pub fn set_run_state(&self, state: RunState) {
+        self.run_state.store(state as u8, Ordering::Release);
+    }
+    /// The run's state.
+    pub fn run_state(&self) -> RunState {
+        match self.run_state.load(Ordering::Acquire) {
+            0 => RunState::Starting,
+            1 => RunState::Running,
+            2 => RunState::Finished,
+            _ => RunState::Failed,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,5 +391,40 @@ mod tests {
         m.record_state_part("w", PartSize { bytes: 100, entries: 4 });
         m.record_state_part("w", PartSize { bytes: 0, entries: 0 });
         assert_eq!(m.state_parts()["w"], PartSize { bytes: 900, entries: 50 });
+    }
+
+    #[test]
+    fn worker_counters_are_registered_once_and_summed_into_the_counters() {
+        let m = Metrics::new(2);
+        let a = m.worker_counter("late_dropped:w", 0);
+        let b = m.worker_counter("late_dropped:w", 1);
+        m.worker_counter("late_dropped:w", 0).add(2);
+        a.add(3);
+        b.add(4);
+        m.add("late_dropped:w", 1);
+        assert_eq!(m.counters()["late_dropped:w"], 10);
+        let mut per_worker = m.worker_counts();
+        per_worker.sort();
+        assert_eq!(per_worker, vec![("late_dropped:w".to_string(), 0, 5), ("late_dropped:w".to_string(), 1, 4)]);
+
+        let s = m.step_records("map", 1);
+        s.input.add(7);
+        s.output.add(6);
+        m.step_records("map", 1).output.add(1);
+        assert_eq!(m.step_counts(), vec![StepCount { step: "map".into(), worker: 1, records_in: 7, records_out: 7 }]);
+    }
+
+    #[test]
+    fn split_levels_keep_position_and_backlog() {
+        let m = Metrics::new(1);
+        m.set_split_position("payments", "0", 0, 10);
+        m.set_split_backlog("payments", "0", 0, 90);
+        m.set_split_position("payments", "0", 0, 20);
+        let levels = m.split_levels();
+        assert_eq!(levels.len(), 1);
+        assert_eq!((levels[0].position, levels[0].backlog), (Some(20), Some(90)));
+        assert_eq!(m.run_state(), RunState::Starting);
+        m.set_run_state(RunState::Failed);
+        assert_eq!(m.run_state(), RunState::Failed);
     }
 }

@@ -56,6 +56,9 @@ pub struct RunOptions {
     /// granularity; a file lists them sorted within each granule, so its line order depends on
     /// the granularity (never on timing or worker count).
     pub time_granularity_ms: u64,
+    /// Serve Prometheus metrics and a health check on this address while the run lasts (see
+    /// `crate::observe::endpoint`).
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// The default of [`RunOptions::time_granularity_ms`].
@@ -80,6 +83,7 @@ impl Default for RunOptions {
             rate: None,
             measure_latency: false,
             time_granularity_ms: DEFAULT_TIME_GRANULARITY_MS,
+            metrics_addr: None,
         }
     }
 }
@@ -286,6 +290,8 @@ pub struct Prepared {
     config: timely::Config,
     participants: Vec<ParticipantKind>,
     restore: Option<Arc<Restore>>,
+    /// The metrics endpoint's listener, bound early so a taken port stops the run before it starts.
+    metrics_listener: Option<std::net::TcpListener>,
 }
 
 /// Runs a job to completion: [`prepare`], then [`run_prepared`].
@@ -326,7 +332,8 @@ pub fn prepare(plan: &RunPlan, options: &RunOptions) -> Result<Prepared> {
             }
         }
     }
-    Ok(Prepared { plan: plan.clone(), options: options.clone(), config, participants, restore })
+    let metrics_listener = options.metrics_addr.map(crate::observe::endpoint::bind).transpose()?;
+    Ok(Prepared { plan: plan.clone(), options: options.clone(), config, participants, restore, metrics_listener })
 }
 
 /// The pre-commits a checkpoint holds for sink `name`: its single part (`sink-NAME.part`) or
@@ -452,7 +459,7 @@ pub fn start(prepared: Prepared) -> Result<JobHandle> {
 
 /// Runs the job on this thread until it ends.
 fn execute(prepared: Prepared, metrics: Arc<Metrics>, start: Instant) -> Result<Outcome> {
-    let Prepared { plan, options, config, participants, restore } = prepared;
+    let Prepared { plan, options, config, participants, restore, metrics_listener } = prepared;
     let options = &options;
     let is_first_process = options.process == 0;
     let first_epoch = restore.as_ref().map_or(0, |r| r.manifest.epoch + 1);
@@ -464,6 +471,16 @@ fn execute(prepared: Prepared, metrics: Arc<Metrics>, start: Instant) -> Result<
         std::thread::spawn(move || report_progress(name, &metrics, &done, start, every))
     });
     let commit = Arc::new(CommitState::default());
+    // --- observability hooks: the run's I/O runtime and its metrics endpoint.
+    let io = crate::io::IoRuntime::new()?;
+    if let Some(listener) = metrics_listener {
+        let commit = (is_first_process && options.checkpoint.is_some()).then(|| commit.clone());
+        let registry =
+            crate::observe::exporter::RunCollector::new(plan.spec.name, options.process, metrics.clone(), commit).into_registry();
+        crate::observe::endpoint::serve(io.handle(), listener, registry, metrics.clone())?;
+    }
+    let io_handle = io.handle().clone();
+    // ---
     let coordinator = match (&options.checkpoint, is_first_process) {
         (Some(c), true) => {
             let workers = options.workers * options.processes.max(1);
@@ -503,7 +520,12 @@ fn execute(prepared: Prepared, metrics: Arc<Metrics>, start: Instant) -> Result<
     let checkpoint = options.checkpoint.clone();
     let max_in_flight = options.max_in_flight;
     let time_granularity_ms = options.time_granularity_ms;
-    let guards = timely::execute(config, move |worker| {
+    // timely's connection messages go to the log, not stdout (see `crate::observe::timely_output`).
+    let (builders, others) = crate::observe::timely_output::build_communication(config.communication)?;
+    metrics.set_run_state(crate::metrics::RunState::Running);
+    let guards = timely::execute::execute_from(builders, others, config.worker, move |worker| {
+        // Connectors on this worker find the run's I/O runtime (`crate::io::handle`).
+        let _io = io_handle.enter();
         let plan = plan.clone();
         let mut ctx = BuildContext::new(plan.clone(), worker_metrics.clone(), false);
         ctx.checkpoint = checkpoint.clone();
@@ -511,11 +533,16 @@ fn execute(prepared: Prepared, metrics: Arc<Metrics>, start: Instant) -> Result<
         ctx.time_granularity_ms = time_granularity_ms;
         ctx.restore = restore.clone();
         ctx.commit = Some(commit.clone());
-        worker.dataflow::<crate::time::Time, _, _>(|scope| {
+        let built = worker.dataflow::<crate::time::Time, _, _>(|scope| {
             let mut builder = JobBuilder::new(scope, ctx);
             let params = plan.params.clone();
             (plan.spec.build)(&mut builder, &params).and_then(|_| builder.finish()).map(|_| ()).map_err(|e| e.to_string())
-        })
+        });
+        // Run the dataflow here rather than after returning, so the I/O context stays entered.
+        while worker.has_dataflows() {
+            worker.step_or_park(None);
+        }
+        built
     })
     .map_err(|e| anyhow!("cannot start the workers: {e}"))?;
     // Processes other than the first learn of completed checkpoints from their manifests. Started
@@ -539,6 +566,8 @@ fn execute(prepared: Prepared, metrics: Arc<Metrics>, start: Instant) -> Result<
     if let Some(w) = watcher {
         let _ = w.join();
     }
+    let failed = results.iter().any(|r| !matches!(r, Ok(Ok(())))) || matches!(metrics.halt_reason(), Some(crate::metrics::Halt::Failed(_)));
+    metrics.set_run_state(if failed { crate::metrics::RunState::Failed } else { crate::metrics::RunState::Finished });
     for r in results {
         match r {
             Ok(Ok(())) => {}
@@ -565,7 +594,7 @@ fn execute(prepared: Prepared, metrics: Arc<Metrics>, start: Instant) -> Result<
         // (a file sink's per-epoch parts).
         for (name, target) in &sinks {
             if let Err(e) = target.after_finish() {
-                eprintln!("warning: sink {name}: {e:#}");
+                tracing::warn!(sink = %name, "sink {name}: {e:#}");
             }
         }
     }

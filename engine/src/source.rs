@@ -217,6 +217,10 @@ pub trait Partition<T>: 'static {
     }
     /// Checkpoint `epoch` is complete.
     fn on_checkpoint_complete(&mut self, _epoch: u64) {}
+    /// How much is known to wait behind the position, for metrics.
+    fn backlog(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// A partition with its index within its source.
@@ -281,6 +285,9 @@ impl<T: Data + CsvRecord> Partition<T> for DecodingPartition<T> {
     }
     fn on_checkpoint_complete(&mut self, epoch: u64) {
         self.reader.on_checkpoint_complete(epoch)
+    }
+    fn backlog(&self) -> Option<u64> {
+        self.reader.backlog()
     }
 }
 
@@ -468,6 +475,10 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
         part.wakes = part.reader.set_waker(waker.clone());
     }
     let commit = ctx.commit.clone().filter(|_| ctx.checkpoint.is_some());
+    // Each split's position (and backlog, where known) reaches the metrics about once a second.
+    let source_name = name.to_string();
+    let global_worker = scope.index();
+    let mut next_split_report = Instant::now();
     let mut notified_commit: Option<u64> = ctx.restore.as_ref().map(|r| r.manifest.epoch);
     let per_partition = (BATCH / parts.len().max(1)).clamp(64, BATCH);
     let advance_every = (ADVANCE_EVERY / parts.len().max(1)).clamp(256, BATCH) * parts.len().max(1);
@@ -492,6 +503,7 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
     // partition's watermark since then (for latency).
     let mut since_advance = 0usize;
     let mut raised: Option<u64> = None;
+    let source_records = metrics.step_records(name, scope.index());
 
     builder.build(move |mut capabilities| {
         let dead_cap = capabilities.pop();
@@ -530,6 +542,16 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
                 caps = None;
                 wrote_final = true;
             }
+            if Instant::now() >= next_split_report {
+                next_split_report = Instant::now() + std::time::Duration::from_secs(1);
+                for part in parts.iter() {
+                    let split = part.index.to_string();
+                    metrics.set_split_position(&source_name, &split, global_worker, part.reader.position().offset);
+                    if let Some(backlog) = part.reader.backlog() {
+                        metrics.set_split_backlog(&source_name, &split, global_worker, backlog);
+                    }
+                }
+            }
             let Some((records_cap, dead_cap)) = caps.as_mut() else {
                 if let (Some(c), false) = (&checkpoints, wrote_final) {
                     wrote_final = true;
@@ -547,6 +569,7 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
             if let (Some(c), Some(tick)) = (&checkpoints, next_tick) {
                 if Instant::now() >= tick {
                     let snaps: Vec<PartitionSnapshot> = parts.iter().map(PartitionState::snapshot).collect();
+                    crate::observe::note_positions(&metrics, &participant, &snaps);
                     match checkpoint::encode(&snaps).and_then(|bytes| checkpoint::write_part(&c.dir, epoch, &participant, &bytes)) {
                         Ok(()) => {
                             epoch += 1;
@@ -554,7 +577,7 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
                             records_cap.downgrade(&Time::new(epoch, wm));
                             dead_cap.downgrade(&Time::new(epoch, wm));
                         }
-                        Err(e) => eprintln!("error: source {}: checkpoint {epoch}: {e:#}; will retry", participant.file_name()),
+                        Err(e) => tracing::error!(epoch, part = %participant.file_name(), "source checkpoint part: {e:#}; will retry"),
                     }
                     next_tick = Some(Instant::now() + c.interval);
                 }
@@ -647,6 +670,7 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
                 }
             }
             metrics.add_events_read(read);
+            source_records.output.add(read);
             {
                 let mut handle = records_out.activate();
                 let mut sent = |t: Time, n: usize| match in_flight.back_mut() {
@@ -731,6 +755,6 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
 fn write_final_part(c: &checkpoint::CheckpointConfig, epoch: u64, who: &Participant, snaps: &[PartitionSnapshot]) {
     let result = checkpoint::encode(&snaps).and_then(|bytes| checkpoint::write_final_part(&c.dir, epoch, who, &bytes));
     if let Err(e) = result {
-        eprintln!("error: {}: final checkpoint part: {e:#}", who.file_name());
+        tracing::error!(epoch, part = %who.file_name(), "final checkpoint part: {e:#}");
     }
 }

@@ -87,10 +87,13 @@ impl<'scope, T: Data> Stream<'scope, T> {
         mut logic: impl FnMut(&mut Vec<(u64, T)>, &mut Vec<(u64, U)>) + 'static,
     ) -> Stream<'scope, U> {
         let mut out = Vec::new();
+        let counts = self.ctx.metrics.step_records(name, self.inner.scope().index());
         let inner = self.inner.unary::<Builder<U>, _, _, _>(Pipeline, name, move |_, _| {
             move |input, output| {
                 input.for_each(|cap, data| {
+                    counts.input.add(data.len() as u64);
                     logic(data, &mut out);
+                    counts.output.add(out.len() as u64);
                     output.session(&cap).give_container(&mut out);
                     out.clear();
                 });
@@ -198,6 +201,7 @@ impl<'scope, T: Data> Stream<'scope, T> {
     #[doc(hidden)]
     pub fn divert(self, name: &str, divert: impl Fn(u64, u64, &T) -> bool + 'static) -> (Stream<'scope, T>, Stream<'scope, T>) {
         self.ctx.register_step(name);
+        let counts = self.ctx.metrics.step_records(name, self.inner.scope().index());
         let mut builder = OperatorBuilder::new(name.to_string(), self.inner.scope());
         let mut input = builder.new_input(self.inner, Pipeline);
         let (kept_out, kept) = builder.new_output::<Vec<(u64, T)>>();
@@ -210,6 +214,9 @@ impl<'scope, T: Data> Stream<'scope, T> {
                 let mut kept_handle = kept_out.activate();
                 let mut diverted_handle = diverted_out.activate();
                 input.for_each(|cap, data| {
+                    // Every record goes on, kept or diverted.
+                    counts.input.add(data.len() as u64);
+                    counts.output.add(data.len() as u64);
                     let Some(&time) = cap.stamp().iter().next() else { return };
                     if !data.iter().any(|(ts, x)| divert(time.wm, *ts, x)) {
                         // The common case: nothing to divert; pass the batch on without copying it.
@@ -243,10 +250,9 @@ impl<'scope, T: Data> Stream<'scope, T> {
 
     /// Counts the records that pass into the process counter `counter` (shown in the run summary).
     pub fn count_as(self, name: &str, counter: &str) -> Stream<'scope, T> {
-        let (metrics, counter) = (self.ctx.metrics.clone(), counter.to_string());
-        metrics.add(&counter, 0);
+        let counter = self.ctx.metrics.worker_counter(counter, self.inner.scope().index());
         self.unary_step(name, move |data, out| {
-            metrics.add(&counter, data.len() as u64);
+            counter.add(data.len() as u64);
             out.append(data);
         })
     }
