@@ -83,7 +83,9 @@ macro_rules! __csv_record_with_serde {
                 })
             }
             #[allow(unused_assignments, unused_mut, unused_variables)]
-            #[inline]
+            // Always inlined into the decoder's line loop, so the record is built where the
+            // batch holds it (BENCHMARKS.md, "Connector seams").
+            #[inline(always)]
             fn from_plain_csv_line(line: &str) -> Option<Self> {
                 const COLUMNS: usize = <[&str]>::len(&[$(stringify!($field)),*]);
                 // One pass, field after field, each read in place by its type. A line read here
