@@ -37,8 +37,9 @@ enum Command {
     Run(Box<RunArgs>),
     /// Take a savepoint of a running job (a checkpoint that is never deleted automatically).
     ///
-    /// The job must run with --checkpoint-dir DIR; the savepoint appears as DIR/savepoint-EPOCH,
-    /// and `paystream run JOB --restore DIR/savepoint-EPOCH` resumes from it.
+    /// The job must run with --checkpoint-dir DIR: it listens on DIR/control.sock for the request.
+    /// The savepoint appears as DIR/savepoint-EPOCH (printed), and
+    /// `paystream run JOB --restore DIR/savepoint-EPOCH` resumes from it.
     Savepoint(SavepointArgs),
     /// Measure a job: run it several times and print wall time, events/s, CPU time and peak RSS.
     ///
@@ -247,7 +248,7 @@ pub fn main_with(jobs: Vec<JobSpec>, connectors: Connectors) -> ExitCode {
         }
         Command::Run(args) => run(&jobs, &connectors, *args),
         Command::Bench(args) => bench(&jobs, &connectors, *args),
-        Command::Savepoint(args) => match paystream_engine::checkpoint::request_savepoint(&args.checkpoint_dir, args.stop, args.timeout) {
+        Command::Savepoint(args) => match paystream_engine::control::request_savepoint(&args.checkpoint_dir, args.stop, args.timeout) {
             Ok(path) => {
                 println!("{}", path.display());
                 ExitCode::SUCCESS

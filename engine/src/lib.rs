@@ -10,6 +10,7 @@
 //! * [`keyed`]: the event-time keyed operator primitive windows and joins are built on.
 //! * [`decode`]: the `file:` source's line reading and decoding, usable on any buffered reader.
 //! * [`connector`]: the traits of source and sink connectors and their registry by URI scheme.
+//! * [`control`]: the control socket through which `paystream savepoint` reaches a running job.
 //! * [`format`]: payload formats (CSV, JSON lines), apart from transports.
 //! * [`source`] and [`sink`]: the operators that drive connectors: splits, watermarks,
 //!   checkpointed positions; encoding, ordering and the two-phase commit of output.
@@ -20,6 +21,7 @@
 pub mod checkpoint;
 pub mod collection;
 pub mod connector;
+pub mod control;
 pub mod decode;
 pub mod faults;
 pub mod format;

@@ -407,7 +407,7 @@ impl JobHandle {
         let Some(c) = &self.checkpoint else {
             bail!("this run takes no checkpoints: start it with --checkpoint-dir DIR to take savepoints");
         };
-        crate::checkpoint::request_savepoint(&c.dir, stop, timeout)
+        crate::control::request_savepoint(&c.dir, stop, timeout)
     }
 
     /// What the job has done so far.
@@ -479,6 +479,11 @@ fn execute(prepared: Prepared, metrics: Arc<Metrics>, start: Instant) -> Result<
             crate::observe::exporter::RunCollector::new(plan.spec.name, options.process, metrics.clone(), commit).into_registry();
         crate::observe::endpoint::serve(io.handle(), listener, registry, metrics.clone())?;
     }
+    // `paystream savepoint` reaches the job through a socket in the checkpoint directory.
+    let _control = match (&options.checkpoint, is_first_process) {
+        (Some(c), true) => crate::control::serve(io.handle(), &c.dir, Duration::from_secs(300)),
+        _ => None,
+    };
     let io_handle = io.handle().clone();
     // ---
     let coordinator = match (&options.checkpoint, is_first_process) {
