@@ -109,7 +109,9 @@ pub fn request_savepoint(dir: &Path, stop: bool, timeout: Duration) -> Result<Pa
         Err(e) => return Err(e).with_context(|| format!("cannot reach the job through {}", path.display())),
     };
     stream.set_read_timeout(Some(timeout + Duration::from_secs(5)))?;
-    stream.write_all(if stop { b"savepoint stop\n" } else { b"savepoint\n" }).with_context(|| format!("cannot write to {}", path.display()))?;
+    stream
+        .write_all(if stop { b"savepoint stop\n" } else { b"savepoint\n" })
+        .with_context(|| format!("cannot write to {}", path.display()))?;
     let mut answer = String::new();
     BufReader::new(&stream)
         .read_line(&mut answer)
