@@ -216,3 +216,81 @@ fn an_idle_live_source_costs_no_cpu() {
     eprintln!("an idle live source used {used:.3} CPU-s in 5 s");
     assert!(used < 0.1, "an idle live source used {used:.3} CPU-s in 5 s");
 }
+
+fn free_ports() -> (u16, u16) {
+    let a = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    let b = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    (a.local_addr().expect("address").port(), b.local_addr().expect("address").port())
+}
+
+/// Runs the job as two processes (one worker each) into `out`; `kill_after` kills both with
+/// SIGKILL that long after the first complete checkpoint. Returns whether both finished with exit code 0.
+fn two_processes(dir: &Path, out: &Path, extra: &[&str], kill_after: Option<Duration>) -> bool {
+    let (port0, port1) = free_ports();
+    let hosts = out.with_extension("hosts");
+    std::fs::create_dir_all(out).expect("output directory");
+    std::fs::write(&hosts, format!("127.0.0.1:{port0}\n127.0.0.1:{port1}\n")).expect("hosts file");
+    let hosts_arg = hosts.display().to_string();
+    let mut children: Vec<Child> = (0..2)
+        .map(|p| {
+            let process = p.to_string();
+            let mut a = args(out, &["--processes", "2", "--process", &process, "--hosts", &hosts_arg]);
+            a.extend(extra.iter().map(|s| s.to_string()));
+            start(&a, dir, &[])
+        })
+        .collect();
+    if let Some(delay) = kill_after {
+        // Once a checkpoint is complete (the processes connect first), then a little later.
+        let chk = out.join("chk");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline
+            && !std::fs::read_dir(&chk).map(|d| d.filter_map(|e| e.ok()).any(|e| e.path().join("MANIFEST").is_file())).unwrap_or(false)
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(delay);
+        for c in children.iter_mut() {
+            c.kill().ok();
+        }
+    }
+    let mut all_ok = true;
+    for (p, c) in children.into_iter().enumerate() {
+        let (code, err) = wait(c, "process");
+        if kill_after.is_none() {
+            assert_eq!(code, Some(0), "process {p} failed:\n{err}");
+        }
+        all_ok &= code == Some(0);
+    }
+    all_ok
+}
+
+/// A parallel sink in the second process commits through the checkpoints the first process
+/// completes (it follows their manifests in the shared checkpoint directory): exactly-once as
+/// two processes, uncrashed and after `kill -9` of both and a restore.
+#[test]
+fn parallel_sink_across_two_processes_is_exactly_once() {
+    let dir = Dir::new("processes");
+    let reference_dir = dir.0.join("reference");
+    let (code, err) = wait(start(&args(&reference_dir, &["-w", "2"]), &dir.0, &[]), "reference");
+    assert_eq!(code, Some(0), "reference run failed:\n{err}");
+    let reference = output(&reference_dir);
+
+    let plain = dir.0.join("plain");
+    let chk = plain.join("chk").display().to_string();
+    two_processes(&dir.0, &plain, &["--checkpoint-dir", &chk, "--checkpoint-interval", "100ms"], None);
+    assert_eq!(output(&plain), reference, "two processes with checkpoints");
+    let shares: Vec<String> = std::fs::read_dir(plain.join("windows"))
+        .expect("shares")
+        .filter_map(|e| e.ok().and_then(|e| e.file_name().to_str().map(String::from)))
+        .collect();
+    assert!(shares.iter().any(|n| n.starts_with("w1-")), "the second process's worker committed its own share: {shares:?}");
+
+    let crashed = dir.0.join("crashed");
+    let chk = crashed.join("chk").display().to_string();
+    // --rate paces each process: 2 x 8,000 events/s, 2.5 s for the whole input.
+    let paced = ["--checkpoint-dir", &chk, "--checkpoint-interval", "100ms", "--rate", "8000"];
+    let finished = two_processes(&dir.0, &crashed, &paced, Some(Duration::from_millis(400)));
+    assert!(!finished, "the kill came before the end");
+    two_processes(&dir.0, &crashed, &["--checkpoint-dir", &chk, "--checkpoint-interval", "100ms", "--restore", "latest"], None);
+    assert_eq!(output(&crashed), reference, "two processes killed and restored");
+}
