@@ -34,6 +34,7 @@ pub mod record;
 pub mod runtime;
 pub mod sink;
 pub mod source;
+pub mod split;
 pub mod stream;
 pub mod testing;
 pub mod time;

@@ -39,7 +39,7 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::Scope;
 
 use crate::checkpoint::{self, Participant};
-use crate::connector::{Decode, ResolvedSource, SourcePlan, SourceWaker, SplitReader};
+use crate::connector::{Decode, ResolvedSource, SourcePlan, SplitReader};
 use crate::decode::LineDecoder;
 use crate::job::BuildContext;
 use crate::record::{CsvRecord, DeadLetter};
@@ -47,6 +47,9 @@ use crate::stream::TStream;
 use crate::time::OutOfOrder;
 use crate::time::Time;
 use crate::{Data, Result};
+
+use crate::split::SourceWaker;
+pub use crate::split::{Partition, Position, ReadStatus};
 
 /// Records a source worker reads per activation, over all its partitions: large enough that
 /// timely's per-message cost is amortised, small enough that operators downstream run often and
@@ -177,50 +180,6 @@ pub struct Generator<T> {
 pub trait Generate: Sized {
     /// Builds the generator from the URI's options (`count`, `seed`, ... as the type defines).
     fn generator(options: &mut GenOptions) -> Result<Generator<Self>>;
-}
-
-/// What one read of a partition found.
-#[derive(Debug, PartialEq, Eq)]
-pub enum ReadStatus {
-    /// Records were read (or may be, right away).
-    More,
-    /// Nothing is available right now.
-    Idle,
-    /// The partition is exhausted.
-    Done,
-}
-
-/// Where a partition's next read starts: a byte offset and line number in a file, or the next
-/// index of the generator's sequence.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Position {
-    /// Byte offset, generator index or record count.
-    pub offset: u64,
-    /// Lines read so far (files), for dead-letter line numbers.
-    pub line: u64,
-}
-
-/// One partition of a source.
-pub trait Partition<T>: 'static {
-    /// Reads up to `max` records into `out`, each with 0 as its event time (the source assigns
-    /// event times), and unreadable ones into `dead`. Records go straight into the batch the
-    /// source sends on: no copy between reading and sending.
-    fn read(&mut self, max: usize, out: &mut Vec<(u64, T)>, dead: &mut Vec<DeadLetter>) -> ReadStatus;
-    /// Where the next read starts, for checkpoints.
-    fn position(&self) -> Position;
-    /// Continues from a position a checkpoint recorded.
-    fn seek(&mut self, position: &Position) -> Result<()>;
-    /// Registers the worker's waker; `true` if the partition calls it when data arrives (see
-    /// [`SplitReader::set_waker`]).
-    fn set_waker(&mut self, _waker: SourceWaker) -> bool {
-        false
-    }
-    /// Checkpoint `epoch` is complete.
-    fn on_checkpoint_complete(&mut self, _epoch: u64) {}
-    /// How much is known to wait behind the position, for metrics.
-    fn backlog(&self) -> Option<u64> {
-        None
-    }
 }
 
 /// A partition with its index within its source.
