@@ -20,8 +20,10 @@
 pub mod checkpoint;
 pub mod collection;
 pub mod connector;
+mod context;
 pub mod decode;
 pub mod faults;
+mod flow;
 pub mod format;
 pub mod io;
 pub mod job;

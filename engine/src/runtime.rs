@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use anyhow::{anyhow, bail, Context};
 
 use crate::checkpoint::{choose_restore, CheckpointConfig, CommitState, Coordinator, Participant, Restore};
-use crate::job::{BuildContext, ParticipantKind};
+use crate::job::ParticipantKind;
 
 use crate::job::{JobBuilder, RunPlan};
 use crate::metrics::Metrics;
@@ -61,8 +61,7 @@ pub struct RunOptions {
     pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
-/// The default of [`RunOptions::time_granularity_ms`].
-pub const DEFAULT_TIME_GRANULARITY_MS: u64 = 10;
+pub use crate::context::DEFAULT_TIME_GRANULARITY_MS;
 
 /// The default of [`RunOptions::max_in_flight`]; see `BENCHMARKS.md` for how it was chosen.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 4;
@@ -177,9 +176,9 @@ pub fn check_with(plan: &RunPlan, checkpoint: Option<&CheckpointConfig>) -> Resu
     timely::execute_directly(move |worker| {
         let metrics = Arc::new(Metrics::new(1));
         worker.dataflow::<crate::time::Time, _, _>(|scope| {
-            let mut ctx = BuildContext::new(plan.clone(), metrics, true);
+            let mut ctx = plan.build_context(metrics, true);
             ctx.checkpoint = checkpoint.clone();
-            let mut builder = JobBuilder::new(scope, ctx);
+            let mut builder = JobBuilder::new(scope, plan.clone(), ctx);
             let params = plan.params.clone();
             (plan.spec.build)(&mut builder, &params).and_then(|_| builder.finish()).map_err(|e| e.to_string())
         })
@@ -527,14 +526,14 @@ fn execute(prepared: Prepared, metrics: Arc<Metrics>, start: Instant) -> Result<
         // Connectors on this worker find the run's I/O runtime (`crate::io::handle`).
         let _io = io_handle.enter();
         let plan = plan.clone();
-        let mut ctx = BuildContext::new(plan.clone(), worker_metrics.clone(), false);
+        let mut ctx = plan.build_context(worker_metrics.clone(), false);
         ctx.checkpoint = checkpoint.clone();
-        ctx.flow = crate::source::FlowControl::new(max_in_flight);
+        ctx.flow = crate::flow::FlowControl::new(max_in_flight);
         ctx.time_granularity_ms = time_granularity_ms;
         ctx.restore = restore.clone();
         ctx.commit = Some(commit.clone());
         let built = worker.dataflow::<crate::time::Time, _, _>(|scope| {
-            let mut builder = JobBuilder::new(scope, ctx);
+            let mut builder = JobBuilder::new(scope, plan.clone(), ctx);
             let params = plan.params.clone();
             (plan.spec.build)(&mut builder, &params).and_then(|_| builder.finish()).map(|_| ()).map_err(|e| e.to_string())
         });

@@ -40,14 +40,15 @@ use timely::dataflow::Scope;
 
 use crate::checkpoint::{self, Participant};
 use crate::connector::{Decode, ResolvedSource, SourcePlan, SplitReader};
+use crate::context::BuildContext;
+use crate::context::TStream;
 use crate::decode::LineDecoder;
-use crate::job::BuildContext;
 use crate::record::{CsvRecord, DeadLetter};
-use crate::stream::TStream;
 use crate::time::OutOfOrder;
 use crate::time::Time;
 use crate::{Data, Result};
 
+pub use crate::flow::FlowControl;
 use crate::split::SourceWaker;
 pub use crate::split::{Partition, Position, ReadStatus};
 
@@ -70,65 +71,6 @@ pub const ADVANCE_EVERY: usize = 4 * BATCH;
 
 /// A paced source waits at least this long between reads, so that it does not spin.
 const PACING_TICK: std::time::Duration = std::time::Duration::from_micros(200);
-
-/// Flow control: sources wait rather than read far ahead of what the sinks have taken in.
-///
-/// Every sink's input frontier is mirrored into one probe per worker. A record a source sent at
-/// timestamp `t` is *in flight* until the probe's frontier has passed `t`, that is until it, and
-/// everything derived from it, has reached every sink (timely's progress tracking counts messages
-/// still queued in channels, including those on their way to another worker). A source worker with
-/// `max_in_flight` batches ([`BATCH`] records each) in flight reads nothing until some land, so a
-/// slow sink, a slow worker or a hot key makes the sources wait instead of filling channels, and
-/// sources on different workers stay within a few batches of each other (watermark alignment),
-/// which bounds what joins buffer for the side that is ahead.
-///
-/// Records sent at the source's current timestamp do not count: they cannot land before the source
-/// moves on. Input whose watermark never advances (every record with the same event time) is
-/// therefore not bounded by this mechanism.
-///
-/// A waiting source is woken as soon as a sink's input frontier moves ([`FlowControl::wake`]),
-/// not after a fixed delay: with one worker, a delay left the worker idle, and polling cost 20%
-/// of `throughput-windows`' CPU time (BENCHMARKS.md).
-#[derive(Clone)]
-pub struct FlowControl {
-    pub(crate) probe: timely::dataflow::operators::probe::Handle<Time>,
-    /// Batches a source worker may have in flight; 0: no limit.
-    pub(crate) max_in_flight: usize,
-    /// The sources of this worker waiting for the probe to move.
-    waiting: std::rc::Rc<std::cell::RefCell<Vec<timely::scheduling::Activator>>>,
-}
-
-impl FlowControl {
-    pub(crate) fn new(max_in_flight: usize) -> Self {
-        FlowControl { probe: Default::default(), max_in_flight, waiting: Default::default() }
-    }
-
-    /// Wakes the waiting sources: a sink's input frontier has moved.
-    pub(crate) fn wake(&self) {
-        for activator in self.waiting.borrow_mut().drain(..) {
-            activator.activate();
-        }
-    }
-
-    /// Has `activator` woken at the next move of a sink's frontier.
-    fn wait(&self, activator: &timely::scheduling::Activator) {
-        self.waiting.borrow_mut().push(activator.clone());
-    }
-
-    /// Drops the batches that have landed; returns whether a source may read another one now.
-    /// `in_flight` holds, per timestamp sent at, how many records were sent at it.
-    fn may_read(&self, in_flight: &mut std::collections::VecDeque<(Time, usize)>, current: &Time) -> bool {
-        if self.max_in_flight == 0 {
-            in_flight.clear();
-            return true;
-        }
-        while in_flight.front().is_some_and(|(t, _)| !self.probe.less_equal(t)) {
-            in_flight.pop_front();
-        }
-        let waiting: usize = in_flight.iter().filter(|(t, _)| t != current).map(|(_, n)| n).sum();
-        waiting < self.max_in_flight * BATCH
-    }
-}
 
 /// The options of a `gen:` URI, handed to the record type's generator.
 #[derive(Debug)]
@@ -297,7 +239,7 @@ fn partitions_for<T: Data + CsvRecord>(
             }
         }
         SourcePlan::Typed { scheme } => {
-            let factory = ctx.plan.connectors.typed::<T>(scheme).map_err(|e| anyhow!("source {name}: {e:#}"))?;
+            let factory = ctx.connectors.typed::<T>(scheme).map_err(|e| anyhow!("source {name}: {e:#}"))?;
             let splits = factory(name, &source.uri)?;
             if ctx.dry_run {
                 return Ok(parts);
@@ -541,7 +483,7 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
                     next_tick = Some(Instant::now() + c.interval);
                 }
             }
-            if !flow.may_read(&mut in_flight, records_cap.time()) {
+            if !flow.may_read(&mut in_flight, records_cap.time(), BATCH) {
                 // Wait for the sinks to take in what was sent: a sink's frontier moving wakes this
                 // source (and a timer, should the wake-up be missed).
                 flow.wait(&activator);
