@@ -10,18 +10,19 @@ use crate::time::Time;
 /// timestamp `t` is *in flight* until the probe's frontier has passed `t`, that is until it, and
 /// everything derived from it, has reached every sink (timely's progress tracking counts messages
 /// still queued in channels, including those on their way to another worker). A source worker with
-/// `max_in_flight` batches ([`BATCH`](crate::source::BATCH) records each) in flight reads nothing until some land, so a
-/// slow sink, a slow worker or a hot key makes the sources wait instead of filling channels, and
-/// sources on different workers stay within a few batches of each other (watermark alignment),
-/// which bounds what joins buffer for the side that is ahead.
+/// `max_in_flight` batches ([`BATCH`](crate::source::BATCH) records each) in flight reads nothing
+/// until some land, so a slow sink, a slow worker or a hot key makes the sources wait instead of
+/// filling channels, and sources on different workers stay within a few batches of each other
+/// (watermark alignment), which bounds what joins buffer for the side that is ahead.
 ///
 /// Records sent at the source's current timestamp do not count: they cannot land before the source
 /// moves on. Input whose watermark never advances (every record with the same event time) is
 /// therefore not bounded by this mechanism.
 ///
-/// A waiting source is woken as soon as a sink's input frontier moves ([`FlowControl::wake`]),
-/// not after a fixed delay: with one worker, a delay left the worker idle, and polling cost 20%
-/// of `throughput-windows`' CPU time (BENCHMARKS.md).
+/// A waiting source is woken as soon as a sink's input frontier moves (`FlowControl::wake`), not
+/// after a fixed delay: with one worker, a source that looks again later leaves the worker parked
+/// while the work it waits for is already done, and looking again often spends CPU on nothing
+/// (figures in BENCHMARKS.md, "Figures behind choices in the code").
 #[derive(Clone)]
 pub struct FlowControl {
     pub(crate) probe: timely::dataflow::operators::probe::Handle<Time>,

@@ -48,9 +48,8 @@ pub struct RunOptions {
     /// Event-time granularity, in ms, at which keyed steps (windows, joins, process functions)
     /// stamp their results: results whose event times fall in one granule travel, and reach the
     /// sinks, together. Every distinct timestamp costs progress tracking in every step after it,
-    /// so a join emitting a result per millisecond spent most of its time there (auth-match over
-    /// 100k payments and 100k authorizations: 1,398 M instructions at 1 ms, 780 M at 10 ms;
-    /// BENCHMARKS.md, "Joins").
+    /// so a join emitting a result at nearly every millisecond of event time would spend most of
+    /// its time there (figures in BENCHMARKS.md, "Joins" and "Figures behind choices in the code").
     /// The price: a result waits until the watermark passes the end of its granule (up to this
     /// much event time later than at 1 ms). The results and their lateness are the same at any
     /// granularity; a file lists them sorted within each granule, so its line order depends on

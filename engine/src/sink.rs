@@ -41,9 +41,9 @@ use crate::{Data, Result};
 
 /// One timestamp's `(order key, line)` pairs in the order `sort_unstable` gives them. Lines of
 /// one window firing share a long prefix (the window's bounds), on which every comparison of a
-/// plain sort spent its time: the lines are sorted by their order key and the 8 bytes after the
-/// prefix all of them share, and only lines equal that far are compared whole (callgrind,
-/// card-velocity at 200,000 events: ~140 M instructions in the sort before).
+/// plain sort would spend its time: the lines are sorted by their order key and the 8 bytes after
+/// the prefix all of them share, and only lines equal that far are compared whole (figures in
+/// BENCHMARKS.md, "Figures behind choices in the code").
 fn sorted_lines(mut lines: Vec<(u64, String)>) -> Vec<(u64, String)> {
     let Some(((_, first), rest)) = lines.split_first() else { return lines };
     let mut common = first.len();

@@ -55,9 +55,9 @@ pub use crate::split::{Partition, Position, ReadStatus};
 
 /// Records a source worker reads per activation, over all its partitions: large enough that
 /// timely's per-message cost is amortised, small enough that operators downstream run often and
-/// that a batch stays in the CPU's caches between the steps (throughput-windows read 8,192 per
-/// activation from its 16 generator partitions before, and every step missed the L2 cache on
-/// reading what the step before wrote; BENCHMARKS.md).
+/// that a batch one step writes is still in the CPU's L2 cache when the next step reads it. The
+/// bound is per worker, not per partition, so a source with many partitions does not send larger
+/// batches (figures in BENCHMARKS.md, "Figures behind choices in the code").
 pub const BATCH: usize = 2048;
 
 /// Records a source worker reads before it moves its watermark on: this many over all its
@@ -67,7 +67,7 @@ pub const BATCH: usize = 2048;
 /// moves the watermark at once, so latency does not wait for a batch to fill. Each watermark is
 /// a distinct timestamp that every step's progress tracking, and joins' and windows' per-time
 /// work, pays for; so batches are kept small for the caches while event time moves in steps of a
-/// few batches (as it did when each activation read this much).
+/// few batches.
 pub const ADVANCE_EVERY: usize = 4 * BATCH;
 
 /// A paced source waits at least this long between reads, so that it does not spin.
