@@ -22,8 +22,9 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 
-use crate::job::BuildContext;
-use crate::stream::{Stream, TStream};
+use crate::context::BuildContext;
+use crate::context::TStream;
+use crate::stream::Stream;
 use crate::time::Time;
 use crate::{Data, Key};
 

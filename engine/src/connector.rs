@@ -44,8 +44,10 @@ use anyhow::{anyhow, bail};
 
 use crate::decode::LineDecoder;
 use crate::format::Format;
-use crate::source::{Partition, Position, ReadStatus};
+use crate::split::{Partition, Position, ReadStatus};
 use crate::Result;
+
+pub use crate::split::SourceWaker;
 
 /// Options of a URI's query part (`?k=v&k2=v2`) or of a `gen:k=v,k2=v2` list, with a check that
 /// every option given was read (a typo must not silently fall back to a default).
@@ -153,27 +155,6 @@ pub trait SplitReader: 'static {
     /// How much is known to wait behind the position (messages or bytes), for metrics.
     fn backlog(&self) -> Option<u64> {
         None
-    }
-}
-
-/// Wakes a source worker from another thread (a tokio task that received data).
-#[derive(Clone)]
-pub struct SourceWaker(pub(crate) Arc<dyn Fn() + Send + Sync>);
-
-impl SourceWaker {
-    /// Schedules the source's worker to read again.
-    pub fn wake(&self) {
-        (self.0)()
-    }
-    /// A waker that calls `f` (for tests).
-    pub fn from_fn(f: impl Fn() + Send + Sync + 'static) -> Self {
-        SourceWaker(Arc::new(f))
-    }
-}
-
-impl fmt::Debug for SourceWaker {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SourceWaker")
     }
 }
 

@@ -9,7 +9,7 @@ use std::io::BufRead;
 
 use crate::format::Format;
 use crate::record::{CsvRecord, DeadLetter};
-use crate::source::ReadStatus;
+use crate::split::ReadStatus;
 
 /// Where a reader puts the records it reads: a `Vec<T>`, or a source's batch of
 /// `(event time, record)` pairs ([`Stamped`]), so that a record is written once, where it stays.

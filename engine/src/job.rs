@@ -6,7 +6,7 @@
 //! source name is reported once, clearly, before anything runs.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::str::FromStr;
@@ -15,17 +15,15 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail};
 use timely::dataflow::Scope;
 
-use crate::checkpoint::{CheckpointConfig, CommitState, Restore};
 use crate::connector::{Connectors, ResolvedSink, ResolvedSource};
+use crate::context::{BuildContext, TStream};
 use crate::metrics::Metrics;
 use crate::record::{CsvRecord, DeadLetter};
-use crate::stream::{SourceStage, Stream, TStream};
+use crate::stream::{SourceStage, Stream};
 use crate::time::Time;
 use crate::{Data, Result};
 
-/// The sink name under which unreadable records are written. A job may not declare it; a run may
-/// redirect it with `--sink dead_letters=URI`.
-pub const DEAD_LETTERS: &str = "dead_letters";
+pub use crate::context::{ParticipantKind, DEAD_LETTERS};
 
 /// A source a job reads.
 #[derive(Clone, Copy, Debug)]
@@ -197,86 +195,10 @@ impl RunPlan {
         }
         Ok(RunPlan { spec: *spec, params: Params::resolve(spec, params)?, sources: resolved_sources, sinks: resolved_sinks, connectors })
     }
-}
 
-/// A kind of checkpoint participant, as found when the job is built.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum ParticipantKind {
-    /// A source: one part per worker.
-    Source(String),
-    /// A stateful step: one part per worker.
-    State(String),
-    /// A single-writer sink: one part, from worker 0.
-    Sink(String),
-    /// A parallel sink: one part per worker.
-    ParallelSink(String),
-}
-
-/// Per-worker state shared by the streams of one dataflow under construction.
-pub(crate) struct BuildContext {
-    pub(crate) plan: Arc<RunPlan>,
-    pub(crate) metrics: Arc<Metrics>,
-    /// In a dry run sources produce nothing and sinks write nothing.
-    pub(crate) dry_run: bool,
-    /// Checkpointing settings, when the run checkpoints.
-    pub(crate) checkpoint: Option<CheckpointConfig>,
-    /// The checkpoint this run resumes from.
-    pub(crate) restore: Option<Arc<Restore>>,
-    /// Commit progress, shared with the coordinator (process 0).
-    pub(crate) commit: Option<Arc<CommitState>>,
-    /// Flow control: every sink's input frontier, which sources compare their reads against.
-    pub(crate) flow: crate::source::FlowControl,
-    /// Event-time granularity of keyed steps' results (see `RunOptions::time_granularity_ms`).
-    pub(crate) time_granularity_ms: u64,
-    /// Sources built so far on this worker: the next one's number.
-    pub(crate) sources_built: std::cell::Cell<usize>,
-    /// Checkpoint participants this worker's dataflow has: sources, stateful steps, sinks.
-    pub(crate) participants: RefCell<Vec<ParticipantKind>>,
-    step_names: RefCell<BTreeSet<String>>,
-    used_sources: RefCell<BTreeSet<String>>,
-    used_sinks: RefCell<BTreeSet<String>>,
-    errors: RefCell<Vec<String>>,
-}
-
-impl BuildContext {
-    pub(crate) fn new(plan: Arc<RunPlan>, metrics: Arc<Metrics>, dry_run: bool) -> Self {
-        BuildContext {
-            plan,
-            metrics,
-            dry_run,
-            checkpoint: None,
-            restore: None,
-            commit: None,
-            flow: crate::source::FlowControl::new(0),
-            time_granularity_ms: crate::runtime::DEFAULT_TIME_GRANULARITY_MS,
-            sources_built: Default::default(),
-            participants: Default::default(),
-            step_names: Default::default(),
-            used_sources: Default::default(),
-            used_sinks: Default::default(),
-            errors: Default::default(),
-        }
-    }
-
-    /// The first epoch of this run: 0, or the one after the checkpoint it resumes from.
-    pub(crate) fn first_epoch(&self) -> u64 {
-        self.restore.as_ref().map_or(0, |r| r.manifest.epoch + 1)
-    }
-
-    /// Records a checkpoint participant.
-    pub(crate) fn add_participant(&self, kind: ParticipantKind) {
-        self.participants.borrow_mut().push(kind);
-    }
-
-    pub(crate) fn report_error(&self, message: String) {
-        self.errors.borrow_mut().push(message);
-    }
-
-    /// Registers a step name; a second step with the same name is an error (state is found by it).
-    pub(crate) fn register_step(&self, name: &str) {
-        if !self.step_names.borrow_mut().insert(name.to_string()) {
-            self.errors.borrow_mut().push(format!("two steps are named {name:?}; every step needs its own name"));
-        }
+    /// The context a worker's dataflow for this run is built in.
+    pub(crate) fn build_context(&self, metrics: Arc<Metrics>, dry_run: bool) -> BuildContext {
+        BuildContext::new(self.spec.name, self.sinks.clone(), self.connectors.clone(), metrics, dry_run)
     }
 }
 
@@ -284,20 +206,21 @@ impl BuildContext {
 /// carries. Streams returned by [`JobBuilder::source`] are chained into operators and sinks.
 pub struct JobBuilder<'scope> {
     pub(crate) scope: Scope<'scope, Time>,
+    pub(crate) plan: Arc<RunPlan>,
     pub(crate) ctx: Rc<BuildContext>,
     pub(crate) dead_letters: Rc<RefCell<Vec<TStream<'scope, DeadLetter>>>>,
 }
 
 impl<'scope> JobBuilder<'scope> {
-    pub(crate) fn new(scope: Scope<'scope, Time>, ctx: BuildContext) -> Self {
-        JobBuilder { scope, ctx: Rc::new(ctx), dead_letters: Default::default() }
+    pub(crate) fn new(scope: Scope<'scope, Time>, plan: Arc<RunPlan>, ctx: BuildContext) -> Self {
+        JobBuilder { scope, plan, ctx: Rc::new(ctx), dead_letters: Default::default() }
     }
 
     /// Reads the declared source `name`, with records of type `T`. Give it event time next, with
     /// [`SourceStage::assign_timestamps`].
     pub fn source<T: Data + CsvRecord>(&mut self, name: &str) -> Result<SourceStage<'scope, T>> {
-        let Some(uri) = self.ctx.plan.sources.get(name).cloned() else {
-            bail!("job {} reads source {name:?} but does not declare it in its JobSpec", self.ctx.plan.spec.name);
+        let Some(uri) = self.plan.sources.get(name).cloned() else {
+            bail!("job {} reads source {name:?} but does not declare it in its JobSpec", self.plan.spec.name);
         };
         if !self.ctx.used_sources.borrow_mut().insert(name.to_string()) {
             bail!("source {name:?} is read twice; read it once and reuse the stream");
@@ -309,7 +232,7 @@ impl<'scope> JobBuilder<'scope> {
 
     /// The job's parameters.
     pub fn params(&self) -> &Params {
-        &self.ctx.plan.params
+        &self.plan.params
     }
 
     /// This worker's index and the number of workers in the whole run.
@@ -325,7 +248,7 @@ impl<'scope> JobBuilder<'scope> {
             let merged = timely::dataflow::operators::Concatenate::concatenate(&self.scope, dead);
             Stream::from_parts(merged, self.ctx.clone()).sink(DEAD_LETTERS)?;
         }
-        let spec = &self.ctx.plan.spec;
+        let spec = &self.plan.spec;
         for s in spec.sources {
             if !self.ctx.used_sources.borrow().contains(s.name) {
                 self.ctx.errors.borrow_mut().push(format!("source {:?} is declared but never read", s.name));
@@ -341,20 +264,5 @@ impl<'scope> JobBuilder<'scope> {
             bail!("job {} is malformed: {}", spec.name, errors.join("; "));
         }
         Ok(self.ctx.participants.borrow().clone())
-    }
-
-    pub(crate) fn mark_sink_used(ctx: &BuildContext, name: &str) -> Result<ResolvedSink> {
-        let Some(sink) = ctx.plan.sinks.get(name).cloned() else {
-            bail!("job {} writes sink {name:?} but does not declare it in its JobSpec", ctx.plan.spec.name);
-        };
-        if !ctx.used_sinks.borrow_mut().insert(name.to_string()) {
-            bail!("sink {name:?} is written twice; union the streams first");
-        }
-        if sink.target.parallel() {
-            ctx.add_participant(ParticipantKind::ParallelSink(name.to_string()));
-        } else {
-            ctx.add_participant(ParticipantKind::Sink(name.to_string()));
-        }
-        Ok(sink)
     }
 }

@@ -23,10 +23,10 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 
 use crate::checkpoint::{self, CheckpointConfig, Participant};
-use crate::job::BuildContext;
+use crate::context::BuildContext;
+use crate::context::TStream;
 use crate::keygroup::worker_for_key_group;
 use crate::metrics::{Metrics, PartSize};
-use crate::stream::TStream;
 use crate::time::{frontier_bounds, Time, END_OF_TIME};
 use crate::{Data, Result};
 

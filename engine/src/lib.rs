@@ -11,19 +11,39 @@
 //! * [`decode`]: the `file:` source's line reading and decoding, usable on any buffered reader.
 //! * [`connector`]: the traits of source and sink connectors and their registry by URI scheme.
 //! * [`control`]: the control socket through which `paystream savepoint` reaches a running job.
-//! * [`format`]: payload formats (CSV, JSON lines), apart from transports.
+//! * [`format`](mod@format): payload formats (CSV, JSON lines), apart from transports.
 //! * [`source`] and [`sink`]: the operators that drive connectors: splits, watermarks,
 //!   checkpointed positions; encoding, ordering and the two-phase commit of output.
 //! * [`runtime`]: running a job on threads or processes, with progress and a summary.
 //! * [`io`]: the run's tokio runtime, for control endpoints and network connectors.
 //! * [`observe`]: the Prometheus metrics endpoint and health check.
+//! * [`split`]: what a source's splits are made of (read status, position, the partition trait);
+//!   `context` and `flow` (private): what the streams of one build share, and flow control.
+//!
+//! Module dependencies point one way (`use crate::...`, tests aside). Leaves, naming no other
+//! module: [`time`], [`keygroup`], [`latency`], [`faults`], [`format`](mod@format), [`io`], [`record`] and
+//! `observe/mod.rs` ([`observe::CheckpointStats`]); [`split`] names only [`record`], `flow` only
+//! [`time`], [`metrics`] only [`latency`], [`checkpoint`] only [`faults`] and [`observe`]. Then
+//! [`decode`] (on [`split`], [`record`], [`format`](mod@format)), [`connector`] (on [`decode`], [`split`]),
+//! and `context` (on [`checkpoint`], [`connector`], `flow`, [`metrics`]); [`control`] (the savepoint
+//! socket) on [`checkpoint`] and [`io`]. The operators build on
+//! `context`: [`keyed`], [`sink`] and [`source`] name none of each other; [`stream`] names the
+//! three, [`collection`] names [`stream`], and [`job`] ([`JobBuilder`], [`RunPlan`](job::RunPlan))
+//! names [`stream`] and creates the `context`. At the top, [`runtime`] (on [`job`], [`control`] and the
+//! [`observe`] endpoint and exporter) and [`testing`]. Types that several of these share live in
+//! the lowest module that needs them and are re-exported where they were first defined
+//! (`source::{Partition, Position, ReadStatus, FlowControl}`, `job::{ParticipantKind,
+//! DEAD_LETTERS}`). One cycle is left between folders, not modules: [`checkpoint`] names
+//! `observe::CheckpointStats` while [`observe::exporter`] reads [`checkpoint::CommitState`].
 
 pub mod checkpoint;
 pub mod collection;
 pub mod connector;
+mod context;
 pub mod control;
 pub mod decode;
 pub mod faults;
+mod flow;
 pub mod format;
 pub mod io;
 pub mod job;
@@ -36,6 +56,7 @@ pub mod record;
 pub mod runtime;
 pub mod sink;
 pub mod source;
+pub mod split;
 pub mod stream;
 pub mod testing;
 pub mod time;

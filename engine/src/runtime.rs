@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use anyhow::{anyhow, bail, Context};
 
 use crate::checkpoint::{choose_restore, CheckpointConfig, CommitState, Coordinator, Participant, Restore};
-use crate::job::{BuildContext, ParticipantKind};
+use crate::job::ParticipantKind;
 
 use crate::job::{JobBuilder, RunPlan};
 use crate::metrics::Metrics;
@@ -48,9 +48,8 @@ pub struct RunOptions {
     /// Event-time granularity, in ms, at which keyed steps (windows, joins, process functions)
     /// stamp their results: results whose event times fall in one granule travel, and reach the
     /// sinks, together. Every distinct timestamp costs progress tracking in every step after it,
-    /// so a join emitting a result per millisecond spent most of its time there (auth-match over
-    /// 100k payments and 100k authorizations: 1,398 M instructions at 1 ms, 780 M at 10 ms;
-    /// BENCHMARKS.md, "Joins").
+    /// so a join emitting a result at nearly every millisecond of event time would spend most of
+    /// its time there (figures in BENCHMARKS.md, "Joins" and "Figures behind choices in the code").
     /// The price: a result waits until the watermark passes the end of its granule (up to this
     /// much event time later than at 1 ms). The results and their lateness are the same at any
     /// granularity; a file lists them sorted within each granule, so its line order depends on
@@ -61,8 +60,7 @@ pub struct RunOptions {
     pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
-/// The default of [`RunOptions::time_granularity_ms`].
-pub const DEFAULT_TIME_GRANULARITY_MS: u64 = 10;
+pub use crate::context::DEFAULT_TIME_GRANULARITY_MS;
 
 /// The default of [`RunOptions::max_in_flight`]; see `BENCHMARKS.md` for how it was chosen.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 4;
@@ -177,9 +175,9 @@ pub fn check_with(plan: &RunPlan, checkpoint: Option<&CheckpointConfig>) -> Resu
     timely::execute_directly(move |worker| {
         let metrics = Arc::new(Metrics::new(1));
         worker.dataflow::<crate::time::Time, _, _>(|scope| {
-            let mut ctx = BuildContext::new(plan.clone(), metrics, true);
+            let mut ctx = plan.build_context(metrics, true);
             ctx.checkpoint = checkpoint.clone();
-            let mut builder = JobBuilder::new(scope, ctx);
+            let mut builder = JobBuilder::new(scope, plan.clone(), ctx);
             let params = plan.params.clone();
             (plan.spec.build)(&mut builder, &params).and_then(|_| builder.finish()).map_err(|e| e.to_string())
         })
@@ -532,14 +530,14 @@ fn execute(prepared: Prepared, metrics: Arc<Metrics>, start: Instant) -> Result<
         // Connectors on this worker find the run's I/O runtime (`crate::io::handle`).
         let _io = io_handle.enter();
         let plan = plan.clone();
-        let mut ctx = BuildContext::new(plan.clone(), worker_metrics.clone(), false);
+        let mut ctx = plan.build_context(worker_metrics.clone(), false);
         ctx.checkpoint = checkpoint.clone();
-        ctx.flow = crate::source::FlowControl::new(max_in_flight);
+        ctx.flow = crate::flow::FlowControl::new(max_in_flight);
         ctx.time_granularity_ms = time_granularity_ms;
         ctx.restore = restore.clone();
         ctx.commit = Some(commit.clone());
         let built = worker.dataflow::<crate::time::Time, _, _>(|scope| {
-            let mut builder = JobBuilder::new(scope, ctx);
+            let mut builder = JobBuilder::new(scope, plan.clone(), ctx);
             let params = plan.params.clone();
             (plan.spec.build)(&mut builder, &params).and_then(|_| builder.finish()).map(|_| ()).map_err(|e| e.to_string())
         });

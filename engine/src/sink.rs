@@ -22,6 +22,7 @@
 //! name and the cause (exit code 1).
 
 use std::collections::BTreeMap;
+use std::rc::Rc;
 use std::time::Duration;
 
 use timely::container::CapacityContainerBuilder;
@@ -32,17 +33,17 @@ use timely::dataflow::operators::Probe;
 
 use crate::checkpoint::{self, Participant};
 use crate::connector::{Committable, Progress, ResolvedSink, SinkContext, SinkTarget, SinkWriter};
+use crate::context::{BuildContext, TStream, DEAD_LETTERS};
 use crate::format::Format;
 use crate::record::CsvRecord;
-use crate::stream::Stream;
 use crate::time::{frontier_bounds, Time};
 use crate::{Data, Result};
 
 /// One timestamp's `(order key, line)` pairs in the order `sort_unstable` gives them. Lines of
 /// one window firing share a long prefix (the window's bounds), on which every comparison of a
-/// plain sort spent its time: the lines are sorted by their order key and the 8 bytes after the
-/// prefix all of them share, and only lines equal that far are compared whole (callgrind,
-/// card-velocity at 200,000 events: ~140 M instructions in the sort before).
+/// plain sort would spend its time: the lines are sorted by their order key and the 8 bytes after
+/// the prefix all of them share, and only lines equal that far are compared whole (figures in
+/// BENCHMARKS.md, "Figures behind choices in the code").
 fn sorted_lines(mut lines: Vec<(u64, String)>) -> Vec<(u64, String)> {
     let Some(((_, first), rest)) = lines.split_first() else { return lines };
     let mut common = first.len();
@@ -85,8 +86,13 @@ fn sorted_lines(mut lines: Vec<(u64, String)>) -> Vec<(u64, String)> {
     lines
 }
 
-pub(crate) fn build_sink<T: Data + CsvRecord>(stream: Stream<'_, T>, name: &str, sink: ResolvedSink, order: impl Fn(&T) -> u64 + 'static) {
-    let ctx = stream.ctx.clone();
+pub(crate) fn build_sink<T: Data + CsvRecord>(
+    stream: TStream<'_, T>,
+    ctx: Rc<BuildContext>,
+    name: &str,
+    sink: ResolvedSink,
+    order: impl Fn(&T) -> u64 + 'static,
+) {
     if ctx.dry_run {
         return;
     }
@@ -94,14 +100,14 @@ pub(crate) fn build_sink<T: Data + CsvRecord>(stream: Stream<'_, T>, name: &str,
     let format = target.format();
     let parallel = target.parallel();
     let metrics = ctx.metrics.clone();
-    let scope = stream.inner.scope();
+    let scope = stream.scope();
     let is_writer = parallel || scope.index() == 0;
     let sink_name = name.to_string();
     if is_writer {
         metrics.add(&format!("written:{name}"), 0);
     }
     let encoded =
-        stream.inner.unary::<CapacityContainerBuilder<Vec<(u64, String)>>, _, _, _>(Pipeline, &format!("encode:{name}"), move |_, _| {
+        stream.unary::<CapacityContainerBuilder<Vec<(u64, String)>>, _, _, _>(Pipeline, &format!("encode:{name}"), move |_, _| {
             move |input, output| {
                 input.for_each(|cap, data| {
                     let mut session = output.session(&cap);
@@ -120,7 +126,7 @@ pub(crate) fn build_sink<T: Data + CsvRecord>(stream: Stream<'_, T>, name: &str,
             }
         });
     let context = SinkContext {
-        job: ctx.plan.spec.name.to_string(),
+        job: ctx.job.to_string(),
         sink: name.to_string(),
         worker: if parallel { scope.index() } else { 0 },
         workers: scope.peers(),
@@ -189,7 +195,7 @@ pub(crate) fn build_sink<T: Data + CsvRecord>(stream: Stream<'_, T>, name: &str,
                 let lines = sorted_lines(pending.remove(&time).unwrap_or_default());
                 written += lines.len() as u64;
                 crate::faults::slow_sink(lines.len());
-                if let (Some(clock), false) = (driver.metrics.latency(), driver.name == crate::job::DEAD_LETTERS) {
+                if let (Some(clock), false) = (driver.metrics.latency(), driver.name == DEAD_LETTERS) {
                     clock.record(time.wm, lines.len());
                 }
                 let lines: Vec<String> = lines.into_iter().map(|(_, l)| l).collect();

@@ -39,20 +39,25 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::Scope;
 
 use crate::checkpoint::{self, Participant};
-use crate::connector::{Decode, ResolvedSource, SourcePlan, SourceWaker, SplitReader};
+use crate::connector::{Decode, ResolvedSource, SourcePlan, SplitReader};
+use crate::context::BuildContext;
+use crate::context::TStream;
 use crate::decode::LineDecoder;
-use crate::job::BuildContext;
+use crate::metrics::Metrics;
 use crate::record::{CsvRecord, DeadLetter};
-use crate::stream::TStream;
 use crate::time::OutOfOrder;
 use crate::time::Time;
 use crate::{Data, Result};
 
+pub use crate::flow::FlowControl;
+use crate::split::SourceWaker;
+pub use crate::split::{Partition, Position, ReadStatus};
+
 /// Records a source worker reads per activation, over all its partitions: large enough that
 /// timely's per-message cost is amortised, small enough that operators downstream run often and
-/// that a batch stays in the CPU's caches between the steps (throughput-windows read 8,192 per
-/// activation from its 16 generator partitions before, and every step missed the L2 cache on
-/// reading what the step before wrote; BENCHMARKS.md).
+/// that a batch one step writes is still in the CPU's L2 cache when the next step reads it. The
+/// bound is per worker, not per partition, so a source with many partitions does not send larger
+/// batches (figures in BENCHMARKS.md, "Figures behind choices in the code").
 pub const BATCH: usize = 2048;
 
 /// Records a source worker reads before it moves its watermark on: this many over all its
@@ -62,70 +67,11 @@ pub const BATCH: usize = 2048;
 /// moves the watermark at once, so latency does not wait for a batch to fill. Each watermark is
 /// a distinct timestamp that every step's progress tracking, and joins' and windows' per-time
 /// work, pays for; so batches are kept small for the caches while event time moves in steps of a
-/// few batches (as it did when each activation read this much).
+/// few batches.
 pub const ADVANCE_EVERY: usize = 4 * BATCH;
 
 /// A paced source waits at least this long between reads, so that it does not spin.
 const PACING_TICK: std::time::Duration = std::time::Duration::from_micros(200);
-
-/// Flow control: sources wait rather than read far ahead of what the sinks have taken in.
-///
-/// Every sink's input frontier is mirrored into one probe per worker. A record a source sent at
-/// timestamp `t` is *in flight* until the probe's frontier has passed `t`, that is until it, and
-/// everything derived from it, has reached every sink (timely's progress tracking counts messages
-/// still queued in channels, including those on their way to another worker). A source worker with
-/// `max_in_flight` batches ([`BATCH`] records each) in flight reads nothing until some land, so a
-/// slow sink, a slow worker or a hot key makes the sources wait instead of filling channels, and
-/// sources on different workers stay within a few batches of each other (watermark alignment),
-/// which bounds what joins buffer for the side that is ahead.
-///
-/// Records sent at the source's current timestamp do not count: they cannot land before the source
-/// moves on. Input whose watermark never advances (every record with the same event time) is
-/// therefore not bounded by this mechanism.
-///
-/// A waiting source is woken as soon as a sink's input frontier moves ([`FlowControl::wake`]),
-/// not after a fixed delay: with one worker, a delay left the worker idle, and polling cost 20%
-/// of `throughput-windows`' CPU time (BENCHMARKS.md).
-#[derive(Clone)]
-pub struct FlowControl {
-    pub(crate) probe: timely::dataflow::operators::probe::Handle<Time>,
-    /// Batches a source worker may have in flight; 0: no limit.
-    pub(crate) max_in_flight: usize,
-    /// The sources of this worker waiting for the probe to move.
-    waiting: std::rc::Rc<std::cell::RefCell<Vec<timely::scheduling::Activator>>>,
-}
-
-impl FlowControl {
-    pub(crate) fn new(max_in_flight: usize) -> Self {
-        FlowControl { probe: Default::default(), max_in_flight, waiting: Default::default() }
-    }
-
-    /// Wakes the waiting sources: a sink's input frontier has moved.
-    pub(crate) fn wake(&self) {
-        for activator in self.waiting.borrow_mut().drain(..) {
-            activator.activate();
-        }
-    }
-
-    /// Has `activator` woken at the next move of a sink's frontier.
-    fn wait(&self, activator: &timely::scheduling::Activator) {
-        self.waiting.borrow_mut().push(activator.clone());
-    }
-
-    /// Drops the batches that have landed; returns whether a source may read another one now.
-    /// `in_flight` holds, per timestamp sent at, how many records were sent at it.
-    fn may_read(&self, in_flight: &mut std::collections::VecDeque<(Time, usize)>, current: &Time) -> bool {
-        if self.max_in_flight == 0 {
-            in_flight.clear();
-            return true;
-        }
-        while in_flight.front().is_some_and(|(t, _)| !self.probe.less_equal(t)) {
-            in_flight.pop_front();
-        }
-        let waiting: usize = in_flight.iter().filter(|(t, _)| t != current).map(|(_, n)| n).sum();
-        waiting < self.max_in_flight * BATCH
-    }
-}
 
 /// The options of a `gen:` URI, handed to the record type's generator.
 #[derive(Debug)]
@@ -177,50 +123,6 @@ pub struct Generator<T> {
 pub trait Generate: Sized {
     /// Builds the generator from the URI's options (`count`, `seed`, ... as the type defines).
     fn generator(options: &mut GenOptions) -> Result<Generator<Self>>;
-}
-
-/// What one read of a partition found.
-#[derive(Debug, PartialEq, Eq)]
-pub enum ReadStatus {
-    /// Records were read (or may be, right away).
-    More,
-    /// Nothing is available right now.
-    Idle,
-    /// The partition is exhausted.
-    Done,
-}
-
-/// Where a partition's next read starts: a byte offset and line number in a file, or the next
-/// index of the generator's sequence.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Position {
-    /// Byte offset, generator index or record count.
-    pub offset: u64,
-    /// Lines read so far (files), for dead-letter line numbers.
-    pub line: u64,
-}
-
-/// One partition of a source.
-pub trait Partition<T>: 'static {
-    /// Reads up to `max` records into `out`, each with 0 as its event time (the source assigns
-    /// event times), and unreadable ones into `dead`. Records go straight into the batch the
-    /// source sends on: no copy between reading and sending.
-    fn read(&mut self, max: usize, out: &mut Vec<(u64, T)>, dead: &mut Vec<DeadLetter>) -> ReadStatus;
-    /// Where the next read starts, for checkpoints.
-    fn position(&self) -> Position;
-    /// Continues from a position a checkpoint recorded.
-    fn seek(&mut self, position: &Position) -> Result<()>;
-    /// Registers the worker's waker; `true` if the partition calls it when data arrives (see
-    /// [`SplitReader::set_waker`]).
-    fn set_waker(&mut self, _waker: SourceWaker) -> bool {
-        false
-    }
-    /// Checkpoint `epoch` is complete.
-    fn on_checkpoint_complete(&mut self, _epoch: u64) {}
-    /// How much is known to wait behind the position, for metrics.
-    fn backlog(&self) -> Option<u64> {
-        None
-    }
 }
 
 /// A partition with its index within its source.
@@ -338,7 +240,7 @@ fn partitions_for<T: Data + CsvRecord>(
             }
         }
         SourcePlan::Typed { scheme } => {
-            let factory = ctx.plan.connectors.typed::<T>(scheme).map_err(|e| anyhow!("source {name}: {e:#}"))?;
+            let factory = ctx.connectors.typed::<T>(scheme).map_err(|e| anyhow!("source {name}: {e:#}"))?;
             let splits = factory(name, &source.uri)?;
             if ctx.dry_run {
                 return Ok(parts);
@@ -569,7 +471,7 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
             if let (Some(c), Some(tick)) = (&checkpoints, next_tick) {
                 if Instant::now() >= tick {
                     let snaps: Vec<PartitionSnapshot> = parts.iter().map(PartitionState::snapshot).collect();
-                    crate::observe::note_positions(&metrics, &participant, &snaps);
+                    note_positions(&metrics, &participant, &snaps);
                     match checkpoint::encode(&snaps).and_then(|bytes| checkpoint::write_part(&c.dir, epoch, &participant, &bytes)) {
                         Ok(()) => {
                             epoch += 1;
@@ -582,7 +484,7 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
                     next_tick = Some(Instant::now() + c.interval);
                 }
             }
-            if !flow.may_read(&mut in_flight, records_cap.time()) {
+            if !flow.may_read(&mut in_flight, records_cap.time(), BATCH) {
                 // Wait for the sinks to take in what was sent: a sink's frontier moving wakes this
                 // source (and a timer, should the wake-up be missed).
                 flow.wait(&activator);
@@ -749,6 +651,15 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
         }
     });
     Ok((records, dead))
+}
+
+/// Notes a source worker's split positions as of a checkpoint, for the metrics endpoint.
+fn note_positions(metrics: &Metrics, who: &Participant, splits: &[PartitionSnapshot]) {
+    if let Participant::Source { name, worker } = who {
+        for s in splits {
+            metrics.set_split_position(name, &s.partition.to_string(), *worker, s.position.offset);
+        }
+    }
 }
 
 /// A finished source's last part: it stands for every later epoch (the coordinator links it).

@@ -16,15 +16,13 @@ use timely::dataflow::operators::Concat;
 use timely::dataflow::Scope;
 
 use crate::connector::ResolvedSource;
-use crate::job::{BuildContext, JobBuilder};
+use crate::context::{BuildContext, ParticipantKind, TStream};
 use crate::keygroup::{key_group, worker_for_key_group};
 use crate::metrics::Metrics;
 use crate::record::{CsvRecord, DeadLetter};
 use crate::time::{OutOfOrder, Time};
 use crate::{Data, Key, Result};
 
-/// A timely stream of `(event time, record)` pairs, at watermark timestamps.
-pub(crate) type TStream<'scope, T> = timely::dataflow::Stream<'scope, Time, Vec<(u64, T)>>;
 type Builder<T> = CapacityContainerBuilder<Vec<(u64, T)>>;
 
 /// A source that has been named but not yet given event time.
@@ -188,9 +186,9 @@ impl<'scope, T: Data> Stream<'scope, T> {
     where
         T: CsvRecord,
     {
-        let uri = JobBuilder::mark_sink_used(&self.ctx, name)?;
+        let uri = self.ctx.mark_sink_used(name)?;
         self.ctx.register_step(&format!("sink:{name}"));
-        crate::sink::build_sink(self, name, uri, order);
+        crate::sink::build_sink(self.inner, self.ctx, name, uri, order);
         Ok(())
     }
 
@@ -344,7 +342,7 @@ impl<'scope, K: Key, T: Data> KeyedStream<'scope, K, T> {
     pub fn keyed_logic<L: crate::keyed::KeyedLogic<K, T>>(self, name: &str, logic: L) -> Stream<'scope, L::Out> {
         let ctx = self.ctx().clone();
         ctx.register_step(name);
-        ctx.add_participant(crate::job::ParticipantKind::State(name.to_string()));
+        ctx.add_participant(ParticipantKind::State(name.to_string()));
         let inner = match self.inner {
             Keyed::Pairs(pairs) => {
                 let peers = pairs.inner.scope().peers();

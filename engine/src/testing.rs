@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 
-use crate::job::{BuildContext, JobSpec, Params, RunPlan};
+use crate::job::{JobSpec, Params, RunPlan};
 use crate::metrics::Metrics;
 use crate::source::{build_partitioned_source, Partition, VecPartition};
 use crate::stream::Stream;
@@ -65,7 +65,7 @@ where
             .map(|(p, records)| (p as u64, Box::new(VecPartition { records: records.clone(), next: 0 }) as Box<dyn Partition<T>>))
             .collect();
         let out = out.clone();
-        let ctx = std::rc::Rc::new(BuildContext::new(plan.clone(), m.clone(), false));
+        let ctx = std::rc::Rc::new(plan.build_context(m.clone(), false));
         worker.dataflow::<crate::time::Time, _, _>(|scope| {
             let (records, _dead) =
                 build_partitioned_source(scope, &ctx, "input", mine, event_time, strategy).expect("in-memory partitions start");

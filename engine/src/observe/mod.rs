@@ -15,19 +15,6 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-/// Notes a source worker's split positions as of a checkpoint, for the metrics endpoint.
-pub(crate) fn note_positions(
-    metrics: &crate::metrics::Metrics,
-    who: &crate::checkpoint::Participant,
-    splits: &[crate::source::PartitionSnapshot],
-) {
-    if let crate::checkpoint::Participant::Source { name, worker } = who {
-        for s in splits {
-            metrics.set_split_position(name, &s.partition.to_string(), *worker, s.position.offset);
-        }
-    }
-}
-
 /// What the checkpoint coordinator (`crate::checkpoint::Coordinator`) did so far.
 #[derive(Debug, Default)]
 pub struct CheckpointStats {
