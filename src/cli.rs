@@ -121,13 +121,14 @@ struct RunArgs {
     #[arg(long, value_name = "DIR")]
     checkpoint_dir: Option<PathBuf>,
 
-    /// Time between checkpoints (with --checkpoint-dir), such as 500ms, 1s or 2m.
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
-    checkpoint_interval: std::time::Duration,
+    /// Time between checkpoints (with --checkpoint-dir), such as 500ms, 1s or 2m [default: 1s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    checkpoint_interval: Option<std::time::Duration>,
 
-    /// Complete checkpoints to keep (savepoints are always kept).
-    #[arg(long, value_name = "N", default_value_t = 3)]
-    retain: usize,
+    /// Complete checkpoints to keep, at least 1 (with --checkpoint-dir; savepoints are always
+    /// kept) [default: 3].
+    #[arg(long, value_name = "N")]
+    retain: Option<usize>,
 
     /// Resume from a checkpoint: `latest` (the newest complete one in --checkpoint-dir whose files
     /// verify) or the path of a checkpoint or savepoint directory.
@@ -199,6 +200,18 @@ struct ConfigFile {
     sinks: BTreeMap<String, String>,
     #[serde(default)]
     params: BTreeMap<String, toml::Value>,
+}
+
+/// A name given twice on the command line is a mistake, not a choice of the last (a config file's
+/// entries may be overridden by a flag, once).
+fn refuse_repeats(flag: &str, given: &[(String, String)]) -> Result<()> {
+    let mut seen = std::collections::BTreeSet::new();
+    for (name, _) in given {
+        if !seen.insert(name.as_str()) {
+            bail!("{flag} {name}=... is given twice; give each name once");
+        }
+    }
+    Ok(())
 }
 
 fn read_config(path: &Path) -> Result<ConfigFile> {
@@ -290,6 +303,19 @@ fn plan_run(jobs: &[JobSpec], connectors: &Arc<Connectors>, args: &RunArgs) -> R
         None => ConfigFile::default(),
     };
     let mut sources = config.sources;
+    refuse_repeats("--source", &args.sources)?;
+    refuse_repeats("--sink", &args.sinks)?;
+    refuse_repeats("--set", &args.params)?;
+    if args.checkpoint_dir.is_none() {
+        for (flag, given) in [("--checkpoint-interval", args.checkpoint_interval.is_some()), ("--retain", args.retain.is_some())] {
+            if given {
+                bail!("{flag} needs --checkpoint-dir DIR (without it the run takes no checkpoints)");
+            }
+        }
+    }
+    if args.retain == Some(0) {
+        bail!("--retain 0 would keep no checkpoint to restore; give at least 1");
+    }
     sources.extend(args.sources.iter().cloned());
     let mut sinks = config.sinks;
     sinks.extend(args.sinks.iter().cloned());
@@ -322,8 +348,8 @@ fn plan_run(jobs: &[JobSpec], connectors: &Arc<Connectors>, args: &RunArgs) -> R
         progress: !args.quiet,
         checkpoint: args.checkpoint_dir.as_ref().map(|dir| CheckpointConfig {
             dir: dir.clone(),
-            interval: args.checkpoint_interval,
-            retain: args.retain.max(1),
+            interval: args.checkpoint_interval.unwrap_or(Duration::from_secs(1)),
+            retain: args.retain.unwrap_or(3),
         }),
         restore: args.restore.clone(),
         allow_dropped_state: args.allow_dropped_state,

@@ -133,6 +133,42 @@ fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("cannot sync directory {}", dir.display()))
 }
 
+/// An exclusive lock on a checkpoint directory (`flock` on `DIR/LOCK`, which holds the holder's
+/// pid), released when dropped or when the process dies.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: File,
+}
+
+/// Locks checkpoint directory `dir` for this run, creating it if needed; fails, naming the
+/// holder's pid, when another run holds it.
+pub fn lock_dir(dir: &Path) -> Result<DirLock> {
+    use std::io::{Read, Seek};
+    use std::os::unix::io::AsRawFd;
+    fs::create_dir_all(dir).with_context(|| format!("cannot create checkpoint directory {}", dir.display()))?;
+    let path = dir.join("LOCK");
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("cannot open {} (is the checkpoint directory writable?)", path.display()))?;
+    // SAFETY: flock on a descriptor this function owns.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let mut holder = String::new();
+        file.read_to_string(&mut holder).ok();
+        let holder = holder.trim();
+        let who = if holder.is_empty() { "another run".to_string() } else { format!("another run (pid {holder})") };
+        bail!("checkpoint directory {} is in use by {who}; stop that run first, or give this one its own --checkpoint-dir", dir.display());
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    write!(file, "{}", std::process::id())?;
+    file.sync_all()?;
+    Ok(DirLock { _file: file })
+}
+
 /// Writes a participant's part of checkpoint `epoch`.
 pub fn write_part(dir: &Path, epoch: u64, who: &Participant, payload: &[u8]) -> Result<()> {
     let edir = epoch_dir(dir, epoch);
@@ -176,8 +212,19 @@ pub fn read_part(path: &Path) -> Result<Vec<u8>> {
     let len = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes")) as usize;
     let sum = u32::from_le_bytes(bytes[16..HEADER_LEN].try_into().expect("4 bytes"));
     let payload = &bytes[HEADER_LEN..];
-    if payload.len() != len {
-        bail!("{} is truncated: {} of {len} payload bytes", path.display(), payload.len());
+    if payload.len() < len {
+        bail!(
+            "{} is truncated or its header is damaged: the header announces {len} payload bytes, the file holds {}",
+            path.display(),
+            payload.len()
+        );
+    }
+    if payload.len() > len {
+        bail!(
+            "{} is damaged: the header announces {len} payload bytes, the file holds {} (trailing bytes, or a damaged header)",
+            path.display(),
+            payload.len()
+        );
     }
     if checksum(payload) != sum {
         bail!("{} is corrupt: checksum mismatch", path.display());
@@ -544,6 +591,12 @@ mod tests {
         assert!(read_part(&path).unwrap_err().to_string().contains("corrupt"));
         fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
         assert!(read_part(&path).unwrap_err().to_string().contains("truncated"));
+        // A damaged length field is named as such, not as a file of 17 TB cut short.
+        let mut damaged = bytes.clone();
+        damaged[13] = 0x10;
+        fs::write(&path, &damaged).unwrap();
+        let e = read_part(&path).unwrap_err().to_string();
+        assert!(e.contains("header is damaged") && e.contains("the file holds 11"), "{e}");
         fs::remove_dir_all(&dir).ok();
     }
 

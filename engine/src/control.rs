@@ -7,10 +7,10 @@
 //! `error MESSAGE`. Anyone who may write to the checkpoint directory may control the job, as
 //! anyone who may write its checkpoints could already.
 //!
-//! A client finding no socket (a path too long for a Unix socket, a platform without them, or an
-//! older job) falls back to the request file the coordinator also watches
-//! ([`crate::checkpoint::request_savepoint`]); a client finding a socket nobody listens on (the
-//! job ended abruptly) says so at once instead of waiting.
+//! A client finding no socket says at once that no job is running, unless the socket's path is too
+//! long for a Unix socket: then it falls back to the request file the coordinator also watches
+//! ([`crate::checkpoint::request_savepoint`]). A client finding a socket nobody listens on (the
+//! job ended abruptly) says so at once too.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -97,6 +97,11 @@ pub fn request_savepoint(dir: &Path, stop: bool, timeout: Duration) -> Result<Pa
     }
     let path = dir.join(SOCKET);
     if !path.exists() {
+        // A running job listens there unless the path is too long for a Unix socket (108 bytes
+        // on Linux, with room to spare): then only the request file reaches it.
+        if path.as_os_str().len() < 100 {
+            bail!("no job is running with --checkpoint-dir {}: a running job listens on {}", dir.display(), path.display());
+        }
         return crate::checkpoint::request_savepoint(dir, stop, timeout);
     }
     let mut stream = match UnixStream::connect(&path) {

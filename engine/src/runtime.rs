@@ -121,6 +121,15 @@ impl RunOptions {
                     self.processes
                 );
             }
+            // A taken port is a configuration error, found before anything starts.
+            let own = &self.hosts[self.process];
+            if let Err(e) = std::net::TcpListener::bind(own.as_str()) {
+                bail!(
+                    "the hosts file gives this process (--process {}) the address {own}, which cannot be bound: {e}; \
+                     pick a free port in the hosts file",
+                    self.process
+                );
+            }
             timely::CommunicationConfig::Cluster {
                 threads: self.workers,
                 process: self.process,
@@ -290,6 +299,8 @@ pub struct Prepared {
     restore: Option<Arc<Restore>>,
     /// The metrics endpoint's listener, bound early so a taken port stops the run before it starts.
     metrics_listener: Option<std::net::TcpListener>,
+    /// The checkpoint directory's lock, held until the run ends (process 0).
+    lock: Option<crate::checkpoint::DirLock>,
 }
 
 /// Runs a job to completion: [`prepare`], then [`run_prepared`].
@@ -312,6 +323,12 @@ pub fn prepare(plan: &RunPlan, options: &RunOptions) -> Result<Prepared> {
     };
     let is_first_process = options.process == 0;
     let restored_epoch = restore.as_ref().map(|r| r.manifest.epoch);
+    // Process 0 holds the checkpoint directory for the whole run: a second run on it would clean
+    // up and publish what the first one is writing.
+    let lock = match (&options.checkpoint, is_first_process) {
+        (Some(c), true) => Some(crate::checkpoint::lock_dir(&c.dir)?),
+        _ => None,
+    };
     if let Some(c) = &options.checkpoint {
         prepare_checkpoint_dir(c, restore.as_deref(), is_first_process)?;
         if is_first_process {
@@ -331,7 +348,7 @@ pub fn prepare(plan: &RunPlan, options: &RunOptions) -> Result<Prepared> {
         }
     }
     let metrics_listener = options.metrics_addr.map(crate::observe::endpoint::bind).transpose()?;
-    Ok(Prepared { plan: plan.clone(), options: options.clone(), config, participants, restore, metrics_listener })
+    Ok(Prepared { plan: plan.clone(), options: options.clone(), config, participants, restore, metrics_listener, lock })
 }
 
 /// The pre-commits a checkpoint holds for sink `name`: its single part (`sink-NAME.part`) or
@@ -457,7 +474,7 @@ pub fn start(prepared: Prepared) -> Result<JobHandle> {
 
 /// Runs the job on this thread until it ends.
 fn execute(prepared: Prepared, metrics: Arc<Metrics>, start: Instant) -> Result<Outcome> {
-    let Prepared { plan, options, config, participants, restore, metrics_listener } = prepared;
+    let Prepared { plan, options, config, participants, restore, metrics_listener, lock: _lock } = prepared;
     let options = &options;
     let is_first_process = options.process == 0;
     let first_epoch = restore.as_ref().map_or(0, |r| r.manifest.epoch + 1);

@@ -192,6 +192,19 @@ fn part_epoch(name: &str) -> Option<(u64, bool)> {
     rest.strip_suffix(".csv").and_then(|n| n.parse().ok()).map(|e| (e, false))
 }
 
+/// Creates a staging file afresh: a file left there is removed, a symbolic link planted there is
+/// refused (writing through it would overwrite its target).
+fn create_staging(path: &Path) -> Result<File> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            bail!("refusing to write through the symbolic link at {}; remove it", path.display())
+        }
+        Ok(_) => fs::remove_file(path).with_context(|| format!("cannot replace {}", path.display()))?,
+        Err(_) => {}
+    }
+    fs::OpenOptions::new().write(true).create_new(true).open(path).with_context(|| format!("cannot create {}", path.display()))
+}
+
 fn create_parent(path: &Path) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir).with_context(|| format!("cannot create directory {}", dir.display()))?;
@@ -246,7 +259,7 @@ impl SinkTarget for FileTarget {
         }
         create_parent(&self.path)?;
         let staging = in_progress(&self.path);
-        let file = File::create(&staging).with_context(|| format!("cannot create {}", staging.display()))?;
+        let file = create_staging(&staging)?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
         if let Some(h) = &context.header {
             writeln!(out, "{h}").with_context(|| format!("cannot write {}", staging.display()))?;
@@ -344,7 +357,7 @@ impl SinkWriter for StagedWriter {
         create_parent(&self.path)?;
         let staging = in_progress(&self.path);
         let context = || format!("cannot write {}", staging.display());
-        let mut out = BufWriter::with_capacity(1 << 20, File::create(&staging).with_context(context)?);
+        let mut out = BufWriter::with_capacity(1 << 20, create_staging(&staging)?);
         if let Some(h) = &self.header {
             writeln!(out, "{h}").with_context(context)?;
         }

@@ -1,0 +1,114 @@
+//! Regression tests for the smaller findings of the hardening issue: mistakes on the command line
+//! are configuration errors (exit 2, one `error:` line), two runs cannot share a checkpoint
+//! directory, `paystream savepoint` without a job says so at once, and a symbolic link planted at
+//! a staging file is not written through.
+
+#[macro_use]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn assert_config_error(outcome: &Outcome, says: &str) {
+    assert_eq!(outcome.code, Some(2), "{}: exit code\n{}", outcome.label, outcome.stderr);
+    let lines: Vec<&str> = outcome.stderr.lines().collect();
+    assert!(lines.len() == 1 && lines[0].starts_with("error:"), "{}: one `error:` line, got:\n{}", outcome.label, outcome.stderr);
+    assert!(lines[0].contains(says), "{}: the error should say {says:?}: {}", outcome.label, lines[0]);
+}
+
+fn windows(extra: &[&str]) -> Vec<String> {
+    let mut a = args!["run", "throughput-windows", "-q", "--source", "payments=gen:count=1000"];
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+#[test]
+fn command_line_mistakes_are_configuration_errors() {
+    let dir = TempDir::new("mistakes");
+    let cases: Vec<(&str, Vec<String>, &str)> = vec![
+        ("sink twice", windows(&["--sink", "windows=file:a.csv", "--sink", "windows=file:b.csv"]), "given twice"),
+        ("source twice", windows(&["--source", "payments=gen:count=5"]), "given twice"),
+        ("parameter twice", windows(&["--set", "window_ms=1000", "--set", "window_ms=2000"]), "given twice"),
+        ("interval without a directory", windows(&["--checkpoint-interval", "2s"]), "--checkpoint-interval needs --checkpoint-dir"),
+        ("retain without a directory", windows(&["--retain", "5"]), "--retain needs --checkpoint-dir"),
+        ("retain 0", windows(&["--checkpoint-dir", "chk", "--retain", "0"]), "at least 1"),
+    ];
+    for (i, (what, a, says)) in cases.into_iter().enumerate() {
+        let cwd = dir.join(&format!("case{i}"));
+        std::fs::create_dir_all(&cwd).expect("case directory");
+        let outcome = run(what, a, &cwd);
+        assert_config_error(&outcome, says);
+        let left: Vec<_> = std::fs::read_dir(&cwd).expect("list").map(|e| e.expect("entry").path()).collect();
+        assert!(left.is_empty(), "{what}: files were created: {left:?}");
+    }
+}
+
+#[test]
+fn a_taken_port_in_the_hosts_file_is_a_configuration_error() {
+    let dir = TempDir::new("hosts");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("address").port();
+    std::fs::write(dir.join("hosts.txt"), format!("127.0.0.1:{port}\n127.0.0.1:1\n")).expect("hosts");
+    let outcome = run("taken port", windows(&["--processes", "2", "--process", "0", "--hosts", "hosts.txt"]), dir.path());
+    assert_config_error(&outcome, "cannot be bound");
+}
+
+#[test]
+fn two_runs_cannot_share_a_checkpoint_directory() {
+    let dir = TempDir::new("lock");
+    let first = spawn(
+        "first",
+        args!["run", "throughput-windows", "-q", "--source", "payments=gen:count=200000", "--rate", "50000", "--checkpoint-dir", "chk"],
+        dir.path(),
+    );
+    let started = Instant::now();
+    while !dir.join("chk/LOCK").exists() {
+        assert!(started.elapsed() < TIMEOUT, "the first run never locked its directory");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let pid = first.child.id();
+    let second = run(
+        "second",
+        args![
+            "run",
+            "throughput-windows",
+            "-q",
+            "--source",
+            "payments=gen:count=1000",
+            "--checkpoint-dir",
+            "chk",
+            "--sink",
+            "windows=file:b/w.csv"
+        ],
+        dir.path(),
+    );
+    assert_config_error(&second, "in use by another run");
+    assert!(second.stderr.contains(&format!("pid {pid}")), "names the holder: {}", second.stderr);
+    wait_all(vec![first]).remove(0).assert_success();
+    // Released at the end: the next run may use the directory.
+    run("third", windows(&["--checkpoint-dir", "chk", "--sink", "windows=file:c/w.csv"]), dir.path()).assert_success();
+}
+
+#[test]
+fn savepoint_without_a_running_job_says_so_at_once() {
+    let dir = TempDir::new("nojob");
+    std::fs::create_dir_all(dir.join("chk")).expect("checkpoint directory");
+    let started = Instant::now();
+    let outcome = run("savepoint", args!["savepoint", "--checkpoint-dir", "chk", "--timeout", "60s"], dir.path());
+    assert_eq!(outcome.code, Some(1), "{}", outcome.stderr);
+    assert!(outcome.stderr.contains("no job is running"), "{}", outcome.stderr);
+    assert!(started.elapsed() < Duration::from_secs(10), "it answered within seconds, not after the timeout");
+}
+
+#[test]
+fn a_symlink_at_the_staging_file_is_not_written_through() {
+    let dir = TempDir::new("symlink");
+    std::fs::create_dir_all(dir.join("out")).expect("out");
+    std::fs::write(dir.join("precious.txt"), "keep me\n").expect("write");
+    std::os::unix::fs::symlink(dir.join("precious.txt"), dir.join("out/windows.csv.inprogress")).expect("symlink");
+    let outcome = run("symlink", windows(&["--sink", "windows=file:out/windows.csv"]), dir.path());
+    assert_eq!(outcome.code, Some(1), "{}", outcome.stderr);
+    assert!(outcome.stderr.contains("symbolic link"), "{}", outcome.stderr);
+    assert_eq!(read(&dir.join("precious.txt")), "keep me\n", "the link's target is untouched");
+}
