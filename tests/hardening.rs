@@ -112,3 +112,60 @@ fn a_symlink_at_the_staging_file_is_not_written_through() {
     assert!(outcome.stderr.contains("symbolic link"), "{}", outcome.stderr);
     assert_eq!(read(&dir.join("precious.txt")), "keep me\n", "the link's target is untouched");
 }
+
+/// A 128 KiB tmpfs, unmounted on drop; `None` (and a loud skip) where mounting is not allowed.
+struct SmallFs(std::path::PathBuf);
+
+impl SmallFs {
+    fn mount(at: &std::path::Path) -> Option<SmallFs> {
+        std::fs::create_dir_all(at).ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=128k", "tmpfs"])
+            .arg(at)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| SmallFs(at.to_path_buf()))
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A checkpoint directory that fills up fails the job with one error line and exit 1, instead of
+/// a worker panicking with a backtrace; nothing more is published.
+#[test]
+fn a_full_checkpoint_directory_fails_the_job_cleanly() {
+    let dir = TempDir::new("fullchk");
+    let Some(_fs) = SmallFs::mount(&dir.join("chk")) else {
+        eprintln!("SKIPPED a_full_checkpoint_directory_fails_the_job_cleanly: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    // card-velocity holds a window per card: its state parts outgrow 128 KiB at once.
+    let outcome = run(
+        "full checkpoint directory",
+        args![
+            "run",
+            "card-velocity",
+            "-q",
+            "--source",
+            "payments=gen:count=300000",
+            "--checkpoint-dir",
+            "chk",
+            "--checkpoint-interval",
+            "100ms",
+            "--sink",
+            "alerts=file:out/alerts.csv"
+        ],
+        dir.path(),
+    );
+    assert_eq!(outcome.code, Some(1), "{}", outcome.stderr);
+    let errors: Vec<&str> = outcome.stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "one error line:\n{}", outcome.stderr);
+    assert!(errors[0].contains("No space left"), "names the cause: {}", errors[0]);
+    assert!(!outcome.stderr.contains("panicked"), "no panic:\n{}", outcome.stderr);
+    assert!(!dir.join("out/alerts.csv").exists(), "no final output file");
+}

@@ -279,8 +279,9 @@ where
                 if let Some(config) = &checkpoints {
                     match write_state(config, epoch, &who, &logic, ended) {
                         Ok(bytes) => metrics.record_state_part(&step, PartSize { bytes, entries: logic.state_size() as u64 }),
-                        // Without this part checkpoint `epoch` never completes: fail loudly.
-                        Err(e) => panic!("step {step}: cannot write its checkpoint part for epoch {epoch}: {e:#}"),
+                        // Without this part checkpoint `epoch` never completes: the job fails (one
+                        // error line, exit 1) and resumes from the last complete checkpoint.
+                        Err(e) => metrics.fail(format!("step {step}: cannot write its checkpoint part for epoch {epoch}: {e:#}")),
                     }
                 }
                 if ended {
