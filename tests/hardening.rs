@@ -169,3 +169,53 @@ fn a_full_checkpoint_directory_fails_the_job_cleanly() {
     assert!(!outcome.stderr.contains("panicked"), "no panic:\n{}", outcome.stderr);
     assert!(!dir.join("out/alerts.csv").exists(), "no final output file");
 }
+
+/// A published output part damaged on disk (here between a stop with savepoint and its resume)
+/// is found when the parts are joined: the job fails naming the part, and `PATH` is not written.
+#[test]
+fn a_damaged_output_part_is_found_when_parts_are_joined() {
+    let dir = TempDir::new("damaged-part");
+    let sink = ["--sink", "windows=file:out/windows.csv"];
+    let mut a = args!["run", "throughput-windows", "-q", "--source", "payments=gen:count=200000", "--checkpoint-dir", "chk"];
+    a.extend(sink.iter().map(|s| s.to_string()));
+    let mut paced = a.clone();
+    paced.extend(["--checkpoint-interval", "100ms", "--rate", "40000"].iter().map(|s| s.to_string()));
+    let running = spawn("to stop", paced, dir.path());
+    let parts = dir.join("out/windows.csv.parts");
+    let started = Instant::now();
+    let published = loop {
+        let found: Vec<_> = std::fs::read_dir(&parts)
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "csv")).collect())
+            .unwrap_or_default();
+        if let Some(p) = found.into_iter().next() {
+            break p;
+        }
+        assert!(started.elapsed() < TIMEOUT, "no part was published");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    // SAFETY: kill(2) with a child's pid.
+    assert_eq!(unsafe { libc::kill(running.child.id() as i32, libc::SIGTERM) }, 0);
+    let stopped = wait_all(vec![running]).remove(0);
+    assert_eq!(stopped.code, Some(0), "{}", stopped.stderr);
+    let savepoint = stopped
+        .stderr
+        .lines()
+        .skip_while(|l| !l.contains("resume with"))
+        .nth(1)
+        .unwrap_or_default()
+        .rsplit(' ')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert!(savepoint.contains("savepoint-"), "{}", stopped.stderr);
+    let mut bytes = std::fs::read(&published).expect("read part");
+    bytes[0] ^= 0x01;
+    std::fs::write(&published, &bytes).expect("damage the part");
+    let mut resume = a.clone();
+    resume.extend(["--restore".to_string(), savepoint]);
+    let outcome = run("resume", resume, dir.path());
+    assert_eq!(outcome.code, Some(1), "{}", outcome.stderr);
+    let errors: Vec<&str> = outcome.stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert!(errors.len() == 1 && errors[0].contains("is damaged") && errors[0].contains("epoch-"), "{}", outcome.stderr);
+    assert!(!dir.join("out/windows.csv").exists(), "the damaged output is not published");
+}

@@ -15,7 +15,9 @@
 //!   published parts always equal what a run that never failed produced for those epochs. When
 //!   the job finishes, the parts are joined into `PATH` (header first); the directory is removed
 //!   once the job's checkpoints are gone. Within the file, lines are ordered by epoch, so their
-//!   order (not their content) depends on when checkpoints happened.
+//!   order (not their content) depends on when checkpoints happened. Each part's length and
+//!   CRC-32C go to `epoch-K.sum` (synced before the part); a part damaged after staging (a bit
+//!   flip, a truncation) fails the job when the parts are joined instead of reaching `PATH`.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -183,13 +185,37 @@ fn in_progress(path: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
-/// The epoch of a part file name (`epoch-0000000007.staged` -> (7, staged?)).
-fn part_epoch(name: &str) -> Option<(u64, bool)> {
+/// What a file of a sink's parts directory is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PartKind {
+    /// `epoch-K.staged`: pre-committed, not yet published.
+    Staged,
+    /// `epoch-K.csv`: published.
+    Published,
+    /// `epoch-K.sum`: the part's length and CRC-32C, written (and synced) before the part.
+    Sum,
+}
+
+fn sum_path(dir: &Path, epoch: u64) -> PathBuf {
+    dir.join(format!("epoch-{epoch:010}.sum"))
+}
+
+/// The epoch and kind of a file in the parts directory (`epoch-0000000007.staged` -> (7, Staged)).
+fn part_epoch(name: &str) -> Option<(u64, PartKind)> {
     let rest = name.strip_prefix("epoch-")?;
-    if let Some(n) = rest.strip_suffix(".staged") {
-        return n.parse().ok().map(|e| (e, true));
-    }
-    rest.strip_suffix(".csv").and_then(|n| n.parse().ok()).map(|e| (e, false))
+    let (number, kind) = if let Some(n) = rest.strip_suffix(".staged") {
+        (n, PartKind::Staged)
+    } else if let Some(n) = rest.strip_suffix(".csv") {
+        (n, PartKind::Published)
+    } else {
+        (rest.strip_suffix(".sum")?, PartKind::Sum)
+    };
+    number.parse().ok().map(|e| (e, kind))
+}
+
+/// The text of a part's sum file.
+fn sum_text(bytes: &[u8]) -> String {
+    format!("crc32c {:08x} length {}\n", crc32c::crc32c(bytes), bytes.len())
 }
 
 /// Creates a staging file afresh: a file left there is removed, a symbolic link planted there is
@@ -241,7 +267,7 @@ impl SinkTarget for FileTarget {
             let file = entry?.path();
             let name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
             match part_epoch(&name) {
-                Some((epoch, true)) if epoch <= k => fs::rename(&file, published_path(&dir, epoch))?,
+                Some((epoch, PartKind::Staged)) if epoch <= k => fs::rename(&file, published_path(&dir, epoch))?,
                 Some((epoch, _)) if epoch > k => fs::remove_file(&file)?,
                 _ => {}
             }
@@ -334,11 +360,18 @@ impl SinkWriter for StagedWriter {
         fs::create_dir_all(&self.dir).with_context(|| format!("cannot create {}", self.dir.display()))?;
         let staged = staged_path(&self.dir, epoch);
         let context = || format!("cannot write {}", staged.display());
-        let mut w = BufWriter::new(File::create(&staged).with_context(context)?);
+        let mut bytes = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
         for line in lines {
-            writeln!(w, "{line}").with_context(context)?;
+            bytes.extend_from_slice(line.as_bytes());
+            bytes.push(b'\n');
         }
-        let file = w.into_inner().map_err(|e| anyhow!("cannot write {}: {}", staged.display(), e.error()))?;
+        // The sum first: a staged part always has one, so damage after staging is found when
+        // the parts are joined.
+        let sum = sum_path(&self.dir, epoch);
+        let mut s = File::create(&sum).with_context(|| format!("cannot write {}", sum.display()))?;
+        s.write_all(sum_text(&bytes).as_bytes()).and_then(|_| s.sync_all()).with_context(|| format!("cannot write {}", sum.display()))?;
+        let mut file = File::create(&staged).with_context(context)?;
+        file.write_all(&bytes).with_context(context)?;
         faults::point("sink:before-stage");
         file.sync_all().with_context(context)?;
         Ok(Progress::Ready(Some(epoch.to_le_bytes().to_vec())))
@@ -365,14 +398,29 @@ impl SinkWriter for StagedWriter {
         if self.dir.exists() {
             for entry in fs::read_dir(&self.dir)? {
                 let file = entry?.path();
-                if let Some((epoch, _)) = file.file_name().and_then(|n| n.to_str()).and_then(part_epoch) {
+                if let Some((epoch, PartKind::Staged | PartKind::Published)) =
+                    file.file_name().and_then(|n| n.to_str()).and_then(part_epoch)
+                {
                     parts.push((epoch, file));
                 }
             }
         }
         parts.sort();
-        for (_, file) in &parts {
-            std::io::copy(&mut File::open(file)?, &mut out).with_context(context)?;
+        for (epoch, file) in &parts {
+            let bytes = fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+            // Parts staged before sums existed have none; every other part is checked.
+            if let Ok(want) = fs::read_to_string(sum_path(&self.dir, *epoch)) {
+                if want != sum_text(&bytes) {
+                    bail!(
+                        "output part {} is damaged: it no longer matches the length and checksum it was written with ({}); \
+                         {} is not written",
+                        file.display(),
+                        want.trim(),
+                        self.path.display()
+                    );
+                }
+            }
+            out.write_all(&bytes).with_context(context)?;
         }
         let file = out.into_inner().map_err(|e| anyhow!("cannot write {}: {}", staging.display(), e.error()))?;
         file.sync_all().with_context(context)?;
