@@ -219,3 +219,49 @@ fn a_damaged_output_part_is_found_when_parts_are_joined() {
     assert!(errors.len() == 1 && errors[0].contains("is damaged") && errors[0].contains("epoch-"), "{}", outcome.stderr);
     assert!(!dir.join("out/windows.csv").exists(), "the damaged output is not published");
 }
+
+/// A line far longer than `max_record_bytes` is skipped, not gathered: it goes to dead letters
+/// with its length, the lines around it are read, and memory stays flat.
+#[test]
+fn an_overlong_line_is_a_dead_letter_and_memory_stays_flat() {
+    use std::io::Write;
+    let dir = TempDir::new("longline");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(dir.join("in.csv")).expect("create"));
+    writeln!(f, "{PAYMENT_HEADER}").expect("write");
+    writeln!(f, "1767225600000,t1,1,2,100,EUR,DE,APPROVED").expect("write");
+    let chunk = vec![b'x'; 1 << 20];
+    for _ in 0..96 {
+        f.write_all(&chunk).expect("write");
+    }
+    writeln!(f).expect("write");
+    writeln!(f, "1767225600500,t2,1,2,200,EUR,DE,APPROVED").expect("write");
+    drop(f);
+    let outcome = run(
+        "long line",
+        args![
+            "run",
+            "throughput-windows",
+            "--source",
+            "payments=file:in.csv",
+            "--sink",
+            "windows=file:out/w.csv",
+            "--sink",
+            "dead_letters=file:out/dead.csv"
+        ],
+        dir.path(),
+    );
+    outcome.assert_success();
+    let dead = read(&dir.join("out/dead.csv"));
+    assert!(dead.contains("record of 100663296 bytes is longer than max_record_bytes (1048576)"), "{dead}");
+    assert!(dead.lines().nth(1).is_some_and(|l| l.contains(",3,")), "its line number: {dead}");
+    let windows = read(&dir.join("out/w.csv"));
+    assert!(windows.lines().nth(1).is_some_and(|l| l.contains(",2,300,")), "both good payments are counted: {windows}");
+    let peak: u64 = outcome
+        .stderr
+        .split("peak memory ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no peak memory in the summary:\n{}", outcome.stderr));
+    assert!(peak < 64, "peak memory {peak} MiB for a 96 MiB line: it was gathered");
+}

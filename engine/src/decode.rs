@@ -73,7 +73,17 @@ pub struct LineDecoder {
     /// Bytes consumed so far.
     offset: u64,
     buf: Vec<u8>,
+    /// The longest line or message decoded; a longer one goes to dead letters.
+    max_record_bytes: usize,
+    /// The length so far of an overlong line being skipped (`buf` keeps its first bytes).
+    oversize: Option<u64>,
 }
+
+/// The default of [`LineDecoder::with_max_record_bytes`]: 1 MiB.
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 1 << 20;
+
+/// How many of an overlong record's first bytes its dead letter shows.
+const OVERSIZE_PREVIEW: usize = 256;
 
 impl LineDecoder {
     /// A decoder for the source named `source`, reading from `origin` (a file name, for dead letters).
@@ -86,7 +96,30 @@ impl LineDecoder {
             line_no: 0,
             offset: 0,
             buf: Vec::with_capacity(256),
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+            oversize: None,
         }
+    }
+
+    /// Caps a line or message at `max` bytes (the line break excluded): a longer one is not
+    /// gathered in memory but skipped, and goes to dead letters with its length and first bytes.
+    pub fn with_max_record_bytes(mut self, max: usize) -> Self {
+        self.max_record_bytes = max.max(1);
+        self
+    }
+
+    /// A dead letter for an overlong record of `length` bytes whose first bytes are `preview`.
+    fn oversize_letter(&mut self, length: u64, preview: &[u8]) -> DeadLetter {
+        self.line_no += 1;
+        let shown = &preview[..preview.len().min(OVERSIZE_PREVIEW)];
+        self.dead(
+            format!(
+                "record of {length} bytes is longer than max_record_bytes ({}); its first {} bytes are shown",
+                self.max_record_bytes,
+                shown.len()
+            ),
+            &String::from_utf8_lossy(shown),
+        )
     }
 
     /// Lines read so far.
@@ -104,6 +137,7 @@ impl LineDecoder {
         self.offset = offset;
         self.line_no = line_no;
         self.buf.clear();
+        self.oversize = None;
     }
 
     fn dead(&self, reason: String, raw: &str) -> DeadLetter {
@@ -136,6 +170,28 @@ impl LineDecoder {
                 }
             };
             let consumed = match self.newline.find(available) {
+                // The end of an overlong line being skipped.
+                Some(end) if self.oversize.is_some() => {
+                    let length = self.oversize.take().unwrap_or(0) + end as u64;
+                    let preview = std::mem::take(&mut self.buf);
+                    let letter = self.oversize_letter(length, &preview);
+                    dead.push(letter);
+                    self.offset += length + 1;
+                    self.buf = preview;
+                    self.buf.clear();
+                    end + 1
+                }
+                Some(end) if self.buf.len() + end > self.max_record_bytes => {
+                    let length = (self.buf.len() + end) as u64;
+                    let mut preview = std::mem::take(&mut self.buf);
+                    preview.extend_from_slice(&available[..end.min(OVERSIZE_PREVIEW)]);
+                    let letter = self.oversize_letter(length, &preview);
+                    dead.push(letter);
+                    self.offset += length + 1;
+                    self.buf = preview;
+                    self.buf.clear();
+                    end + 1
+                }
                 Some(end) if self.buf.is_empty() => {
                     produced += self.decode_line(&available[..end], end + 1, out, dead);
                     end + 1
@@ -149,6 +205,16 @@ impl LineDecoder {
                     end + 1
                 }
                 None if available.is_empty() => {
+                    if let Some(length) = self.oversize.take() {
+                        // The input ended inside an overlong line.
+                        let preview = std::mem::take(&mut self.buf);
+                        let letter = self.oversize_letter(length, &preview);
+                        dead.push(letter);
+                        self.offset += length;
+                        self.buf = preview;
+                        self.buf.clear();
+                        continue;
+                    }
                     if self.buf.is_empty() {
                         return ReadStatus::Done;
                     }
@@ -161,8 +227,18 @@ impl LineDecoder {
                 }
                 None => {
                     // Part of a line: gather it until its end arrives. Not yet counted in `offset`.
+                    // Past `max_record_bytes`, only its length is kept (and its first bytes).
                     let n = available.len();
-                    self.buf.extend_from_slice(available);
+                    match self.oversize.as_mut() {
+                        Some(length) => *length += n as u64,
+                        None if self.buf.len() + n > self.max_record_bytes => {
+                            self.oversize = Some((self.buf.len() + n) as u64);
+                            let room = OVERSIZE_PREVIEW.saturating_sub(self.buf.len());
+                            self.buf.extend_from_slice(&available[..room.min(n)]);
+                            self.buf.truncate(OVERSIZE_PREVIEW);
+                        }
+                        None => self.buf.extend_from_slice(available),
+                    }
                     reader.consume(n);
                     continue;
                 }
@@ -182,6 +258,12 @@ impl LineDecoder {
     {
         // Numbered as given; a CSV header is recognised only as the first message (number 1).
         self.line_no = number.saturating_sub(1);
+        if payload.len() > self.max_record_bytes {
+            let letter = self.oversize_letter(payload.len() as u64, payload);
+            dead.push(letter);
+            self.offset += payload.len() as u64;
+            return 0;
+        }
         self.decode_line(payload, payload.len(), out, dead)
     }
 
@@ -339,6 +421,42 @@ mod tests {
         for capacity in 1..12 {
             assert_eq!(read_all(INPUT, capacity, 2, Format::Csv), (rows.clone(), dead.clone(), positions.clone()), "capacity {capacity}");
         }
+    }
+
+    /// Lines over `max_record_bytes` go to dead letters with their length, whether they lie in
+    /// one buffer fill or straddle several, end the input or not; nothing else changes, and the
+    /// positions count every byte.
+    #[test]
+    fn overlong_lines_are_dead_letters_whatever_the_buffer() {
+        let long = "9,".to_string() + &"x".repeat(40);
+        let input = format!("id,name\n1,a\n{long}\n2,b\n{long}");
+        let read = |capacity: usize| {
+            let mut reader = std::io::BufReader::with_capacity(capacity, input.as_bytes());
+            let mut decoder = LineDecoder::new("rows", "in.csv".into(), Format::Csv).with_max_record_bytes(20);
+            let (mut rows, mut dead) = (Vec::<Row>::new(), Vec::new());
+            while decoder.read(&mut reader, 3, &mut rows, &mut dead) != ReadStatus::Done {}
+            (rows, dead, decoder.offset(), decoder.line_no())
+        };
+        let (rows, dead, offset, lines) = read(1 << 16);
+        assert_eq!(rows, vec![Row { id: 1, name: "a".into() }, Row { id: 2, name: "b".into() }]);
+        let reasons: Vec<(u64, &str)> = dead.iter().map(|d| (d.line, d.reason.as_str())).collect();
+        let why = "record of 42 bytes is longer than max_record_bytes (20); its first 42 bytes are shown";
+        assert_eq!(reasons, vec![(3, why), (5, why)]);
+        assert_eq!(dead[0].raw, long);
+        assert_eq!((offset, lines), (input.len() as u64, 5));
+        for capacity in 1..50 {
+            let (r, d, o, l) = read(capacity);
+            assert_eq!((r, o, l), (rows.clone(), offset, lines), "capacity {capacity}");
+            let got: Vec<(u64, &str)> = d.iter().map(|d| (d.line, d.reason.as_str())).collect();
+            assert_eq!(got.len(), 2, "capacity {capacity}: {got:?}");
+            assert!(got.iter().all(|(_, r)| r.starts_with("record of 42 bytes")), "capacity {capacity}: {got:?}");
+            assert!(d.iter().all(|d| long.starts_with(&d.raw)), "capacity {capacity}: the first bytes");
+        }
+        // A message over the cap too.
+        let mut decoder = LineDecoder::new("rows", "topic/0".into(), Format::Csv).with_max_record_bytes(20);
+        let (mut rows, mut dead) = (Vec::<Row>::new(), Vec::new());
+        decoder.decode_message(long.as_bytes(), 7, &mut rows, &mut dead);
+        assert!(rows.is_empty() && dead[0].line == 7 && dead[0].reason.starts_with("record of 42 bytes"), "{dead:?}");
     }
 
     #[test]

@@ -29,7 +29,7 @@ use anyhow::{anyhow, bail, Context};
 use paystream_engine::connector::{
     Decode, PayloadSource, Progress, Recovery, SinkConnector, SinkContext, SinkTarget, SinkWriter, SourceConnector, SplitReader, UriOptions,
 };
-use paystream_engine::decode::LineDecoder;
+use paystream_engine::decode::{LineDecoder, DEFAULT_MAX_RECORD_BYTES};
 use paystream_engine::faults;
 use paystream_engine::source::{Position, ReadStatus};
 use paystream_engine::{Format, Result};
@@ -50,13 +50,18 @@ impl SourceConnector for FileSource {
         "file"
     }
     fn usage(&self) -> &'static str {
-        "file:PATH (a .csv or .jsonl file, or a directory of them; ?format=csv|jsonl overrides the extension)"
+        "file:PATH (a .csv or .jsonl file, or a directory of them; ?format=csv|jsonl overrides the extension, \
+         ?max_record_bytes=N caps a line, default 1 MiB)"
     }
     fn open(&self, source: &str, uri: &str) -> Result<Arc<dyn PayloadSource>> {
         let what = format!("source {uri}");
         let (rest, mut options) = UriOptions::split_query(&what, uri)?;
         let path = PathBuf::from(rest.strip_prefix("file:").unwrap_or(&rest));
         let forced = format_of(&what, &path, &mut options)?.filter(|_| options.values().contains_key("format"));
+        let max_record_bytes = options.get("max_record_bytes", DEFAULT_MAX_RECORD_BYTES)?;
+        if max_record_bytes == 0 {
+            bail!("source {uri}: max_record_bytes must be at least 1");
+        }
         options.finish()?;
         let meta = fs::metadata(&path).with_context(|| format!("source {uri}: cannot read {}", path.display()))?;
         let mut files = Vec::new();
@@ -79,7 +84,7 @@ impl SourceConnector for FileSource {
             };
             files.push((path, format));
         }
-        Ok(Arc::new(Files { source: source.to_string(), files }))
+        Ok(Arc::new(Files { source: source.to_string(), files, max_record_bytes }))
     }
 }
 
@@ -88,6 +93,7 @@ impl SourceConnector for FileSource {
 struct Files {
     source: String,
     files: Vec<(PathBuf, Format)>,
+    max_record_bytes: usize,
 }
 
 impl PayloadSource for Files {
@@ -101,7 +107,7 @@ impl PayloadSource for Files {
             source: self.source.clone(),
             path: path.clone(),
             reader: BufReader::with_capacity(1 << 20, file),
-            lines: LineDecoder::new(&self.source, path.display().to_string(), *format),
+            lines: LineDecoder::new(&self.source, path.display().to_string(), *format).with_max_record_bytes(self.max_record_bytes),
         }))
     }
 }
