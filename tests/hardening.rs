@@ -265,3 +265,14 @@ fn an_overlong_line_is_a_dead_letter_and_memory_stays_flat() {
         .unwrap_or_else(|| panic!("no peak memory in the summary:\n{}", outcome.stderr));
     assert!(peak < 64, "peak memory {peak} MiB for a 96 MiB line: it was gathered");
 }
+
+/// A checkpoint directory that cannot be used is refused before the job starts.
+#[test]
+fn an_unusable_checkpoint_directory_is_refused_before_the_start() {
+    let dir = TempDir::new("badchk");
+    std::fs::write(dir.join("a-file"), "not a directory").expect("write");
+    let outcome =
+        run("checkpoint dir is a file", windows(&["--checkpoint-dir", "a-file/chk", "--sink", "windows=file:out/w.csv"]), dir.path());
+    assert_config_error(&outcome, "a-file/chk");
+    assert!(!dir.join("out").exists(), "nothing ran");
+}

@@ -399,6 +399,7 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
         _ => Instant::now(),
     };
     let mut reported_wm = 0u64;
+    let mut part_failures = 0u32;
     let mut rotate = 0usize;
     let mut in_flight: std::collections::VecDeque<(Time, usize)> = Default::default();
     // Records read since the watermark last moved, and the index of the latest that raised a
@@ -458,7 +459,10 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
                 if let (Some(c), false) = (&checkpoints, wrote_final) {
                     wrote_final = true;
                     let snaps: Vec<PartitionSnapshot> = parts.iter().map(PartitionState::snapshot).collect();
-                    write_final_part(c, epoch, &participant, &snaps);
+                    if let Err(e) = write_final_part(c, epoch, &participant, &snaps) {
+                        // Without it the last checkpoint never completes and the sinks would wait.
+                        metrics.fail(format!("source {}: cannot write its final checkpoint part: {e:#}", participant.file_name()));
+                    }
                 }
                 return;
             };
@@ -474,12 +478,24 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
                     note_positions(&metrics, &participant, &snaps);
                     match checkpoint::encode(&snaps).and_then(|bytes| checkpoint::write_part(&c.dir, epoch, &participant, &bytes)) {
                         Ok(()) => {
+                            part_failures = 0;
                             epoch += 1;
                             let wm = records_cap.time().wm;
                             records_cap.downgrade(&Time::new(epoch, wm));
                             dead_cap.downgrade(&Time::new(epoch, wm));
                         }
-                        Err(e) => tracing::error!(epoch, part = %participant.file_name(), "source checkpoint part: {e:#}; will retry"),
+                        Err(e) => {
+                            // Retried at the next tick; the checkpoint waits for it. A part that
+                            // cannot be written three times running fails the job (exit 1).
+                            part_failures += 1;
+                            tracing::error!(epoch, part = %participant.file_name(), "source checkpoint part: {e:#}; will retry");
+                            if part_failures >= 3 {
+                                metrics.fail(format!(
+                                    "source {}: cannot write its checkpoint part for epoch {epoch}: {e:#}",
+                                    participant.file_name()
+                                ));
+                            }
+                        }
                     }
                     next_tick = Some(Instant::now() + c.interval);
                 }
@@ -663,9 +679,6 @@ fn note_positions(metrics: &Metrics, who: &Participant, splits: &[PartitionSnaps
 }
 
 /// A finished source's last part: it stands for every later epoch (the coordinator links it).
-fn write_final_part(c: &checkpoint::CheckpointConfig, epoch: u64, who: &Participant, snaps: &[PartitionSnapshot]) {
-    let result = checkpoint::encode(&snaps).and_then(|bytes| checkpoint::write_final_part(&c.dir, epoch, who, &bytes));
-    if let Err(e) = result {
-        tracing::error!(epoch, part = %who.file_name(), "final checkpoint part: {e:#}");
-    }
+fn write_final_part(c: &checkpoint::CheckpointConfig, epoch: u64, who: &Participant, snaps: &[PartitionSnapshot]) -> Result<()> {
+    checkpoint::encode(&snaps).and_then(|bytes| checkpoint::write_final_part(&c.dir, epoch, who, &bytes))
 }
