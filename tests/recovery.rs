@@ -828,3 +828,54 @@ fn savepoint_and_resume() {
     assert!(path.join("MANIFEST").is_file(), "savepoints are kept after the job finishes");
     assert!(complete_checkpoints(&chk).is_empty(), "a finished job leaves no checkpoints");
 }
+
+/// The chaos test: `PAYSTREAM_CHAOS_TRIALS` (default 20) random `kill -9` trials per job, each
+/// run at 1 or 2 workers and restored at 1 or 2 (often another count), its output compared with
+/// an uncrashed run's. Ignored by default; `.ci/run` runs 2 trials per job, and a long run is
+/// `PAYSTREAM_CHAOS_TRIALS=500 cargo test --release --test recovery chaos -- --ignored --nocapture`
+/// (seeded: `PAYSTREAM_RECOVERY_SEED=N` replays one).
+#[test]
+#[ignore]
+fn chaos() {
+    let trials: usize = std::env::var("PAYSTREAM_CHAOS_TRIALS").ok().and_then(|n| n.parse().ok()).unwrap_or(20);
+    let mut rng = rng_for_test("chaos");
+    let mut failures = Vec::new();
+    for job in [JobRun::throughput(THROUGHPUT_EVENTS), JobRun::velocity(), JobRun::fraud()] {
+        let reference = job.reference();
+        let dir = TempDir::new(&format!("chaos-{}", job.job));
+        // The length of an uncrashed checkpointed run at each worker count bounds the kill moments.
+        let timing: Vec<Duration> = [1, 2]
+            .iter()
+            .map(|workers| {
+                let (out, chk) = (dir.join(&format!("timing{workers}/out")), dir.join(&format!("timing{workers}/chk")));
+                let extra = ["--workers".to_string(), workers.to_string()];
+                let full = run(&format!("{} timing", job.job), &job.checkpointed(&out, &chk, &extra), &dir.0);
+                full.assert_success();
+                full.elapsed
+            })
+            .collect();
+        for trial in 0..trials {
+            let (before, after) = (1 + rng.below(2), 1 + rng.below(2));
+            let kill = Crash::KillAfter(timing[before as usize - 1].mul_f64(rng.fraction(0.15, 0.85)));
+            let label = format!("{} chaos {trial}: {before} -> {after} workers, {kill:?}", job.job);
+            let case = dir.join(&format!("trial{trial}"));
+            let (out, chk) = (case.join("out"), case.join("chk"));
+            std::fs::create_dir_all(&case).expect("case directory");
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let w = |n: u64| vec!["--workers".to_string(), n.to_string()];
+                let (crashed, outcome) = run_with_crash(&label, &job.checkpointed(&out, &chk, &w(before)), &case, Some(&kill));
+                if crashed {
+                    recover(&format!("{label} restore"), &job, (&out, &chk), &case, &w(after), None);
+                } else {
+                    outcome.assert_success();
+                }
+                assert_same_output(&label, &reference, &job.outputs(&out));
+            }));
+            if let Err(panic) = result {
+                let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+                failures.push(format!("{label}:\n{}", message.chars().take(700).collect::<String>()));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} chaos trials failed:\n\n{}", failures.len(), failures.join("\n\n"));
+}
