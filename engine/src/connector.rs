@@ -274,7 +274,8 @@ pub enum Progress<T = ()> {
 /// Writes one worker's share of a sink.
 pub trait SinkWriter: 'static {
     /// Lines of `epoch`, complete and in their final order. Without checkpoints the epoch is
-    /// always the first one.
+    /// always the first one. Must not block: a network sink queues them for its task on the I/O
+    /// runtime (`crate::io::handle`) and reports the flush through a `Pending` pre-commit.
     fn write(&mut self, epoch: u64, lines: Vec<String>) -> Result<()>;
     /// Checkpointed runs: make everything written for `epoch` durable but not yet visible.
     /// Returns the committable (stored in the checkpoint), or `None` when nothing needs a commit.
