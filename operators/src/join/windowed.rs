@@ -62,7 +62,8 @@ impl<K: Key, A: Data, B: Data> KeyedLogic<K, Side<A, B>> for WindowJoinLogic<K, 
                     Side::Right(b) => sides.1.push(b.clone()),
                 }
             }
-            if start < self.slide || start - self.slide + self.size <= ts {
+            // The window before this one ends past `ts` (or past u64::MAX): it covers `ts` too.
+            if start < self.slide || (start - self.slide).checked_add(self.size).is_some_and(|end| end <= ts) {
                 break;
             }
             start -= self.slide;
