@@ -220,3 +220,20 @@ fn the_largest_accepted_event_time_counts_in_its_window() {
     assert_same("windows with the largest event time", &expected, &data_lines(&dir.join("largest").join("windows.csv"), header));
     assert_eq!(dead_letter_lines(&dir.join("largest").join("dead_letters.csv")), Vec::<String>::new());
 }
+
+/// The generator started near `u64::MAX`: its times saturate (they overflowed before), and the
+/// source sends every payment to dead letters; the job ends normally with no windows.
+#[test]
+fn generated_payments_near_the_end_of_time_go_to_dead_letters() {
+    let dir = TempDir::new("poison-generator");
+    let source = format!("payments=gen:count=500,start_ms={}", u64::MAX - 10);
+    let c = case(&dir, &THROUGHPUT_WINDOWS, "generator", Path::new("unused"), 2, false);
+    let mut args = c.args.clone();
+    let at = args.iter().position(|a| a.starts_with("payments=file:")).expect("the payments source");
+    args[at] = source;
+    run("generator near u64::MAX", args, dir.path()).assert_success();
+    assert_eq!(read(&c.out).lines().count(), 1, "only the header");
+    let dead = dead_letter_lines(&c.dead_letters);
+    assert_eq!(dead.len(), 500);
+    assert!(dead.iter().all(|d| d.contains("is above the largest accepted")), "{dead:?}");
+}
