@@ -45,8 +45,7 @@ use crate::context::TStream;
 use crate::decode::LineDecoder;
 use crate::metrics::Metrics;
 use crate::record::{CsvRecord, DeadLetter};
-use crate::time::OutOfOrder;
-use crate::time::Time;
+use crate::time::{refused_event_time, OutOfOrder, Time};
 use crate::{Data, Result};
 
 pub use crate::flow::FlowControl;
@@ -287,7 +286,12 @@ pub(crate) fn build_source<'scope, T: Data + CsvRecord>(
     strategy: OutOfOrder,
 ) -> Result<(TStream<'scope, T>, TStream<'scope, DeadLetter>)> {
     let partitions = partitions_for::<T>(ctx, name, source, scope.index(), scope.peers())?;
-    build_partitioned_source(scope, ctx, name, partitions, event_time, strategy)
+    let as_csv = |record: &T| {
+        let mut line = String::new();
+        record.write_csv(&mut line);
+        line
+    };
+    build_partitioned_source(scope, ctx, name, partitions, event_time, as_csv, strategy)
 }
 
 /// The partition states of this worker, resumed from a checkpoint's source parts if restoring.
@@ -353,6 +357,7 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
     name: &str,
     partitions: Vec<Indexed<T>>,
     event_time: impl Fn(&T) -> u64 + 'static,
+    describe: impl Fn(&T) -> String + 'static,
     strategy: OutOfOrder,
 ) -> Result<(TStream<'scope, T>, TStream<'scope, DeadLetter>)> {
     let metrics = ctx.metrics.clone();
@@ -426,7 +431,9 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
         let mut on_time: Vec<(u64, T)> = Vec::new();
         // Positions in `on_time` (from where this read started) of records behind the watermark,
         // with the watermark they travel at; rare, so they are taken out after the pass.
-        let mut late: Vec<(usize, u64)> = Vec::new();
+        // `None` marks a record whose event time is refused (see `refused_event_time`): it goes to
+        // dead letters and moves no watermark.
+        let mut late: Vec<(usize, Option<u64>)> = Vec::new();
         let mut behind: BTreeMap<u64, Vec<(u64, T)>> = BTreeMap::new();
         let mut dead_letters: Vec<DeadLetter> = Vec::new();
         move |_frontiers| {
@@ -550,8 +557,13 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
                 for (index, (slot, record)) in on_time[from..].iter_mut().enumerate() {
                     let ts = event_time(record);
                     *slot = ts;
+                    if refused_event_time(ts).is_some() {
+                        late.push((index, None));
+                        next_index += 1;
+                        continue;
+                    }
                     if ts < part.watermark || ts < held {
-                        late.push((index, part.watermark.max(held)));
+                        late.push((index, Some(part.watermark.max(held))));
                     }
                     if part.max_ts.is_none_or(|m| ts > m) {
                         part.max_ts = Some(ts);
@@ -569,8 +581,17 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
                         index += 1;
                         hit
                     });
-                    for ((_, wm), record) in late.iter().zip(taken) {
-                        behind.entry(*wm).or_default().push(record);
+                    for ((_, wm), (ts, record)) in late.iter().zip(taken) {
+                        match wm {
+                            Some(wm) => behind.entry(*wm).or_default().push((ts, record)),
+                            None => {
+                                read -= 1;
+                                let reason = refused_event_time(ts).unwrap_or_default();
+                                let origin = format!("partition {}", part.index);
+                                let raw = describe(&record);
+                                dead_letters.push(DeadLetter { source: source_name.clone(), origin, line: 0, reason, raw });
+                            }
+                        }
                     }
                     late.clear();
                 }

@@ -67,8 +67,8 @@ where
         let out = out.clone();
         let ctx = std::rc::Rc::new(plan.build_context(m.clone(), false));
         worker.dataflow::<crate::time::Time, _, _>(|scope| {
-            let (records, _dead) =
-                build_partitioned_source(scope, &ctx, "input", mine, event_time, strategy).expect("in-memory partitions start");
+            let (records, _dead) = build_partitioned_source(scope, &ctx, "input", mine, event_time, |r: &T| format!("{r:?}"), strategy)
+                .expect("in-memory partitions start");
             let built = build(Stream::from_parts(records, ctx.clone()));
             built.inner.sink(Pipeline, "collect", move |(input, _)| {
                 input.for_each(|_, data| out.lock().unwrap().extend(data.drain(..)));

@@ -75,6 +75,31 @@ impl OutOfOrder {
 /// The watermark after the end of a bounded input: every window fires.
 pub const END_OF_TIME: u64 = u64::MAX;
 
+/// Whether `watermark` has passed event time `t_ms`: it is above it, or it is [`END_OF_TIME`]. A
+/// timer, record or expiry at `u64::MAX` (a saturated `ts + delay`) is then due when the input
+/// ends; `t_ms < watermark` alone would never hold it due, and its step would wait for it forever.
+pub fn passed(t_ms: u64, watermark: u64) -> bool {
+    t_ms < watermark || watermark == END_OF_TIME
+}
+
+/// The largest event time a source accepts: `i64::MAX` ms, Flink's largest timestamp (a Java
+/// `long`). A record above it goes to dead letters (see [`refused_event_time`]): it leaves `2^63`
+/// ms of headroom, so that a window end, an allowed lateness, a timer or a watermark computed from
+/// an accepted event time and a duration below `2^63` ms never overflows `u64`, and the watermark
+/// never reaches [`END_OF_TIME`] before the input ends.
+pub const MAX_EVENT_TIME_MS: u64 = i64::MAX as u64;
+
+/// Why a source refuses event time `ts_ms`, or `None` when it accepts it (at most
+/// [`MAX_EVENT_TIME_MS`]).
+pub fn refused_event_time(ts_ms: u64) -> Option<String> {
+    (ts_ms > MAX_EVENT_TIME_MS).then(|| {
+        format!(
+            "event time {ts_ms} ms is above the largest accepted, {MAX_EVENT_TIME_MS} (i64::MAX, Flink's largest \
+             timestamp): window ends, timers and watermarks past it would overflow"
+        )
+    })
+}
+
 /// Formats an event time (ms since the epoch) as an RFC 3339 UTC timestamp, for progress output.
 pub fn format_ts_ms(ts_ms: u64) -> String {
     if ts_ms == END_OF_TIME {
@@ -105,6 +130,26 @@ mod tests {
         assert_eq!(format_ts_ms(0), "1970-01-01T00:00:00Z");
         assert_eq!(format_ts_ms(1_767_225_600_000), "2026-01-01T00:00:00Z");
         assert_eq!(format_ts_ms(951_782_400_000 + 86_399_999), "2000-02-29T23:59:59Z");
+    }
+
+    #[test]
+    fn event_times_above_i64_max_are_refused() {
+        assert_eq!(refused_event_time(0), None);
+        assert_eq!(refused_event_time(1_767_225_600_000), None);
+        assert_eq!(refused_event_time(i64::MAX as u64), None);
+        assert!(refused_event_time(i64::MAX as u64 + 1).is_some_and(|r| r.contains("9223372036854775808")));
+        assert!(refused_event_time(18_446_744_073_709_550_000).is_some());
+        assert!(refused_event_time(u64::MAX).is_some());
+        // The headroom: an accepted event time plus any duration below 2^63 ms stays below the end of time.
+        assert!(MAX_EVENT_TIME_MS.checked_add(i64::MAX as u64).is_some_and(|t| t < END_OF_TIME));
+    }
+
+    #[test]
+    fn the_end_of_time_passes_every_time() {
+        assert!(passed(5, 6));
+        assert!(!passed(6, 6));
+        assert!(!passed(u64::MAX, u64::MAX - 1));
+        assert!(passed(u64::MAX, END_OF_TIME));
     }
 
     #[test]

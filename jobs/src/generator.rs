@@ -140,10 +140,10 @@ impl Shape {
 
     /// The event time of payment `index`: its place in the sequence, moved back by its disorder.
     pub fn payment_ts_ms(&self, index: u64) -> u64 {
-        let base = self.start_ms + index.saturating_mul(1_000) / self.events_per_sec;
-        let disorder = if self.disorder_ms == 0 { 0 } else { self.random(index, 1) % (self.disorder_ms + 1) };
+        let base = self.start_ms.saturating_add(index.saturating_mul(1_000) / self.events_per_sec);
+        let disorder = if self.disorder_ms == 0 { 0 } else { self.random(index, 1) % self.disorder_ms.saturating_add(1) };
         let late = if self.late_every > 0 && index % self.late_every == self.late_every - 1 { self.late_by_ms } else { 0 };
-        base.saturating_sub(disorder + late)
+        base.saturating_sub(disorder.saturating_add(late))
     }
 
     /// Payment `index`.
@@ -202,11 +202,11 @@ impl Shape {
     /// The authorization of payment `index`, a little after it.
     pub fn authorization(&self, index: u64) -> Authorization {
         let unauthorized = self.unauthorized_every > 0 && index % self.unauthorized_every == self.unauthorized_every - 1;
-        let delay = self.random(index, 7) % (self.auth_delay_ms + 1);
+        let delay = self.random(index, 7) % self.auth_delay_ms.saturating_add(1);
         Authorization {
             // An unauthorized payment's slot carries an authorization of some other transaction.
             txn_id: id(if unauthorized { b'x' } else { b't' }, index),
-            ts_ms: self.payment_ts_ms(index) + delay,
+            ts_ms: self.payment_ts_ms(index).saturating_add(delay),
             auth_code: auth_code(self.random(index, 8) % 1_000_000),
         }
     }
@@ -219,7 +219,7 @@ impl Shape {
         let card = |j: u64| 1 + self.random(j, 9) % self.cards;
         let unblock = index % 4 == 3;
         BlockedCard {
-            ts_ms: self.start_ms + index.saturating_mul(self.block_interval_ms),
+            ts_ms: self.start_ms.saturating_add(index.saturating_mul(self.block_interval_ms)),
             card_id: if unblock { card(index - 2) } else { card(index) },
             blocked: !unblock,
         }
@@ -234,7 +234,7 @@ impl Shape {
         let p = self.payment(of);
         let r = self.random(index, 11);
         Adjustment {
-            ts_ms: p.ts_ms + 1_000 + r % 59_000,
+            ts_ms: p.ts_ms.saturating_add(1_000 + r % 59_000),
             txn_id: p.txn_id,
             merchant_id: p.merchant_id,
             amount_cents: if r.is_multiple_of(4) { p.amount_cents / 2 } else { p.amount_cents },
@@ -322,6 +322,25 @@ mod tests {
                 assert!(base - ts <= 500);
             }
         }
+    }
+
+    /// Times near `u64::MAX` saturate instead of overflowing (a panic in a debug build, a wrap to
+    /// 1970 in a release build); the source then sends such records to dead letters.
+    #[test]
+    fn times_near_the_end_of_time_saturate() {
+        let start = (u64::MAX - 10).to_string();
+        let max = u64::MAX.to_string();
+        let s = shape(&[("start_ms", &start), ("disorder_ms", &max), ("auth_delay_ms", &max), ("block_interval_ms", &max)]);
+        for i in 0..100u64 {
+            // Each would overflow (or divide by zero) without saturation.
+            s.payment_ts_ms(i);
+            s.authorization(i);
+            s.adjustment(i);
+        }
+        assert_eq!(s.blocked_card(5).ts_ms, u64::MAX);
+        let s = shape(&[("start_ms", &start), ("disorder_ms", "0")]);
+        assert_eq!(s.payment_ts_ms(1_000_000), u64::MAX);
+        assert_eq!(s.adjustment(0).ts_ms, u64::MAX);
     }
 
     #[test]

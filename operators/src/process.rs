@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use paystream_engine::checkpoint::{decode, encode};
 use paystream_engine::keygroup::key_group;
+use paystream_engine::time::passed;
 use paystream_engine::{Data, Duration, Key, KeyedLogic, KeyedStream, Stream};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -192,8 +193,8 @@ impl<K: Key, V: Data, F: ProcessFunction<K, V>> KeyedLogic<K, V> for ProcessLogi
             self.processing_timers.clear();
         }
         loop {
-            let record_at = self.pending.keys().next().copied().filter(|t| *t < watermark);
-            let timer_at = self.timers.first().map(|(t, _)| *t).filter(|t| *t < watermark);
+            let record_at = self.pending.keys().next().copied().filter(|t| passed(*t, watermark));
+            let timer_at = self.timers.first().map(|(t, _)| *t).filter(|t| passed(*t, watermark));
             match (record_at, timer_at) {
                 // Records at t before timers at t.
                 (Some(r), Some(t)) if r <= t => self.release(r, out),
@@ -362,6 +363,36 @@ mod tests {
         logic.on_watermark(u64::MAX, &mut out);
         assert_eq!(out[1], (121, (1, 1)));
         assert_eq!(logic.state_size(), 0);
+    }
+
+    /// Registers a timer at the end of time (a saturated `ts + delay`) and reports when it fires.
+    struct AtTheEnd;
+
+    impl ProcessFunction<u64, u64> for AtTheEnd {
+        type State = ();
+        type Out = u64;
+        fn on_record(&self, ctx: &mut Context<'_, u64>, _key: &u64, _state: &mut (), ts: u64, _record: u64) {
+            ctx.register_timer(ts.saturating_add(u64::MAX));
+        }
+        fn on_timer(&self, ctx: &mut Context<'_, u64>, key: &u64, _state: &mut (), timer: u64) {
+            ctx.emit(timer, *key);
+        }
+    }
+
+    /// A timer or a record at `u64::MAX` is due when the input ends, not never (which held the
+    /// step, and the job, open forever).
+    #[test]
+    fn timers_and_records_at_the_end_of_time_fire_when_the_input_ends() {
+        let mut logic = logic_of(AtTheEnd);
+        let mut out = Vec::new();
+        logic.on_record(0, 5, 1, 0);
+        logic.on_watermark(u64::MAX - 1, &mut out);
+        assert!(out.is_empty());
+        assert_eq!(logic.next_emit_time(), Some(u64::MAX));
+        logic.on_record(0, u64::MAX, 2, 0);
+        logic.on_watermark(u64::MAX, &mut out);
+        assert_eq!(out, vec![(u64::MAX, 1), (u64::MAX, 2)]);
+        assert_eq!(logic.next_emit_time(), None);
     }
 
     /// Emits "timeout" for a key 50 ms of wall-clock time after its first record.

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BinaryHeap};
 
 use paystream_engine::checkpoint::{decode, encode};
 use paystream_engine::keygroup::key_group;
+use paystream_engine::time::passed;
 use paystream_engine::{Data, Key, KeyedLogic, KeyedStream, Stream};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -156,7 +157,7 @@ impl<K: Key, A: Data, B: Data> KeyedLogic<K, Side<A, B>> for IntervalLogic<K, A,
         out.append(&mut self.ready);
         let (upper, lower, unmatched) = (self.upper, self.lower, self.unmatched);
         while let Some(&Reverse((expiry, slot))) = self.expiry.peek() {
-            if expiry >= watermark {
+            if !passed(expiry, watermark) {
                 break;
             }
             self.expiry.pop();
@@ -164,13 +165,13 @@ impl<K: Key, A: Data, B: Data> KeyedLogic<K, Side<A, B>> for IntervalLogic<K, A,
             let Some((key, pair)) = self.held.get_mut(slot) else { continue };
             let before = pair.left.len() + pair.right.len();
             pair.left.retain(|a| {
-                let keep = signed_add(a.ts, upper) >= watermark;
+                let keep = !passed(signed_add(a.ts, upper), watermark);
                 if !keep && unmatched && !a.matched {
                     out.push((signed_add(a.ts, upper), Joined { key: key.clone(), left: a.record.clone(), right: None }));
                 }
                 keep
             });
-            pair.right.retain(|b| signed_sub(b.ts, lower) >= watermark);
+            pair.right.retain(|b| !passed(signed_sub(b.ts, lower), watermark));
             let after = pair.left.len() + pair.right.len();
             self.held_records -= before - after;
             if after == 0 {
@@ -310,6 +311,25 @@ mod tests {
         assert_eq!(out.len(), (n / 10) as usize, "pairs were made before the checkpoint, not after the restore");
         assert_eq!(restored.state_size(), 0);
         assert_eq!(restored.held.iter().count(), 0);
+    }
+
+    /// A payment whose expiry saturates at `u64::MAX` comes out unmatched when the input ends,
+    /// instead of holding the step (and the job) open forever.
+    #[test]
+    fn records_expiring_at_the_end_of_time_expire_when_the_input_ends() {
+        let mut logic: IntervalLogic<String, Paid, u64> = IntervalLogic::new(-5_000, i64::MAX, true);
+        let ts = u64::MAX - 10;
+        logic.on_record(0, ts, "late".to_string(), Side::Left((ts, 1, 100)));
+        logic.on_record(0, 9, "early".to_string(), Side::Right(9));
+        let mut out = Vec::new();
+        logic.on_watermark(u64::MAX - 1, &mut out);
+        assert!(out.is_empty());
+        assert_eq!(logic.next_emit_time(), Some(u64::MAX));
+        logic.on_watermark(u64::MAX, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].0, out[0].1.key.as_str(), out[0].1.right), (u64::MAX, "late", None));
+        assert_eq!(logic.next_emit_time(), None);
+        assert_eq!(logic.state_size(), 0);
     }
 
     #[test]

@@ -53,16 +53,21 @@ impl<K: Key, A: Data, B: Data> KeyedLogic<K, Side<A, B>> for WindowJoinLogic<K, 
     fn on_record(&mut self, message_time: u64, ts: u64, key: K, value: Side<A, B>) {
         let last_start = ts - ts % self.slide;
         let mut start = last_start;
+        // Windows whose ends saturate at u64::MAX share that end, and so one entry: hold the
+        // record there once.
+        let mut previous_end = None;
         loop {
             let end = start.saturating_add(self.size);
-            if end > ts && end > message_time {
+            if end > ts && end > message_time && previous_end != Some(end) {
+                previous_end = Some(end);
                 let sides = self.open.entry(end).or_default().entry(key.clone()).or_default();
                 match &value {
                     Side::Left(a) => sides.0.push(a.clone()),
                     Side::Right(b) => sides.1.push(b.clone()),
                 }
             }
-            if start < self.slide || start - self.slide + self.size <= ts {
+            // The window before this one ends past `ts` (or past u64::MAX): it covers `ts` too.
+            if start < self.slide || (start - self.slide).checked_add(self.size).is_some_and(|end| end <= ts) {
                 break;
             }
             start -= self.slide;
@@ -124,4 +129,35 @@ impl<K: Key, A: Data, B: Data> KeyedLogic<K, Side<A, B>> for WindowJoinLogic<K, 
 ))]
 struct WindowJoinGroup<K, A, B> {
     windows: Vec<OpenWindow<K, A, B>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Near `u64::MAX` the test for the window before does not overflow, the windows whose ends
+    /// saturate there hold a record once (not once per window), and they fire when the input ends.
+    #[test]
+    fn windows_near_the_end_of_time_join_without_overflow() {
+        let mut logic: WindowJoinLogic<u64, u64, u64> = WindowJoinLogic { size: 60, slide: 20, open: BTreeMap::new() };
+        // Covered by the windows starting 40, 20 and 0 ms before its own; all end past u64::MAX.
+        let ts = u64::MAX - 10;
+        logic.on_record(0, ts, 1, Side::Left(1));
+        logic.on_record(0, ts, 1, Side::Right(2));
+        // Covered also by two windows that end before u64::MAX.
+        logic.on_record(0, u64::MAX - 45, 2, Side::Left(3));
+        logic.on_record(0, u64::MAX - 45, 2, Side::Right(4));
+        let held: Vec<(u64, u64, usize)> =
+            logic.open.iter().flat_map(|(end, keys)| keys.iter().map(|(k, (l, r))| (*end, *k, l.len() + r.len()))).collect();
+        // Key 2's windows start at u64::MAX - 55, - 75 and - 95.
+        let mut want = vec![(u64::MAX - 35, 2, 2), (u64::MAX - 15, 2, 2), (u64::MAX, 1, 2), (u64::MAX, 2, 2)];
+        let mut held = held;
+        held.sort();
+        want.sort();
+        assert_eq!(held, want);
+        let mut out = Vec::new();
+        logic.on_watermark(u64::MAX, &mut out);
+        assert_eq!(out.len(), 4, "one pair per key and window: {out:?}");
+        assert_eq!(logic.next_emit_time(), None);
+    }
 }

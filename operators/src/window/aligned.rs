@@ -34,14 +34,21 @@ fn gcd(a: u64, b: u64) -> u64 {
 }
 
 impl Shape {
-    /// Every window `(start, end)` covering `ts`, earliest first.
+    /// The start of the earliest window covering `ts`: the first multiple of the slide above
+    /// `ts - size`, or `None` when that is past `ts` (a gap between windows that slide further
+    /// than they last) or past `u64::MAX`.
+    fn first_start(&self, ts: u64) -> Option<u64> {
+        let first_start = if ts >= self.size { ((ts - self.size) / self.slide + 1).checked_mul(self.slide)? } else { 0 };
+        (first_start <= ts).then_some(first_start)
+    }
+
+    /// Every window `(start, end)` covering `ts`, earliest first. An end past `u64::MAX`
+    /// saturates there; starts are stepped with checked additions, so the last window near
+    /// `u64::MAX` ends the iteration instead of wrapping around to 0.
     pub(crate) fn windows_of(&self, ts: u64) -> impl Iterator<Item = (u64, u64)> {
         let last_start = ts - ts % self.slide;
-        // The first start above ts - size, rounded up to the slide.
-        let first_start = if ts >= self.size { ((ts - self.size) / self.slide + 1) * self.slide } else { 0 };
         let (size, slide) = (self.size, self.slide);
-        (0..)
-            .map(move |i: u64| first_start + i * slide)
+        std::iter::successors(self.first_start(ts), move |start| start.checked_add(slide))
             .take_while(move |start| *start <= last_start)
             .map(move |start| (start, start.saturating_add(size)))
     }
@@ -49,8 +56,7 @@ impl Shape {
     /// The end of the earliest window covering `ts`, or `None` in a gap between windows that
     /// slide further than they last: `windows_of(ts).next()` with one division instead of two.
     pub(crate) fn first_end(&self, ts: u64) -> Option<u64> {
-        let first_start = if ts >= self.size { ((ts - self.size) / self.slide + 1) * self.slide } else { 0 };
-        (first_start <= ts).then(|| first_start.saturating_add(self.size))
+        self.first_start(ts).map(|start| start.saturating_add(self.size))
     }
 
     /// The end of the last window covering a pane that starts at `pane_start`.
@@ -349,6 +355,30 @@ mod tests {
             let want: Vec<_> = (0..=ts).filter(|s| s % 20 == 0 && s + 30 > ts).map(|s| (s, s + 30)).collect();
             assert_eq!(got, want, "ts {ts}");
         }
+    }
+
+    /// Near `u64::MAX` the starts neither overflow nor wrap around (which looped forever in a
+    /// release build, filling `unfired`), and ends saturate.
+    #[test]
+    fn windows_near_the_end_of_time_neither_overflow_nor_wrap() {
+        for (size, slide) in [(30, 20), (30, 30), (20, 30), (60_000, 10_000), (7, 3), (1, 1)] {
+            let shape = Shape { size, slide };
+            for ts in (u64::MAX - 200..=u64::MAX).chain([u64::MAX / 2, i64::MAX as u64]) {
+                let got: Vec<_> = shape.windows_of(ts).collect();
+                let last_start = ts - ts % slide;
+                let want: Vec<_> = (0..size.div_ceil(slide) + 1)
+                    .filter_map(|i| last_start.checked_sub(i * slide))
+                    .filter(|s| ts - s < size)
+                    .map(|s| (s, s.saturating_add(size)))
+                    .rev()
+                    .collect();
+                assert_eq!(got, want, "size {size} slide {slide} ts {ts}");
+                assert_eq!(shape.first_end(ts), want.first().map(|w| w.1), "size {size} slide {slide} ts {ts}");
+            }
+        }
+        // `(ts - size) / slide + 1` times the slide is past u64::MAX: no window starts there.
+        assert_eq!(Shape { size: 5, slide: 1 << 63 }.first_end(u64::MAX), None);
+        assert_eq!(Shape { size: 5, slide: 1 << 63 }.windows_of(u64::MAX).count(), 0);
     }
 
     #[test]
