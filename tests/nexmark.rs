@@ -201,3 +201,62 @@ fn queries_replay_generated_files_as_csv_and_json_lines() {
     }
     assert!(Path::new(&dir.join("jsonl").join("persons.jsonl")).exists());
 }
+
+#[test]
+fn queries_5_and_7_equal_a_batch_computation() {
+    let dir = TempDir::new("nexmark-windows");
+    // 60,000 events at 2,000 a second: 30 s of event time, a few 10 s windows.
+    let options = "count=60000,seed=9,disorder_ms=500,events_per_sec=2000,partitions=4";
+    let events = generate(&dir, "input", options, 1, "csv");
+    let bids: Vec<Bid> = events.bids.iter().map(|l| Bid::parse(l)).collect();
+    let source = args!["--source", format!("bids=gen:{options}")];
+
+    // q5: windows of 10 s every 2 s; in each, the auctions with the most bids.
+    let (size, slide) = (10_000u64, 2_000u64);
+    let mut counts: BTreeMap<u64, BTreeMap<u64, u64>> = BTreeMap::new();
+    for b in &bids {
+        let mut start = b.ts_ms - b.ts_ms % slide;
+        loop {
+            *counts.entry(start).or_default().entry(b.auction).or_default() += 1;
+            if start + size <= b.ts_ms + slide {
+                break;
+            }
+            start -= slide;
+        }
+    }
+    let mut expected = Vec::new();
+    for (start, per_auction) in &counts {
+        let most = per_auction.values().max().copied().unwrap_or(0);
+        for (auction, n) in per_auction {
+            if *n == most {
+                expected.push(format!("{start},{},{auction},{n}", start + size));
+            }
+        }
+    }
+    expected.sort();
+    assert!(counts.len() >= 15, "only {} windows", counts.len());
+    let q5 = run_query(&dir, "q5", "nexmark-q5", &source, "hot_items", "window_start_ms,window_end_ms,auction,bids");
+    assert_same("q5", &expected, &q5);
+
+    // q7: tumbling windows of 10 s; in each, the bids with the highest price.
+    let mut highest: BTreeMap<u64, (u64, Vec<&Bid>)> = BTreeMap::new();
+    for b in &bids {
+        let start = b.ts_ms - b.ts_ms % size;
+        let entry = highest.entry(start).or_insert((0, Vec::new()));
+        if b.price_cents > entry.0 {
+            *entry = (b.price_cents, vec![b]);
+        } else if b.price_cents == entry.0 {
+            entry.1.push(b);
+        }
+    }
+    let mut expected: Vec<String> = highest
+        .iter()
+        .flat_map(|(start, (_, top))| {
+            top.iter().map(move |b| format!("{start},{},{},{},{},{}", start + size, b.auction, b.bidder, b.price_cents, b.ts_ms))
+        })
+        .collect();
+    expected.sort();
+    assert!(highest.len() >= 3, "only {} windows", highest.len());
+    let q7 = run_query(&dir, "q7", "nexmark-q7", &source, "highest_bids", "window_start_ms,window_end_ms,auction,bidder,price_cents,ts_ms");
+    assert_same("q7", &expected, &q7);
+}

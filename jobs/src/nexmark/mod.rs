@@ -4,6 +4,8 @@
 //! * [`generator`]: their `gen:` sources, following the specification's event mix.
 //! * [`generate`]: `nexmark-generate`, the three streams written to files, for replay and tests.
 //! * [`q0`], [`q1`], [`q2`]: pass-through, currency conversion and selection over the bids.
+//! * [`q5`], [`q7`]: hot items (sliding windows) and highest bid (tumbling windows).
+//! * [`all_max`]: the aggregate q5 and q7 share, every record tied for the largest value.
 //!
 //! The event stream is the specification's: event `e` is a person, an auction or a bid by its
 //! place in a block of 50 (1 person, 3 auctions, 46 bids, the mix of the published Flink runs).
@@ -11,12 +13,15 @@
 //! given the same `gen:` options together make one consistent stream: every auction's seller and
 //! every bid's bidder is a person, and every bid's auction an auction, created earlier.
 
+pub mod all_max;
 pub mod event;
 pub mod generate;
 pub mod generator;
 pub mod q0;
 pub mod q1;
 pub mod q2;
+pub mod q5;
+pub mod q7;
 
 pub use event::{Auction, Bid, Person};
 
