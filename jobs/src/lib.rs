@@ -8,6 +8,7 @@
 //! * [`auth_match`]: `auth-match`, payments joined with their authorizations.
 //! * [`fraud`]: `fraud-detection`, five fraud rules.
 //! * [`exposure`]: `merchant-exposure`, updating views on differential dataflow.
+//! * [`nexmark`]: the Nexmark benchmark's events, generator and queries (`nexmark-q0`, ...).
 //! * [`registry`]: every job, for the CLI.
 
 pub mod auth_match;
@@ -15,6 +16,7 @@ pub mod exposure;
 pub mod fraud;
 pub mod generate;
 pub mod generator;
+pub mod nexmark;
 pub mod payment;
 pub mod registry;
 pub mod text;

@@ -4,6 +4,7 @@
 use paystream_engine::{Connectors, JobSpec};
 use paystream_operators::connectors::{builtin, with_generator};
 
+use crate::nexmark::{Auction, Bid, Person};
 use crate::{Adjustment, Authorization, BlockedCard, Payment};
 
 /// The registered jobs.
@@ -15,15 +16,24 @@ pub fn all_jobs() -> Vec<JobSpec> {
         crate::fraud::SPEC,
         crate::exposure::SPEC,
         crate::generate::SPEC,
+        crate::nexmark::q0::SPEC,
+        crate::nexmark::q1::SPEC,
+        crate::nexmark::q2::SPEC,
+        crate::nexmark::q5::SPEC,
+        crate::nexmark::q7::SPEC,
+        crate::nexmark::generate::SPEC,
     ]
 }
 
 /// The built-in connectors (`file:`, `stdout:`) and the generators (`gen:`) of the payment
-/// event types.
+/// and Nexmark event types.
 pub fn connectors() -> Connectors {
     let c = builtin();
     let c = with_generator::<Payment>(c);
     let c = with_generator::<Authorization>(c);
     let c = with_generator::<BlockedCard>(c);
-    with_generator::<Adjustment>(c)
+    let c = with_generator::<Adjustment>(c);
+    let c = with_generator::<Person>(c);
+    let c = with_generator::<Auction>(c);
+    with_generator::<Bid>(c)
 }
