@@ -202,7 +202,8 @@ fn fraud_detection_jsonl() {
 
 /// A payment at exactly `i64::MAX`, the largest accepted event time, at the end of the input: it
 /// counts in its own 10 s window, which ends without overflow, and the job ends normally with the
-/// good payments' windows plus that one.
+/// good payments' windows plus that one. (With the far-future bound off: by default a record that
+/// far ahead of the watermark is refused, see the test below.)
 #[test]
 fn the_largest_accepted_event_time_counts_in_its_window() {
     let dir = TempDir::new("poison-largest");
@@ -210,7 +211,9 @@ fn the_largest_accepted_event_time_counts_in_its_window() {
     let ts = i64::MAX as u64;
     let input = with_record(&dir, "largest.csv", &good, &Format::Csv.payment(ts, "tLARGEST"), At::End, Format::Csv);
     let clean = case(&dir, &THROUGHPUT_WINDOWS, "clean", &dir.join("good.csv"), 1, false);
-    let largest = case(&dir, &THROUGHPUT_WINDOWS, "largest", &input, 2, false);
+    let mut largest = case(&dir, &THROUGHPUT_WINDOWS, "largest", &input, 2, false);
+    let at = largest.args.iter().position(|a| a.starts_with("payments=file:")).expect("the payments source");
+    largest.args[at].push_str("?max_future=off");
     run_all(&dir, &[clean, largest]);
     let header =
         "window_start_ms,window_end_ms,merchant_id,count,sum_amount_cents,approved_count,approval_rate,max_amount_cents,p99_amount_cents";
@@ -236,4 +239,57 @@ fn generated_payments_near_the_end_of_time_go_to_dead_letters() {
     let dead = dead_letter_lines(&c.dead_letters);
     assert_eq!(dead.len(), 500);
     assert!(dead.iter().all(|d| d.contains("is above the largest accepted")), "{dead:?}");
+}
+
+/// One record far in the future (year 2286) in the middle of a file: by default it goes to dead
+/// letters as further ahead of the wall clock and its partition's watermark than `max_future`
+/// (one day), and the
+/// payments after it are on time, so the windows equal those without it. With `max_future=off`
+/// it moves the watermark, as event-time semantics say, and every later payment is late.
+#[test]
+fn a_far_future_record_is_refused_by_default_and_accepted_with_max_future_off() {
+    let dir = TempDir::new("far-future");
+    let lines = good_payments(&dir, Format::Csv);
+    let poisoned = with_record(&dir, "poisoned.csv", &lines, &Format::Csv.payment(9_999_999_999_999, "tFar"), At::Middle, Format::Csv);
+    let clean = dir.join("good.csv");
+    let run_on = |label: &str, source: String| {
+        let out = dir.join(label);
+        run(
+            label,
+            args![
+                "run",
+                "throughput-windows",
+                "-q",
+                "--source",
+                format!("payments={source}"),
+                "--sink",
+                format!("windows={}", file_uri(&out.join("windows.csv"))),
+                "--sink",
+                format!("late_payments={}", file_uri(&out.join("late.csv"))),
+                "--sink",
+                format!("dead_letters={}", file_uri(&out.join("dead.csv")))
+            ],
+            dir.path(),
+        )
+        .assert_success();
+        let lines = |f: &str| read(&out.join(f)).lines().skip(1).map(String::from).collect::<Vec<_>>();
+        (lines("windows.csv"), lines("late.csv"), lines("dead.csv"))
+    };
+    let (want, no_late, no_dead) = run_on("clean", file_uri(&clean));
+    assert!(no_late.is_empty() && no_dead.is_empty());
+    let (windows, late, dead) = run_on("bounded", file_uri(&poisoned));
+    assert_eq!(windows, want, "the windows are those without the far-future record");
+    assert!(late.is_empty(), "no payment became late: {late:?}");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(
+        dead[0].contains("the later of the partition's watermark and the wall clock") && dead[0].contains("max_future (86400000 ms)"),
+        "{}",
+        dead[0]
+    );
+    let (_, late, dead) = run_on("unbounded", format!("{}?max_future=off", file_uri(&poisoned)));
+    assert!(dead.is_empty(), "{dead:?}");
+    assert!(late.len() > 900, "with max_future=off the later payments are late: {}", late.len());
+    // A tighter bound on the URI refuses more: one hour ahead is already too far for 1h.
+    let (_, _, dead) = run_on("hour", format!("{}?max_future=1h", file_uri(&poisoned)));
+    assert_eq!(dead.len(), 1);
 }

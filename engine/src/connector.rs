@@ -352,6 +352,8 @@ pub struct ResolvedSource {
     pub uri: String,
     /// The connector's view of it.
     pub plan: SourcePlan,
+    /// The URI's `max_future` option, when given: `Some(None)` is `max_future=off`.
+    pub max_future_ms: Option<Option<u64>>,
 }
 
 /// A sink of a run: its URI and its target.
@@ -432,17 +434,34 @@ impl Connectors {
         (self.default_sink)(dir, name)
     }
 
-    /// Resolves the URI of source `name`.
+    /// Resolves the URI of source `name`. The `max_future` option, which every source takes
+    /// (`?max_future=2d`, `gen:...,max_future=off`), is the engine's and is not passed on.
     pub fn resolve_source(&self, name: &str, uri: &str) -> Result<ResolvedSource> {
+        let (stripped, max_future) = take_option(uri, "max_future");
+        let max_future_ms = match max_future {
+            None => None,
+            Some(text) => Some(parse_max_future(&text).map_err(|e| anyhow!("source {name}: max_future={text:?}: {e}"))?),
+        };
+        let mut resolved = self.resolve_source_connector(name, &stripped)?;
+        resolved.uri = uri.to_string();
+        resolved.max_future_ms = max_future_ms;
+        Ok(resolved)
+    }
+
+    fn resolve_source_connector(&self, name: &str, uri: &str) -> Result<ResolvedSource> {
         let Some(scheme) = scheme_of(uri) else {
             bail!("source {name}: {uri:?} is not a URI (SCHEME:...); known forms: {}", self.source_usage().join("; "));
         };
         if let Some(c) = self.sources.get(scheme) {
             let plan = SourcePlan::Payload(c.open(name, uri)?);
-            return Ok(ResolvedSource { uri: uri.to_string(), plan });
+            return Ok(ResolvedSource { uri: uri.to_string(), plan, max_future_ms: None });
         }
         if self.typed_usage.contains_key(scheme) {
-            return Ok(ResolvedSource { uri: uri.to_string(), plan: SourcePlan::Typed { scheme: scheme.to_string() } });
+            return Ok(ResolvedSource {
+                uri: uri.to_string(),
+                plan: SourcePlan::Typed { scheme: scheme.to_string() },
+                max_future_ms: None,
+            });
         }
         bail!(
             "source {name}: no connector for scheme {scheme:?} in {uri:?}; the known schemes are: {} ({})",
@@ -488,6 +507,58 @@ impl Connectors {
     }
 }
 
+/// Removes option `key` (`KEY=VALUE` after `?`, `&`, `,` or the scheme's `:`) from `uri`, returning
+/// the rest and the value.
+fn take_option(uri: &str, key: &str) -> (String, Option<String>) {
+    let pattern = format!("{key}=");
+    let mut search = 0;
+    while let Some(found) = uri[search..].find(&pattern).map(|i| i + search) {
+        let before = uri[..found].chars().next_back();
+        if matches!(before, Some('?' | '&' | ',' | ':')) {
+            let value_start = found + pattern.len();
+            let value_end = uri[value_start..].find(['&', ',']).map_or(uri.len(), |i| i + value_start);
+            let value = uri[value_start..value_end].trim().to_string();
+            // Remove `KEY=VALUE` with one separator around it, keeping the URI well formed.
+            let (cut_start, cut_end) = match (before, uri[value_end..].chars().next()) {
+                (Some('?' | ':'), Some('&' | ',')) => (found, value_end + 1),
+                (Some('&' | ','), _) => (found - 1, value_end),
+                _ => (found, value_end),
+            };
+            let mut rest = format!("{}{}", &uri[..cut_start], &uri[cut_end..]);
+            if rest.ends_with('?') {
+                rest.pop();
+            }
+            return (rest, Some(value));
+        }
+        search = found + pattern.len();
+    }
+    (uri.to_string(), None)
+}
+
+/// `off`, or a duration: a number of milliseconds, or with a unit `ms`, `s`, `m`, `h` or `d`.
+fn parse_max_future(text: &str) -> Result<Option<u64>> {
+    let t = text.trim();
+    if t.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let n: u64 = number.parse().map_err(|_| anyhow!("give a duration such as 6h or 2d, or off"))?;
+    let factor = match unit.trim() {
+        "" | "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        other => bail!("unknown unit {other:?}; use ms, s, m, h or d (or off)"),
+    };
+    let ms = n.checked_mul(factor).ok_or_else(|| anyhow!("too long"))?;
+    if ms == 0 {
+        bail!("a bound of zero would refuse every record ahead of the watermark; give a positive duration or off");
+    }
+    Ok(Some(ms))
+}
+
 /// `paystream_jobs::payment::Payment` -> `Payment`.
 pub fn short_type_name(name: &str) -> &str {
     name.rsplit("::").next().unwrap_or(name)
@@ -509,6 +580,21 @@ mod tests {
         let (rest, mut q) = UriOptions::split_query("x", "file:a.csv?format=jsonl").unwrap();
         assert_eq!(rest, "file:a.csv");
         assert_eq!(q.text("format").as_deref(), Some("jsonl"));
+    }
+
+    #[test]
+    fn max_future_is_taken_from_any_uri_form() {
+        assert_eq!(take_option("file:a.csv?max_future=2d", "max_future"), ("file:a.csv".into(), Some("2d".into())));
+        assert_eq!(take_option("file:a.csv?format=csv&max_future=off", "max_future"), ("file:a.csv?format=csv".into(), Some("off".into())));
+        assert_eq!(take_option("file:a.csv?max_future=1h&format=csv", "max_future"), ("file:a.csv?format=csv".into(), Some("1h".into())));
+        assert_eq!(take_option("gen:count=5,max_future=off,seed=2", "max_future"), ("gen:count=5,seed=2".into(), Some("off".into())));
+        assert_eq!(take_option("gen:max_future=3s", "max_future"), ("gen:".into(), Some("3s".into())));
+        assert_eq!(take_option("file:dir/a.csv", "max_future"), ("file:dir/a.csv".into(), None));
+        assert_eq!(parse_max_future("off").unwrap(), None);
+        assert_eq!(parse_max_future("2d").unwrap(), Some(172_800_000));
+        assert_eq!(parse_max_future("1500").unwrap(), Some(1500));
+        assert!(parse_max_future("0s").is_err());
+        assert!(parse_max_future("2w").unwrap_err().to_string().contains("unknown unit"));
     }
 
     #[test]

@@ -291,6 +291,11 @@ pub(crate) fn build_source<'scope, T: Data + CsvRecord>(
         record.write_csv(&mut line);
         line
     };
+    // A `max_future=` option on the source's URI overrides the job's bound.
+    let strategy = match source.max_future_ms {
+        Some(bound) => OutOfOrder { max_future_ms: bound, ..strategy },
+        None => strategy,
+    };
     build_partitioned_source(scope, ctx, name, partitions, event_time, as_csv, strategy)
 }
 
@@ -434,6 +439,8 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
         // `None` marks a record whose event time is refused (see `refused_event_time`): it goes to
         // dead letters and moves no watermark.
         let mut late: Vec<(usize, Option<u64>)> = Vec::new();
+        // Why each refused record (a `None` in `late`) is refused, in order.
+        let mut refusals: std::collections::VecDeque<String> = Default::default();
         let mut behind: BTreeMap<u64, Vec<(u64, T)>> = BTreeMap::new();
         let mut dead_letters: Vec<DeadLetter> = Vec::new();
         move |_frontiers| {
@@ -554,13 +561,35 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
                     part.idle = false;
                 }
                 read += got as u64;
+                // The far-future bound's baseline: the later of the partition's watermark and the
+                // wall clock, so a replay of past data never meets it.
+                let now_ms = if strategy.max_future_ms.is_some() {
+                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+                } else {
+                    0
+                };
                 for (index, (slot, record)) in on_time[from..].iter_mut().enumerate() {
                     let ts = event_time(record);
                     *slot = ts;
-                    if refused_event_time(ts).is_some() {
+                    if let Some(reason) = refused_event_time(ts) {
                         late.push((index, None));
+                        refusals.push_back(reason);
                         next_index += 1;
                         continue;
+                    }
+                    if let Some(bound) = strategy.max_future_ms {
+                        let base = part.watermark.max(now_ms);
+                        if ts > base.saturating_add(bound) {
+                            late.push((index, None));
+                            refusals.push_back(format!(
+                                "event time {ts} ms is {} ms ahead of {base} (the later of the partition's watermark and the \
+                                 wall clock), more than max_future ({bound} ms): a wrong clock or a bad producer? \
+                                 (max_future=off on the source URI accepts it)",
+                                ts - base
+                            ));
+                            next_index += 1;
+                            continue;
+                        }
                     }
                     if ts < part.watermark || ts < held {
                         late.push((index, Some(part.watermark.max(held))));
@@ -586,7 +615,7 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
                             Some(wm) => behind.entry(*wm).or_default().push((ts, record)),
                             None => {
                                 read -= 1;
-                                let reason = refused_event_time(ts).unwrap_or_default();
+                                let reason = refusals.pop_front().or_else(|| refused_event_time(ts)).unwrap_or_default();
                                 let origin = format!("partition {}", part.index);
                                 let raw = describe(&record);
                                 dead_letters.push(DeadLetter { source: source_name.clone(), origin, line: 0, reason, raw });

@@ -50,12 +50,21 @@ pub struct OutOfOrder {
     /// A source partition that yields nothing for this long (processing time) stops holding back
     /// the watermark until it yields again. `None`: partitions never count as idle.
     pub idle_timeout: Option<std::time::Duration>,
+    /// How far ahead of the later of its partition's watermark and the wall clock a record's
+    /// event time may be: a record further ahead goes to dead letters and moves no watermark, so
+    /// one bad producer cannot make every later record late. A replay of past data never meets
+    /// it; data ahead of the wall clock (synthetic, in the future) needs a larger bound or none.
+    /// `None`: no bound. Default [`DEFAULT_MAX_FUTURE_MS`].
+    pub max_future_ms: Option<u64>,
 }
+
+/// The default far-future bound of [`OutOfOrder`]: one day.
+pub const DEFAULT_MAX_FUTURE_MS: u64 = 86_400_000;
 
 impl OutOfOrder {
     /// Records may arrive up to `ms` milliseconds behind the maximum event time seen.
     pub const fn millis(ms: u64) -> Self {
-        OutOfOrder { bound_ms: ms, idle_timeout: None }
+        OutOfOrder { bound_ms: ms, idle_timeout: None, max_future_ms: Some(DEFAULT_MAX_FUTURE_MS) }
     }
     /// Records arrive in event-time order (a bound of zero).
     pub const fn ordered() -> Self {
@@ -64,6 +73,17 @@ impl OutOfOrder {
     /// Marks a partition idle after `timeout` without data, so it does not stall the watermark.
     pub fn idle_after(mut self, timeout: Duration) -> Self {
         self.idle_timeout = Some(timeout.to_std());
+        self
+    }
+    /// Refuses records more than `bound` ahead of their partition's watermark (see
+    /// [`OutOfOrder::max_future_ms`]; a source URI's `max_future=` option overrides it).
+    pub fn max_future(mut self, bound: Duration) -> Self {
+        self.max_future_ms = Some(bound.as_millis().max(1));
+        self
+    }
+    /// Accepts records however far ahead of the watermark they are.
+    pub fn no_max_future(mut self) -> Self {
+        self.max_future_ms = None;
         self
     }
     /// The watermark that follows from a maximum event time seen.
