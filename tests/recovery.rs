@@ -731,7 +731,14 @@ fn damaged_checkpoint_falls_back() {
         let complete = complete_checkpoints(&chk);
         assert!(complete.len() >= 2, "{name}: --retain 3 keeps several complete checkpoints: {complete:?}");
         let (epoch, newest) = complete.last().cloned().expect("a complete checkpoint");
-        let part = newest.join("state-throughput-w0.part");
+        // Its largest part: the window state, unless the newest checkpoint is the final one of a
+        // run that ended just before the kill (sinks wait for it), whose state is empty.
+        let part = std::fs::read_dir(&newest)
+            .expect("list the checkpoint")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "part"))
+            .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+            .expect("a part");
         let bytes = read_bytes(&part);
         assert!(bytes.len() > 24 + 16, "{name}: {} holds state", part.display());
         replace_file(&part, &damage(&bytes));
