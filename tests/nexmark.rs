@@ -74,30 +74,6 @@ fn generate(dir: &TempDir, label: &str, options: &str, workers: usize, ext: &str
     Events { persons: sorted("persons", PERSON_HEADER), auctions: sorted("auctions", AUCTION_HEADER), bids: sorted("bids", BID_HEADER) }
 }
 
-/// Runs `paystream run JOB ARGS --sink SINK=... -q` on 1 and 2 workers at once, checks both
-/// succeed and wrote the same lines, and returns them (after checking `header`), sorted.
-fn run_query(dir: &TempDir, label: &str, job: &str, args: &[String], sink: &str, header: &str) -> Vec<String> {
-    let mut runs = Vec::new();
-    let mut outputs = Vec::new();
-    for workers in [1, 2] {
-        let out = dir.join(&format!("{label}-w{workers}")).join(format!("{sink}.csv"));
-        let mut a = args!["run", job];
-        a.extend(args.iter().cloned());
-        a.extend(args!["--sink", format!("{sink}={}", file_uri(&out)), "--workers", workers, "-q"]);
-        runs.push(spawn(&format!("{label} on {workers} workers"), a, dir.path()));
-        outputs.push(out);
-    }
-    for outcome in wait_all(runs) {
-        outcome.assert_success();
-    }
-    let mut results: Vec<Vec<String>> = outputs.iter().map(|p| data_lines(p, header)).collect();
-    for r in &mut results {
-        r.sort();
-    }
-    assert_same(&format!("{label}: 2 workers against 1 worker"), &results[0], &results[1]);
-    results.swap_remove(0)
-}
-
 fn column(line: &str, i: usize) -> u64 {
     split_csv(line)[i].parse().unwrap_or_else(|e| panic!("column {i} of {line:?}: {e}"))
 }
@@ -161,7 +137,7 @@ fn queries_0_1_2_equal_a_batch_computation() {
     let source = args!["--source", format!("bids=gen:{options}")];
 
     // q0: every bid, unchanged.
-    let q0 = run_query(&dir, "q0", "nexmark-q0", &source, "bids", BID_HEADER);
+    let q0 = run_on_1_and_2_workers(&dir, "q0", "nexmark-q0", &source, "bids", BID_HEADER);
     assert_same("q0", &events.bids, &q0);
 
     // q1: prices times 0.908, in cents, rounded half up (computed here in exact decimal: the
@@ -175,7 +151,7 @@ fn queries_0_1_2_equal_a_batch_computation() {
         })
         .collect();
     expected.sort();
-    let q1 = run_query(&dir, "q1", "nexmark-q1", &source, "bids", BID_HEADER);
+    let q1 = run_on_1_and_2_workers(&dir, "q1", "nexmark-q1", &source, "bids", BID_HEADER);
     assert_same("q1", &expected, &q1);
 
     // q2: auction and price of bids on auctions whose id is a multiple of 123.
@@ -183,7 +159,7 @@ fn queries_0_1_2_equal_a_batch_computation() {
         bids.iter().filter(|b| b.auction % 123 == 0).map(|b| format!("{},{}", b.auction, b.price_cents)).collect();
     expected.sort();
     assert!(expected.len() > 20, "q2 selects only {} bids: too few to test", expected.len());
-    let q2 = run_query(&dir, "q2", "nexmark-q2", &source, "selected", "auction,price_cents");
+    let q2 = run_on_1_and_2_workers(&dir, "q2", "nexmark-q2", &source, "selected", "auction,price_cents");
     assert_same("q2", &expected, &q2);
 }
 
@@ -196,7 +172,7 @@ fn queries_replay_generated_files_as_csv_and_json_lines() {
     for file in [dir.join("csv").join("bids.csv"), dir.join("jsonl").join("bids.jsonl")] {
         let label = format!("q0 from {}", file.file_name().and_then(|n| n.to_str()).unwrap_or("?"));
         let source = args!["--source", format!("bids={}", file_uri(&file))];
-        let q0 = run_query(&dir, &label, "nexmark-q0", &source, "bids", BID_HEADER);
+        let q0 = run_on_1_and_2_workers(&dir, &label, "nexmark-q0", &source, "bids", BID_HEADER);
         assert_same(&label, &events.bids, &q0);
     }
     assert!(Path::new(&dir.join("jsonl").join("persons.jsonl")).exists());
@@ -235,7 +211,7 @@ fn queries_5_and_7_equal_a_batch_computation() {
     }
     expected.sort();
     assert!(counts.len() >= 15, "only {} windows", counts.len());
-    let q5 = run_query(&dir, "q5", "nexmark-q5", &source, "hot_items", "window_start_ms,window_end_ms,auction,bids");
+    let q5 = run_on_1_and_2_workers(&dir, "q5", "nexmark-q5", &source, "hot_items", "window_start_ms,window_end_ms,auction,bids");
     assert_same("q5", &expected, &q5);
 
     // q7: tumbling windows of 10 s; in each, the bids with the highest price.
@@ -257,6 +233,13 @@ fn queries_5_and_7_equal_a_batch_computation() {
         .collect();
     expected.sort();
     assert!(highest.len() >= 3, "only {} windows", highest.len());
-    let q7 = run_query(&dir, "q7", "nexmark-q7", &source, "highest_bids", "window_start_ms,window_end_ms,auction,bidder,price_cents,ts_ms");
+    let q7 = run_on_1_and_2_workers(
+        &dir,
+        "q7",
+        "nexmark-q7",
+        &source,
+        "highest_bids",
+        "window_start_ms,window_end_ms,auction,bidder,price_cents,ts_ms",
+    );
     assert_same("q7", &expected, &q7);
 }

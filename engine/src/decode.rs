@@ -108,6 +108,20 @@ impl LineDecoder {
         self
     }
 
+    /// Dead-letters the overlong line whose first bytes `buf` holds, followed by `more`: `length`
+    /// bytes in all, `consumed` bytes of input with its line break.
+    fn drop_oversize(&mut self, length: u64, more: &[u8], consumed: u64, dead: &mut Vec<DeadLetter>) {
+        let mut preview = std::mem::take(&mut self.buf);
+        let room = OVERSIZE_PREVIEW.saturating_sub(preview.len());
+        preview.extend_from_slice(&more[..room.min(more.len())]);
+        let letter = self.oversize_letter(length, &preview);
+        dead.push(letter);
+        self.offset += consumed;
+        self.oversize = None;
+        self.buf = preview;
+        self.buf.clear();
+    }
+
     /// A dead letter for an overlong record of `length` bytes whose first bytes are `preview`.
     fn oversize_letter(&mut self, length: u64, preview: &[u8]) -> DeadLetter {
         self.line_no += 1;
@@ -172,24 +186,13 @@ impl LineDecoder {
             let consumed = match self.newline.find(available) {
                 // The end of an overlong line being skipped.
                 Some(end) if self.oversize.is_some() => {
-                    let length = self.oversize.take().unwrap_or(0) + end as u64;
-                    let preview = std::mem::take(&mut self.buf);
-                    let letter = self.oversize_letter(length, &preview);
-                    dead.push(letter);
-                    self.offset += length + 1;
-                    self.buf = preview;
-                    self.buf.clear();
+                    let length = self.oversize.unwrap_or(0) + end as u64;
+                    self.drop_oversize(length, &[], length + 1, dead);
                     end + 1
                 }
                 Some(end) if self.buf.len() + end > self.max_record_bytes => {
                     let length = (self.buf.len() + end) as u64;
-                    let mut preview = std::mem::take(&mut self.buf);
-                    preview.extend_from_slice(&available[..end.min(OVERSIZE_PREVIEW)]);
-                    let letter = self.oversize_letter(length, &preview);
-                    dead.push(letter);
-                    self.offset += length + 1;
-                    self.buf = preview;
-                    self.buf.clear();
+                    self.drop_oversize(length, &available[..end], length + 1, dead);
                     end + 1
                 }
                 Some(end) if self.buf.is_empty() => {
@@ -205,14 +208,9 @@ impl LineDecoder {
                     end + 1
                 }
                 None if available.is_empty() => {
-                    if let Some(length) = self.oversize.take() {
+                    if let Some(length) = self.oversize {
                         // The input ended inside an overlong line.
-                        let preview = std::mem::take(&mut self.buf);
-                        let letter = self.oversize_letter(length, &preview);
-                        dead.push(letter);
-                        self.offset += length;
-                        self.buf = preview;
-                        self.buf.clear();
+                        self.drop_oversize(length, &[], length, dead);
                         continue;
                     }
                     if self.buf.is_empty() {

@@ -266,3 +266,28 @@ impl Payment {
         }
     }
 }
+
+/// Runs `paystream run JOB ARGS --sink SINK=DIR/LABEL-wN/FILE --workers N -q` for N = 1 and 2 at
+/// once, checks both succeed and wrote the same lines (in any order), and returns the data lines
+/// (after checking `header`), sorted.
+pub fn run_on_1_and_2_workers(dir: &TempDir, label: &str, job: &str, args: &[String], sink: &str, header: &str) -> Vec<String> {
+    let mut runs = Vec::new();
+    let mut outputs = Vec::new();
+    for workers in [1, 2] {
+        let out = dir.join(&format!("{label}-w{workers}")).join(format!("{sink}.csv"));
+        let mut a = args!["run", job];
+        a.extend(args.iter().cloned());
+        a.extend(args!["--sink", format!("{sink}={}", file_uri(&out)), "--workers", workers, "-q"]);
+        runs.push(spawn(&format!("{label} on {workers} workers"), a, dir.path()));
+        outputs.push(out);
+    }
+    for outcome in wait_all(runs) {
+        outcome.assert_success();
+    }
+    let mut results: Vec<Vec<String>> = outputs.iter().map(|p| data_lines(p, header)).collect();
+    for r in &mut results {
+        r.sort();
+    }
+    assert_same(&format!("{label}: 2 workers against 1 worker"), &results[0], &results[1]);
+    results.swap_remove(0)
+}
