@@ -30,6 +30,8 @@ struct Cli {
 enum Command {
     /// List the registered jobs with their sources, sinks and parameters.
     Jobs,
+    /// List the connectors this binary has: the URI forms --source and --sink take.
+    Connectors,
     /// Run a job until its input ends.
     ///
     /// With no --source or --sink a job reads its embedded default, the deterministic generator
@@ -259,6 +261,10 @@ pub fn main_with(jobs: Vec<JobSpec>, connectors: Connectors) -> ExitCode {
             print!("{}", describe_jobs(&jobs));
             ExitCode::SUCCESS
         }
+        Command::Connectors => {
+            print!("{}", describe_connectors(&connectors));
+            ExitCode::SUCCESS
+        }
         Command::Run(args) => run(&jobs, &connectors, *args),
         Command::Bench(args) => bench(&jobs, &connectors, *args),
         Command::Savepoint(args) => match paystream_engine::control::request_savepoint(&args.checkpoint_dir, args.stop, args.timeout) {
@@ -272,6 +278,20 @@ pub fn main_with(jobs: Vec<JobSpec>, connectors: Connectors) -> ExitCode {
             }
         },
     }
+}
+
+/// The listing printed by `paystream connectors`.
+pub fn describe_connectors(connectors: &Connectors) -> String {
+    let mut out = String::from("sources (--source NAME=URI):\n");
+    for usage in connectors.source_usage() {
+        out.push_str(&format!("  {usage}\n"));
+    }
+    out.push_str("  every source also takes max_future=DURATION|off (see the README, Semantics)\n");
+    out.push_str("sinks (--sink NAME=URI):\n");
+    for usage in connectors.sink_usage() {
+        out.push_str(&format!("  {usage}\n"));
+    }
+    out
 }
 
 /// The listing printed by `paystream jobs`.

@@ -570,6 +570,20 @@ fn bad_input_gives_exit_code_2() {
 }
 
 #[test]
+fn connectors_lists_every_scheme() {
+    let dir = TempDir::new("connectors");
+    let outcome = run("connectors", args!["connectors"], dir.path());
+    outcome.assert_success();
+    let (sources, sinks) = outcome.stdout.split_once("sinks (--sink NAME=URI):").expect("a sinks section");
+    for form in ["file:PATH", "gen:"] {
+        assert!(sources.lines().any(|l| l.trim_start().starts_with(form)), "sources list {form}:\n{}", outcome.stdout);
+    }
+    for form in ["file:PATH", "stdout:"] {
+        assert!(sinks.lines().any(|l| l.trim_start().starts_with(form)), "sinks list {form}:\n{}", outcome.stdout);
+    }
+}
+
+#[test]
 fn jobs_lists_every_job() {
     let dir = TempDir::new("jobs");
     let outcome = run("jobs", args!["jobs"], dir.path());
