@@ -441,16 +441,14 @@ fn run(jobs: &[JobSpec], connectors: &Arc<Connectors>, args: RunArgs) -> ExitCod
         if let (None, Some(signal)) = (stopping_by, signals.received()) {
             stopping_by = Some(signal);
             let name = signal_name(signal);
-            match &options.checkpoint {
-                Some(c) => {
-                    eprintln!("{name}: stopping {} after a savepoint (send it again to abort at once)", plan.spec.name);
-                    let dir = c.dir.clone();
-                    std::thread::spawn(move || paystream_engine::checkpoint::request_savepoint(&dir, true, Duration::from_secs(120)));
-                }
-                None => {
-                    eprintln!("{name}: stopping {}; without --checkpoint-dir its output is abandoned", plan.spec.name);
-                    handle.cancel();
-                }
+            if options.checkpoint.is_none() {
+                eprintln!("{name}: stopping {}; without --checkpoint-dir its output is abandoned", plan.spec.name);
+                handle.cancel();
+            } else if let Err(e) = handle.stop_with_savepoint() {
+                eprintln!("{name}: cannot ask for a savepoint ({e:#}); stopping {} without one", plan.spec.name);
+                handle.cancel();
+            } else {
+                eprintln!("{name}: stopping {} after a savepoint (send it again to abort at once)", plan.spec.name);
             }
         }
         std::thread::sleep(Duration::from_millis(20));

@@ -391,7 +391,7 @@ pub fn request_savepoint(dir: &Path, stop: bool, timeout: Duration) -> Result<Pa
         bail!("{} is not a checkpoint directory; give the --checkpoint-dir of a running job", dir.display());
     }
     let before: BTreeSet<PathBuf> = savepoints(dir)?;
-    write_durably(&dir.join(SAVEPOINT_REQUEST), if stop { b"stop" } else { b"savepoint" })?;
+    ask_for_savepoint(dir, stop)?;
     let start = std::time::Instant::now();
     while start.elapsed() < timeout {
         if let Some(new) = savepoints(dir)?.difference(&before).next() {
@@ -401,6 +401,12 @@ pub fn request_savepoint(dir: &Path, stop: bool, timeout: Duration) -> Result<Pa
     }
     fs::remove_file(dir.join(SAVEPOINT_REQUEST)).ok();
     bail!("no savepoint appeared in {} within {:?}: is a job running with --checkpoint-dir {}?", dir.display(), timeout, dir.display())
+}
+
+/// Asks the coordinator of the job checkpointing into `dir` to turn its next checkpoint into a
+/// savepoint (and to stop the job after it, with `stop`), without waiting for it.
+pub fn ask_for_savepoint(dir: &Path, stop: bool) -> Result<()> {
+    write_durably(&dir.join(SAVEPOINT_REQUEST), if stop { b"stop" } else { b"savepoint" })
 }
 
 fn savepoints(dir: &Path) -> Result<BTreeSet<PathBuf>> {

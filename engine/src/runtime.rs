@@ -419,10 +419,20 @@ impl JobHandle {
 
     /// Takes a savepoint (and stops the job after it, with `stop`); waits up to `timeout` for it.
     pub fn savepoint(&self, stop: bool, timeout: Duration) -> Result<std::path::PathBuf> {
-        let Some(c) = &self.checkpoint else {
-            bail!("this run takes no checkpoints: start it with --checkpoint-dir DIR to take savepoints");
-        };
-        crate::control::request_savepoint(&c.dir, stop, timeout)
+        crate::checkpoint::request_savepoint(self.checkpoint_dir()?, stop, timeout)
+    }
+
+    /// Asks for a savepoint after which the job stops, without waiting: [`JobHandle::join`] then
+    /// yields [`Outcome::Stopped`] with the savepoint.
+    pub fn stop_with_savepoint(&self) -> Result<()> {
+        crate::checkpoint::ask_for_savepoint(self.checkpoint_dir()?, true)
+    }
+
+    fn checkpoint_dir(&self) -> Result<&std::path::Path> {
+        match &self.checkpoint {
+            Some(c) => Ok(&c.dir),
+            None => bail!("this run takes no checkpoints: start it with --checkpoint-dir DIR to take savepoints"),
+        }
     }
 
     /// What the job has done so far.
