@@ -113,34 +113,12 @@ fn a_symlink_at_the_staging_file_is_not_written_through() {
     assert_eq!(read(&dir.join("precious.txt")), "keep me\n", "the link's target is untouched");
 }
 
-/// A 128 KiB tmpfs, unmounted on drop; `None` (and a loud skip) where mounting is not allowed.
-struct SmallFs(std::path::PathBuf);
-
-impl SmallFs {
-    fn mount(at: &std::path::Path) -> Option<SmallFs> {
-        std::fs::create_dir_all(at).ok()?;
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=128k", "tmpfs"])
-            .arg(at)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then(|| SmallFs(at.to_path_buf()))
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
-}
-
 /// A checkpoint directory that fills up fails the job with one error line and exit 1, instead of
 /// a worker panicking with a backtrace; nothing more is published.
 #[test]
 fn a_full_checkpoint_directory_fails_the_job_cleanly() {
     let dir = TempDir::new("fullchk");
-    let Some(_fs) = SmallFs::mount(&dir.join("chk")) else {
+    let Some(_fs) = SmallFs::mount(&dir.join("chk"), "128k") else {
         eprintln!("SKIPPED a_full_checkpoint_directory_fails_the_job_cleanly: cannot mount a tmpfs here (needs root)");
         return;
     };

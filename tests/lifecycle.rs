@@ -65,32 +65,10 @@ fn closed_stdout_fails_with_exit_1() {
     assert!(line.contains("sink windows") && line.contains("stdout"), "{line}");
 }
 
-/// A 64 KiB tmpfs, unmounted on drop; `None` (and a loud skip) where mounting is not allowed.
-struct SmallFs(std::path::PathBuf);
-
-impl SmallFs {
-    fn mount(at: &Path) -> Option<SmallFs> {
-        std::fs::create_dir_all(at).ok()?;
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
-            .arg(at)
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then(|| SmallFs(at.to_path_buf()))
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn full_filesystem_fails_with_exit_1_and_publishes_nothing() {
     let dir = TempDir::new("fullfs");
-    let Some(fs) = SmallFs::mount(&dir.join("small")) else {
+    let Some(fs) = SmallFs::mount(&dir.join("small"), "64k") else {
         eprintln!("SKIPPED full_filesystem_fails_with_exit_1_and_publishes_nothing: cannot mount a tmpfs here (needs root)");
         return;
     };

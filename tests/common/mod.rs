@@ -291,3 +291,26 @@ pub fn run_on_1_and_2_workers(dir: &TempDir, label: &str, job: &str, args: &[Str
     assert_same(&format!("{label}: 2 workers against 1 worker"), &results[0], &results[1]);
     results.swap_remove(0)
 }
+
+/// A small tmpfs (`size` as `mount -o size=` reads it, such as `64k`), unmounted on drop; `None`
+/// where mounting is not allowed (it needs root): the caller skips loudly.
+pub struct SmallFs(pub PathBuf);
+
+impl SmallFs {
+    pub fn mount(at: &Path, size: &str) -> Option<SmallFs> {
+        std::fs::create_dir_all(at).ok()?;
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| SmallFs(at.to_path_buf()))
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
