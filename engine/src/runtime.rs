@@ -543,8 +543,7 @@ fn execute(prepared: Prepared, metrics: Arc<Metrics>, start: Instant) -> Result<
         }
         _ => None,
     };
-    let sinks: Vec<(String, Arc<dyn crate::connector::SinkTarget>)> =
-        plan.sinks.iter().map(|(name, sink)| (name.clone(), sink.target.clone())).collect();
+    let finished_plan = plan.clone();
     let worker_metrics = metrics.clone();
     let watched_commit = commit.clone();
     let checkpoint = options.checkpoint.clone();
@@ -622,8 +621,8 @@ fn execute(prepared: Prepared, metrics: Arc<Metrics>, start: Instant) -> Result<
         crate::checkpoint::discard_checkpoints(&c.dir);
         // Only now, with no checkpoint left to restore, may the sinks drop what a restore needs
         // (a file sink's per-epoch parts).
-        for (name, target) in &sinks {
-            if let Err(e) = target.after_finish() {
+        for (name, sink) in &finished_plan.sinks {
+            if let Err(e) = sink.target.after_finish() {
                 tracing::warn!(sink = %name, "sink {name}: {e:#}");
             }
         }
