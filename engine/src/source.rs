@@ -43,7 +43,6 @@ use crate::connector::{Decode, ResolvedSource, SourcePlan, SplitReader};
 use crate::context::BuildContext;
 use crate::context::TStream;
 use crate::decode::LineDecoder;
-use crate::metrics::Metrics;
 use crate::record::{CsvRecord, DeadLetter};
 use crate::time::{refused_event_time, OutOfOrder, Time};
 use crate::{Data, Result};
@@ -489,7 +488,6 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
             if let (Some(c), Some(tick)) = (&checkpoints, next_tick) {
                 if Instant::now() >= tick {
                     let snaps: Vec<PartitionSnapshot> = parts.iter().map(PartitionState::snapshot).collect();
-                    note_positions(&metrics, &participant, &snaps);
                     match checkpoint::encode(&snaps).and_then(|bytes| checkpoint::write_part(&c.dir, epoch, &participant, &bytes)) {
                         Ok(()) => {
                             part_failures = 0;
@@ -717,15 +715,6 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
         }
     });
     Ok((records, dead))
-}
-
-/// Notes a source worker's split positions as of a checkpoint, for the metrics endpoint.
-fn note_positions(metrics: &Metrics, who: &Participant, splits: &[PartitionSnapshot]) {
-    if let Participant::Source { name, worker } = who {
-        for s in splits {
-            metrics.set_split_position(name, &s.partition.to_string(), *worker, s.position.offset);
-        }
-    }
 }
 
 /// A finished source's last part: it stands for every later epoch (the coordinator links it).
