@@ -99,6 +99,18 @@ impl UriOptions {
         }
     }
 
+    /// Option `name` as a positive duration ([`parse_millis`]), or `default` when absent.
+    pub fn duration(&mut self, name: &str, default: std::time::Duration) -> Result<std::time::Duration> {
+        match self.text(name) {
+            None => Ok(default),
+            Some(text) => match parse_millis(&text) {
+                Ok(0) => bail!("{}: option {name}={text:?}: give a positive duration", self.what),
+                Ok(ms) => Ok(std::time::Duration::from_millis(ms)),
+                Err(e) => bail!("{}: option {name}={text:?}: {e}", self.what),
+            },
+        }
+    }
+
     /// All options, by name.
     pub fn values(&self) -> &BTreeMap<String, String> {
         &self.values
@@ -535,28 +547,34 @@ fn take_option(uri: &str, key: &str) -> (String, Option<String>) {
     (uri.to_string(), None)
 }
 
-/// `off`, or a duration: a number of milliseconds, or with a unit `ms`, `s`, `m`, `h` or `d`.
+/// `off`, or a duration (see [`parse_millis`]).
 fn parse_max_future(text: &str) -> Result<Option<u64>> {
-    let t = text.trim();
-    if t.eq_ignore_ascii_case("off") {
+    if text.trim().eq_ignore_ascii_case("off") {
         return Ok(None);
     }
+    let ms = parse_millis(text).map_err(|e| anyhow!("{e} (or off)"))?;
+    if ms == 0 {
+        bail!("a bound of zero would refuse every record ahead of the watermark; give a positive duration or off");
+    }
+    Ok(Some(ms))
+}
+
+/// A duration in a URI option: a number of milliseconds, or with a unit `ms`, `s`, `m`, `h` or
+/// `d` (`250ms`, `10s`, `2d`). Returns milliseconds.
+pub fn parse_millis(text: &str) -> Result<u64> {
+    let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
-    let n: u64 = number.parse().map_err(|_| anyhow!("give a duration such as 6h or 2d, or off"))?;
+    let n: u64 = number.parse().map_err(|_| anyhow!("give a duration such as 500ms, 10s, 6h or 2d"))?;
     let factor = match unit.trim() {
         "" | "ms" => 1,
         "s" => 1_000,
         "m" => 60_000,
         "h" => 3_600_000,
         "d" => 86_400_000,
-        other => bail!("unknown unit {other:?}; use ms, s, m, h or d (or off)"),
+        other => bail!("unknown unit {other:?}; use ms, s, m, h or d"),
     };
-    let ms = n.checked_mul(factor).ok_or_else(|| anyhow!("too long"))?;
-    if ms == 0 {
-        bail!("a bound of zero would refuse every record ahead of the watermark; give a positive duration or off");
-    }
-    Ok(Some(ms))
+    n.checked_mul(factor).ok_or_else(|| anyhow!("too long"))
 }
 
 /// `paystream_jobs::payment::Payment` -> `Payment`.

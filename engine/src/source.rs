@@ -633,6 +633,10 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
                         }
                     }
                     ReadStatus::More => {}
+                    ReadStatus::Failed(message) => {
+                        metrics.fail(format!("source {source_name}: {message}"));
+                        part.done = true;
+                    }
                 }
             }
             metrics.add_events_read(read);

@@ -22,6 +22,9 @@ pub enum ReadStatus {
     Idle,
     /// The partition is exhausted.
     Done,
+    /// The partition cannot go on (a broker that stayed away past its reconnect limit): the job
+    /// fails with this message (exit 1) and can be restored from its last checkpoint.
+    Failed(String),
 }
 
 /// Where a partition's next read starts: a byte offset and line number in a file, or the next

@@ -1,0 +1,278 @@
+//! The Kafka source: one split per partition, read by a consumer assigned to it (no consumer
+//! group: the checkpoint holds the offsets).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail};
+use paystream_engine::connector::{Decode, PayloadSource, SourceConnector, SourceWaker, SplitReader};
+use paystream_engine::decode::{LineDecoder, DEFAULT_MAX_RECORD_BYTES};
+use paystream_engine::source::{Position, ReadStatus};
+use paystream_engine::{Format, Result};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+use crate::common::{partitions, Health, KafkaUri};
+
+/// The `kafka:` source connector.
+pub struct KafkaSource;
+
+/// Where a run without a checkpoint starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Start {
+    Earliest,
+    Latest,
+}
+
+/// `Position::offset` of a split that starts at the partition's end and has read nothing yet.
+const AT_LATEST: u64 = u64::MAX;
+
+#[derive(Debug)]
+struct Topic {
+    source: String,
+    uri: KafkaUri,
+    partitions: u32,
+    format: Format,
+    start: Start,
+    bounded: bool,
+    max_record_bytes: usize,
+    reconnect_timeout: Duration,
+}
+
+impl SourceConnector for KafkaSource {
+    fn scheme(&self) -> &'static str {
+        "kafka"
+    }
+    fn usage(&self) -> &'static str {
+        "kafka://HOST:PORT[,HOST:PORT]/TOPIC (a partition per split; ?format=jsonl|csv, start=earliest|latest, bounded=true, \
+         connect_timeout=10s, reconnect_timeout=60s, max_record_bytes=N)"
+    }
+    fn open(&self, source: &str, uri: &str) -> Result<Arc<dyn PayloadSource>> {
+        let what = format!("source {source}={uri}");
+        let mut parsed = KafkaUri::parse(&what, uri)?;
+        let o = &mut parsed.options;
+        let format = Format::from_name(&o.text("format").unwrap_or_else(|| "jsonl".into())).map_err(|e| anyhow!("{what}: {e}"))?;
+        let start = match o.text("start").as_deref() {
+            None | Some("earliest") => Start::Earliest,
+            Some("latest") => Start::Latest,
+            Some(other) => bail!("{what}: start={other:?}: use start=earliest or start=latest"),
+        };
+        let bounded = o.get("bounded", false)?;
+        let max_record_bytes = o.get("max_record_bytes", DEFAULT_MAX_RECORD_BYTES)?;
+        let connect_timeout = o.duration("connect_timeout", Duration::from_secs(10))?;
+        let reconnect_timeout = o.duration("reconnect_timeout", Duration::from_secs(60))?;
+        o.finish()?;
+        let partitions = match partitions(&what, &parsed, connect_timeout)? {
+            Some(n) if n > 0 => n,
+            _ => bail!("{what}: topic {:?} does not exist at {}; create it first", parsed.topic, parsed.brokers),
+        };
+        Ok(Arc::new(Topic {
+            source: source.to_string(),
+            uri: parsed,
+            partitions,
+            format,
+            start,
+            bounded,
+            max_record_bytes,
+            reconnect_timeout,
+        }))
+    }
+}
+
+impl PayloadSource for Topic {
+    fn splits(&self) -> Result<u64> {
+        Ok(self.partitions as u64)
+    }
+    fn open_split(&self, split: u64) -> Result<Box<dyn SplitReader>> {
+        let origin = format!("kafka topic {} partition {split}", self.uri.topic);
+        Ok(Box::new(PartitionReader {
+            topic: self.uri.topic.clone(),
+            brokers: self.uri.brokers.clone(),
+            partition: split as i32,
+            config: self.uri.client_config(),
+            consumer: None,
+            health: Health::default(),
+            next: match self.start {
+                Start::Earliest => 0,
+                Start::Latest => AT_LATEST,
+            },
+            bounded: self.bounded,
+            end: None,
+            lines: LineDecoder::new(&self.source, origin, self.format).with_max_record_bytes(self.max_record_bytes),
+            waker: None,
+            reconnect_timeout: self.reconnect_timeout,
+            high: None,
+        }))
+    }
+}
+
+/// Reads one partition. `Position::offset` is the next offset to read ([`AT_LATEST`] before a
+/// `start=latest` split read anything); with `bounded=true`, `Position::line` is the end offset
+/// plus one once known (0 before), so a restore ends where the first run would have.
+struct PartitionReader {
+    topic: String,
+    brokers: String,
+    partition: i32,
+    config: rdkafka::config::ClientConfig,
+    consumer: Option<BaseConsumer<Health>>,
+    health: Health,
+    next: u64,
+    bounded: bool,
+    /// The end of a bounded read: offsets below it are read.
+    end: Option<u64>,
+    lines: LineDecoder,
+    waker: Option<SourceWaker>,
+    reconnect_timeout: Duration,
+    /// The partition's end as the last fetch reported it, for the backlog.
+    high: Option<u64>,
+}
+
+impl PartitionReader {
+    fn consumer(&mut self) -> std::result::Result<&BaseConsumer<Health>, String> {
+        if self.consumer.is_none() {
+            let mut consumer: BaseConsumer<Health> = self
+                .config
+                .clone()
+                // Offsets are the checkpoint's; the group only names the client in broker logs.
+                .set("group.id", format!("paystream-{}", self.topic))
+                .set("enable.auto.commit", "false")
+                .set("enable.auto.offset.store", "false")
+                .set("enable.partition.eof", "true")
+                .set("isolation.level", "read_committed")
+                // An offset the broker no longer has (retention) restarts at the oldest one kept.
+                .set("auto.offset.reset", "earliest")
+                .create_with_context(self.health.clone())
+                .map_err(|e| format!("cannot create a Kafka consumer: {e}"))?;
+            if let Some(waker) = &self.waker {
+                let w = waker.clone();
+                consumer.set_nonempty_callback(move || w.wake());
+                self.health.set_waker(waker.clone());
+            }
+            let offset = if self.next == AT_LATEST { Offset::End } else { Offset::Offset(self.next as i64) };
+            let mut assignment = TopicPartitionList::new();
+            assignment
+                .add_partition_offset(&self.topic, self.partition, offset)
+                .map_err(|e| format!("cannot assign partition {}: {e}", self.partition))?;
+            consumer.assign(&assignment).map_err(|e| format!("cannot assign partition {}: {e}", self.partition))?;
+            self.consumer = Some(consumer);
+        }
+        Ok(self.consumer.as_ref().expect("just created"))
+    }
+
+    fn reached_end(&self) -> bool {
+        matches!(self.end, Some(end) if self.next != AT_LATEST && self.next >= end)
+    }
+}
+
+impl SplitReader for PartitionReader {
+    fn read(&mut self, max: usize, decode: &mut dyn Decode) -> ReadStatus {
+        if self.reached_end() {
+            return ReadStatus::Done;
+        }
+        if let Err(e) = self.consumer() {
+            return ReadStatus::Failed(format!("kafka topic {} partition {}: {e}", self.topic, self.partition));
+        }
+        let mut n = 0;
+        while n < max {
+            let consumer = self.consumer.as_ref().expect("created above");
+            let event = match consumer.poll(Duration::ZERO) {
+                None => break,
+                Some(event) => event,
+            };
+            match event {
+                Ok(message) => {
+                    self.health.up();
+                    let offset = message.offset() as u64;
+                    if self.bounded && self.end.is_none() {
+                        // The first fetch tells where the partition ended when the job started.
+                        self.end = cached_high(consumer, &self.topic, self.partition);
+                    }
+                    if matches!(self.end, Some(end) if offset >= end) {
+                        self.next = offset;
+                        return ReadStatus::Done;
+                    }
+                    decode.message(&mut self.lines, message.payload().unwrap_or_default(), offset + 1);
+                    self.next = offset + 1;
+                    n += 1;
+                }
+                Err(KafkaError::PartitionEOF(_)) => {
+                    self.health.up();
+                    let high = cached_high(consumer, &self.topic, self.partition);
+                    self.high = high.or(self.high);
+                    if self.next == AT_LATEST {
+                        if let Some(h) = high {
+                            self.next = h;
+                        }
+                    }
+                    if self.bounded {
+                        if self.end.is_none() {
+                            self.end = high.or(Some(self.next.min(AT_LATEST - 1)));
+                        }
+                        // Everything up to the partition's end at this fetch was delivered.
+                        if matches!((self.end, high), (Some(end), Some(h)) if h >= end) {
+                            return ReadStatus::Done;
+                        }
+                    }
+                }
+                Err(e) => {
+                    // Fetch errors are retried by librdkafka; keep the last for a failure message.
+                    tracing::debug!("kafka topic {} partition {}: {e}", self.topic, self.partition);
+                    if let Ok(mut s) = self.health.0.lock() {
+                        s.last_error = Some(e.to_string());
+                    }
+                }
+            }
+        }
+        if let Some(message) = self.health.failed(self.reconnect_timeout, &self.brokers) {
+            return ReadStatus::Failed(format!("kafka topic {} partition {}: {message}", self.topic, self.partition));
+        }
+        if self.reached_end() {
+            ReadStatus::Done
+        } else if n == 0 {
+            ReadStatus::Idle
+        } else {
+            ReadStatus::More
+        }
+    }
+
+    fn position(&self) -> Position {
+        Position { offset: self.next, line: if self.bounded { self.end.map_or(0, |e| e + 1) } else { 0 } }
+    }
+
+    fn seek(&mut self, position: &Position) -> Result<()> {
+        if self.consumer.is_some() {
+            bail!("kafka topic {} partition {}: seek after reading started", self.topic, self.partition);
+        }
+        self.next = position.offset;
+        if self.bounded && position.line > 0 {
+            self.end = Some(position.line - 1);
+        }
+        Ok(())
+    }
+
+    fn set_waker(&mut self, waker: SourceWaker) -> bool {
+        self.waker = Some(waker);
+        true
+    }
+
+    fn backlog(&self) -> Option<u64> {
+        let high = self.end.or(self.high)?;
+        (self.next != AT_LATEST).then(|| high.saturating_sub(self.next))
+    }
+}
+
+/// The partition's end (read-committed: the last stable offset) as the last fetch response
+/// reported it. Read from the fetch, not from a ListOffsets request: Tansu 0.6, the broker CI
+/// runs, answers ListOffsets(latest) with the last batch's base offset + 1 instead of the end.
+fn cached_high(consumer: &BaseConsumer<Health>, topic: &str, partition: i32) -> Option<u64> {
+    let topic = std::ffi::CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the client pointer lives as long as `consumer`; the call only copies the
+    // partition's cached offsets into the two locals.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(consumer.client().native_ptr(), topic.as_ptr(), partition, &mut low, &mut high)
+    };
+    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high as u64)
+}
