@@ -1,7 +1,7 @@
 //! Fault injection for recovery tests: `PAYSTREAM_CRASH_AT=POINT[:N]` aborts the process (as a
 //! `kill -9` would) the N-th time (default 1st) execution reaches the named point. Points:
 //! `part:before-write`, `manifest:before-write`, `manifest:after-write`, `sink:before-stage`,
-//! `sink:before-publish`. Unset, it costs one relaxed atomic load per point.
+//! `sink:before-publish`, and connectors' own (`kafka:before-commit`). Unset, it costs one relaxed atomic load per point.
 //!
 //! `PAYSTREAM_SLOW_SINK=MICROS` slows every sink writer down (see [`slow_sink`]).
 

@@ -74,6 +74,8 @@ pub(crate) struct HealthState {
     pub last_error: Option<String>,
     /// The first message a producer could not deliver.
     pub delivery_error: Option<String>,
+    /// Per partition, the offset after the last message a producer delivered.
+    pub delivered: std::collections::BTreeMap<i32, i64>,
     pub waker: Option<SourceWaker>,
 }
 
@@ -155,9 +157,16 @@ impl ConsumerContext for Health {}
 impl ProducerContext for Health {
     type DeliveryOpaque = ();
     fn delivery(&self, result: &rdkafka::message::DeliveryResult<'_>, _opaque: Self::DeliveryOpaque) {
-        if let Err((e, _)) = result {
-            let mut s = self.state();
-            s.delivery_error.get_or_insert_with(|| e.to_string());
+        use rdkafka::message::Message;
+        let mut s = self.state();
+        match result {
+            Err((e, _)) => {
+                s.delivery_error.get_or_insert_with(|| e.to_string());
+            }
+            Ok(m) => {
+                let end = s.delivered.entry(m.partition()).or_insert(0);
+                *end = (*end).max(m.offset() + 1);
+            }
         }
     }
 }

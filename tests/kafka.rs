@@ -1,0 +1,491 @@
+//! The `kafka://` connectors against a real Kafka-protocol broker (Tansu in CI: see `.ci/run`).
+//!
+//! The broker is `PAYSTREAM_KAFKA` (default `127.0.0.1:9092`). Without one, these tests print a
+//! loud SKIP and pass, except under `CI=true`, where they fail. The outage test starts its own
+//! broker from `PAYSTREAM_TANSU` (the Tansu binary `.ci/run` installs) behind a proxy it can cut.
+//!
+//! `PAYSTREAM_KAFKA_KILLS` sets how many `kill -9`s the exactly-once test makes (default 10).
+
+#[macro_use]
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::Child;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::*;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+const WINDOWS_HEADER: &str =
+    "window_start_ms,window_end_ms,merchant_id,count,sum_amount_cents,approved_count,approval_rate,max_amount_cents,p99_amount_cents";
+
+/// The broker's address, or `None` (after a loud message) when none answers outside CI.
+fn broker(test: &str) -> Option<String> {
+    let address = std::env::var("PAYSTREAM_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    if TcpStream::connect_timeout(&address.parse().expect("PAYSTREAM_KAFKA is HOST:PORT"), Duration::from_secs(2)).is_ok() {
+        return Some(address);
+    }
+    let message = format!("no Kafka broker answers at {address} (set PAYSTREAM_KAFKA, or run .ci/run, which starts one)");
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{test}: {message}");
+    }
+    eprintln!("\n*** SKIPPED {test}: {message} ***\n");
+    None
+}
+
+/// A topic name no other run uses.
+fn topic(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("t-{tag}-{}-{nanos}", std::process::id())
+}
+
+/// Every committed message of `topic`, read with `isolation.level=read_committed`.
+fn read_topic(broker: &str, topic: &str) -> Vec<String> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .set("group.id", "paystream-test-reader")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    let partitions = metadata.topics()[0].partitions().len() as i32;
+    assert!(partitions > 0, "topic {topic} has no partitions");
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..partitions {
+        assignment.add_partition_offset(topic, p, Offset::Beginning).expect("assign");
+    }
+    consumer.assign(&assignment).expect("assign");
+    let mut ended = std::collections::BTreeSet::new();
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ended.len() < partitions as usize {
+        assert!(Instant::now() < deadline, "reading {topic}: partitions {ended:?} of {partitions} ended after 30 s");
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Ok(m)) => lines.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned()),
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                ended.insert(p);
+            }
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+        }
+    }
+    lines
+}
+
+/// Produces `payloads` to one partition of `topic` (which exists).
+fn produce(broker: &str, topic: &str, partition: i32, payloads: &[&str]) {
+    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", broker).create().expect("producer");
+    for p in payloads {
+        producer.send(BaseRecord::<(), str>::to(topic).partition(partition).payload(p)).expect("send");
+    }
+    producer.flush(Duration::from_secs(10)).expect("flush");
+}
+
+/// Loads the generated payments `generator` (`count=N,...`) into a new topic of 4 partitions.
+fn load_payments(dir: &TempDir, broker: &str, topic: &str, generator: &str) {
+    run(
+        "load",
+        args![
+            "run",
+            "generate-payments",
+            "-q",
+            "--source",
+            format!("payments=gen:{generator}"),
+            "--sink",
+            format!("payments=kafka://{broker}/{topic}?partitions=4"),
+        ],
+        dir.path(),
+    )
+    .assert_success();
+}
+
+/// The windows of the generated payments `generator`, computed without a broker.
+fn reference_windows(dir: &TempDir, generator: &str) -> Vec<String> {
+    let out = dir.join("reference.csv");
+    run(
+        "reference",
+        args![
+            "run",
+            "throughput-windows",
+            "-q",
+            "--source",
+            format!("payments=gen:{generator}"),
+            "--sink",
+            format!("windows={}", file_uri(&out))
+        ],
+        dir.path(),
+    )
+    .assert_success();
+    let mut lines = data_lines(&out, WINDOWS_HEADER);
+    lines.sort();
+    lines
+}
+
+#[test]
+fn bounded_kafka_source_gives_the_windows_of_the_same_payments_from_a_file() {
+    let Some(broker) = broker("bounded_kafka_source_gives_the_windows_of_the_same_payments_from_a_file") else { return };
+    let dir = TempDir::new("kafka-bounded");
+    let input = topic("bounded");
+    load_payments(&dir, &broker, &input, "count=8000");
+    // Two undecodable messages, for dead letters.
+    produce(&broker, &input, 2, &["{\"ts_ms\": \"soon\"}", "not json"]);
+    let expected = reference_windows(&dir, "count=8000");
+    assert!(expected.len() > 100, "the reference has windows: {}", expected.len());
+    for workers in ["1", "2"] {
+        let out = dir.join(&format!("kafka-{workers}.csv"));
+        let dead = dir.join(&format!("dead-{workers}.csv"));
+        let run = run(
+            "kafka",
+            args![
+                "run",
+                "throughput-windows",
+                "-w",
+                workers,
+                "--source",
+                format!("payments=kafka://{broker}/{input}?bounded=true"),
+                "--sink",
+                format!("windows={}", file_uri(&out)),
+                "--sink",
+                format!("dead_letters={}", file_uri(&dead)),
+            ],
+            dir.path(),
+        );
+        run.assert_success();
+        let mut actual = data_lines(&out, WINDOWS_HEADER);
+        actual.sort();
+        assert_same(&format!("windows from kafka, {workers} worker(s)"), &expected, &actual);
+        let dead = read(&dead);
+        assert_eq!(dead.lines().count(), 3, "two dead letters and the header:\n{dead}");
+        assert!(dead.contains(&format!("kafka topic {input} partition 2")), "dead letters name topic and partition:\n{dead}");
+    }
+}
+
+#[test]
+fn a_broker_that_does_not_answer_is_a_clear_error() {
+    // Port 1 on loopback: nothing listens there.
+    let dir = TempDir::new("kafka-down");
+    let started = Instant::now();
+    let out = run(
+        "no broker",
+        args!["run", "throughput-windows", "--source", "payments=kafka://127.0.0.1:1/payments?connect_timeout=2s"],
+        dir.path(),
+    );
+    assert!(matches!(out.code, Some(c) if c != 0), "a failed start: {out:?}");
+    assert!(out.stderr.contains("no Kafka broker at 127.0.0.1:1 answered"), "the error names the address:\n{}", out.stderr);
+    assert!(started.elapsed() < Duration::from_secs(20), "the error came after {:?}", started.elapsed());
+}
+
+/// xorshift64*, seeded: the same kill moments on every run.
+struct Moments(u64);
+
+impl Moments {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+}
+
+fn has_checkpoint(chk: &Path) -> bool {
+    std::fs::read_dir(chk).map(|d| d.filter_map(|e| e.ok()).any(|e| e.path().join("MANIFEST").is_file())).unwrap_or(false)
+}
+
+fn kill_after(mut running: Running, after: Duration) -> Outcome {
+    let deadline = Instant::now() + after;
+    while Instant::now() < deadline {
+        if running.child.try_wait().expect("wait").is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    running.child.kill().ok();
+    wait_all(vec![running]).pop().expect("one outcome")
+}
+
+#[test]
+fn kafka_to_kafka_is_exactly_once_after_kill_9_and_restores_at_other_worker_counts() {
+    let Some(broker) = broker("kafka_to_kafka_is_exactly_once_after_kill_9_and_restores_at_other_worker_counts") else { return };
+    let kills: usize = std::env::var("PAYSTREAM_KAFKA_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+    let dir = TempDir::new("kafka-kill");
+    // 200 s of event time read in 10 s (--rate 4000): a window closes about every half second,
+    // so most epochs have output, and crashes meet transactions with lines in them.
+    let generator = "count=40000,events_per_sec=200";
+    let input = topic("kill-in");
+    let output = topic("kill-out");
+    load_payments(&dir, &broker, &input, generator);
+    let expected = reference_windows(&dir, generator);
+    let chk = dir.join("chk");
+    let job = |workers: u64, rate: bool, restore: bool| {
+        let mut a = args![
+            "run",
+            "throughput-windows",
+            "-q",
+            "-w",
+            workers,
+            "--source",
+            format!("payments=kafka://{broker}/{input}?bounded=true"),
+            "--sink",
+            format!("windows=kafka://{broker}/{output}?format=csv&key=merchant_id&partitions=2"),
+            "--sink",
+            format!("late_payments={}", file_uri(&dir.join("late.csv"))),
+            "--checkpoint-dir",
+            chk.display(),
+            "--checkpoint-interval",
+            "100ms"
+        ];
+        if rate {
+            a.extend(args!["--rate", "4000"]);
+        }
+        if restore {
+            a.extend(args!["--restore", "latest"]);
+        }
+        a
+    };
+    let mut rng = Moments(0x006b_6166_6b61);
+    let (mut crashed, mut restored, mut finished) = (0, 0, false);
+    for i in 0..kills {
+        let workers = 1 + rng.below(2);
+        let restore = has_checkpoint(&chk);
+        if !restore {
+            std::fs::remove_dir_all(&chk).ok();
+        }
+        restored += usize::from(restore);
+        // A third of the crashes come inside the sink's transaction (lines produced, not
+        // committed), a third between a checkpoint's pre-commit and its commit, the rest at a
+        // random moment.
+        let (what, env) = match i % 3 {
+            1 => ("inside a transaction", Some(format!("kafka:before-commit:{}", 1 + rng.below(4)))),
+            2 => ("between pre-commit and commit", Some(format!("sink:before-publish:{}", 1 + rng.below(6)))),
+            _ => ("at a random moment", None),
+        };
+        let env: Vec<(&str, &str)> = env.as_deref().map(|v| ("PAYSTREAM_CRASH_AT", v)).into_iter().collect();
+        let running = spawn_env("crashing run", job(workers, true, restore), dir.path(), &env);
+        let outcome = kill_after(running, Duration::from_millis(300 + rng.below(1500)));
+        eprintln!("run {i} ({workers} worker(s), restored: {restore}): crash {what}: exit {:?}", outcome.code);
+        if outcome.code == Some(0) {
+            finished = true;
+            break;
+        }
+        crashed += 1;
+    }
+    if !finished {
+        let workers = 1 + rng.below(2);
+        let restore = has_checkpoint(&chk);
+        run("last run", job(workers, false, restore), dir.path()).assert_success();
+    }
+    assert!(crashed >= kills.min(5), "only {crashed} of {kills} runs crashed before the input ended: the test tests too little");
+    assert!(restored >= crashed.min(4) - 1, "only {restored} restores from a checkpoint");
+    let mut actual = read_topic(&broker, &output);
+    actual.sort();
+    assert_same("windows read back with read_committed after the crashes", &expected, &actual);
+}
+
+/// A TCP proxy the test can cut: every connection is dropped and new ones are refused while it
+/// is stopped.
+struct Proxy {
+    port: u16,
+    target: u16,
+    connections: Arc<Mutex<Vec<TcpStream>>>,
+    running: Arc<std::sync::atomic::AtomicBool>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl Proxy {
+    fn new(port: u16, target: u16) -> Proxy {
+        let mut p = Proxy {
+            port,
+            target,
+            connections: Default::default(),
+            running: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            acceptor: None,
+        };
+        p.start();
+        p
+    }
+
+    fn start(&mut self) {
+        use std::sync::atomic::Ordering;
+        let listener = {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                match TcpListener::bind(("127.0.0.1", self.port)) {
+                    Ok(l) => break l,
+                    Err(e) if Instant::now() < deadline => {
+                        eprintln!("proxy: {e}; retrying");
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    Err(e) => panic!("proxy cannot listen on {}: {e}", self.port),
+                }
+            }
+        };
+        listener.set_nonblocking(true).expect("nonblocking");
+        self.running.store(true, Ordering::SeqCst);
+        let (running, connections, target) = (self.running.clone(), self.connections.clone(), self.target);
+        self.acceptor = Some(std::thread::spawn(move || {
+            while running.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        client.set_nonblocking(false).ok();
+                        let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else { continue };
+                        let mut list = connections.lock().expect("lock");
+                        for (mut from, mut to) in [
+                            (client.try_clone().expect("clone"), server.try_clone().expect("clone")),
+                            (server.try_clone().expect("clone"), client.try_clone().expect("clone")),
+                        ] {
+                            std::thread::spawn(move || {
+                                let mut buf = [0u8; 64 * 1024];
+                                while let Ok(n) = from.read(&mut buf) {
+                                    if n == 0 || to.write_all(&buf[..n]).is_err() {
+                                        break;
+                                    }
+                                }
+                                from.shutdown(std::net::Shutdown::Both).ok();
+                                to.shutdown(std::net::Shutdown::Both).ok();
+                            });
+                        }
+                        list.push(client);
+                        list.push(server);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        }));
+    }
+
+    fn stop(&mut self) {
+        self.running.store(false, std::sync::atomic::Ordering::SeqCst);
+        if let Some(a) = self.acceptor.take() {
+            a.join().ok();
+        }
+        for c in self.connections.lock().expect("lock").drain(..) {
+            c.shutdown(std::net::Shutdown::Both).ok();
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A Tansu broker of the test's own, on a free port, advertised at `advertised`.
+struct OwnBroker(Child);
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        self.0.kill().ok();
+        self.0.wait().ok();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port()
+}
+
+#[test]
+fn a_broker_away_for_seconds_is_reconnected_and_one_away_too_long_fails_the_job_which_restores() {
+    let test = "a_broker_away_for_seconds_is_reconnected_and_one_away_too_long_fails_the_job_which_restores";
+    let Ok(tansu) = std::env::var("PAYSTREAM_TANSU") else {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{test}: PAYSTREAM_TANSU (the Tansu broker binary) is not set");
+        }
+        eprintln!("\n*** SKIPPED {test}: set PAYSTREAM_TANSU to a Tansu binary (.ci/run installs one) ***\n");
+        return;
+    };
+    let (broker_port, proxy_port) = (free_port(), free_port());
+    // The broker advertises the proxy, so every client connection goes through it.
+    let _broker = OwnBroker(
+        std::process::Command::new(&tansu)
+            .args([
+                "broker",
+                "--listener-url",
+                &format!("tcp://127.0.0.1:{broker_port}"),
+                "--advertised-listener-url",
+                &format!("tcp://127.0.0.1:{proxy_port}"),
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start tansu"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", broker_port)).is_err() {
+        assert!(Instant::now() < deadline, "tansu did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut proxy = Proxy::new(proxy_port, broker_port);
+    let broker = format!("127.0.0.1:{proxy_port}");
+    let dir = TempDir::new("kafka-outage");
+    let generator = "count=12000,events_per_sec=500";
+    let (input, output) = (topic("outage-in"), topic("outage-out"));
+    load_payments(&dir, &broker, &input, generator);
+    let expected = reference_windows(&dir, generator);
+    let chk = dir.join("chk");
+    let job = |reconnect: &str, restore: bool| {
+        let mut a = args![
+            "run",
+            "throughput-windows",
+            "-q",
+            "--source",
+            format!("payments=kafka://{broker}/{input}?bounded=true&reconnect_timeout={reconnect}"),
+            "--sink",
+            format!("windows=kafka://{broker}/{output}?format=csv&reconnect_timeout={reconnect}"),
+            "--checkpoint-dir",
+            chk.display(),
+            "--checkpoint-interval",
+            "200ms",
+            "--rate",
+            "2000"
+        ];
+        if restore {
+            a.extend(args!["--restore", "latest"]);
+        }
+        a
+    };
+
+    // Away for 3 s of a 6 s run: the job goes on.
+    let running = spawn("outage", job("60s", false), dir.path());
+    std::thread::sleep(Duration::from_millis(1500));
+    proxy.stop();
+    std::thread::sleep(Duration::from_secs(3));
+    proxy.start();
+    let first = wait_all(vec![running]).pop().expect("outcome");
+    first.assert_success();
+    let mut actual = read_topic(&broker, &output);
+    actual.sort();
+    assert_same("windows after a 3 s outage", &expected, &actual);
+
+    // Away past reconnect_timeout: exit 1 with the reason; a restore finishes exactly-once.
+    let output2 = topic("outage-out2");
+    let job2 = |restore: bool| {
+        job("2s", restore).into_iter().map(|a| a.replace(&format!("/{output}?"), &format!("/{output2}?"))).collect::<Vec<String>>()
+    };
+    std::fs::remove_dir_all(&chk).ok();
+    let running = spawn("too long", job2(false), dir.path());
+    std::thread::sleep(Duration::from_millis(1500));
+    proxy.stop();
+    let failed = wait_all(vec![running]).pop().expect("outcome");
+    assert_eq!(failed.code, Some(1), "a broker away past reconnect_timeout fails the job: {failed:?}");
+    assert!(failed.stderr.contains("reconnect_timeout=2s"), "the error says why:\n{}", failed.stderr);
+    proxy.start();
+    assert!(has_checkpoint(&chk), "a checkpoint to restore");
+    run("restore", job2(true), dir.path()).assert_success();
+    let mut actual = read_topic(&broker, &output2);
+    actual.sort();
+    assert_same("windows after a failure and a restore", &expected, &actual);
+}
