@@ -186,6 +186,15 @@ impl<T: Data + CsvRecord> Partition<T> for DecodingPartition<T> {
     fn on_checkpoint_complete(&mut self, epoch: u64) {
         self.reader.on_checkpoint_complete(epoch)
     }
+    fn on_checkpoint(&mut self, epoch: u64) {
+        self.reader.on_checkpoint(epoch)
+    }
+    fn set_checkpointed(&mut self, checkpointed: bool) {
+        self.reader.set_checkpointed(checkpointed)
+    }
+    fn take_error(&mut self) -> Option<anyhow::Error> {
+        self.reader.take_error()
+    }
     fn backlog(&self) -> Option<u64> {
         self.reader.backlog()
     }
@@ -382,8 +391,10 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
             let _ = sync.activate();
         }))
     };
+    let checkpointed = ctx.checkpoint.is_some() && !ctx.dry_run;
     for part in parts.iter_mut() {
         part.wakes = part.reader.set_waker(waker.clone());
+        part.reader.set_checkpointed(checkpointed);
     }
     let commit = ctx.commit.clone().filter(|_| ctx.checkpoint.is_some());
     // Each split's position (and backlog, where known) reaches the metrics about once a second.
@@ -476,6 +487,9 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
                         // Without it the last checkpoint never completes and the sinks would wait.
                         metrics.fail(format!("source {}: cannot write its final checkpoint part: {e:#}", participant.file_name()));
                     }
+                    for part in parts.iter_mut() {
+                        part.reader.on_checkpoint(epoch);
+                    }
                 }
                 return;
             };
@@ -491,6 +505,9 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
                     match checkpoint::encode(&snaps).and_then(|bytes| checkpoint::write_part(&c.dir, epoch, &participant, &bytes)) {
                         Ok(()) => {
                             part_failures = 0;
+                            for part in parts.iter_mut() {
+                                part.reader.on_checkpoint(epoch);
+                            }
                             epoch += 1;
                             let wm = records_cap.time().wm;
                             records_cap.downgrade(&Time::new(epoch, wm));
@@ -552,6 +569,11 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
                 asked += max;
                 let from = on_time.len();
                 let status = part.reader.read(max, &mut on_time, &mut dead_letters);
+                if let Some(e) = part.reader.take_error() {
+                    // Halts the job: the next activation stops reading and writes no final part.
+                    metrics.fail(format!("source {source_name}: split {}: {e:#}", part.index));
+                    activator.activate();
+                }
                 let got = on_time.len() - from;
                 budget = budget.saturating_sub(got);
                 if got > 0 {
