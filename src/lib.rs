@@ -25,11 +25,14 @@ pub use paystream_engine::testing as local;
 pub use paystream_jobs as jobs;
 pub use paystream_operators as operators;
 
-/// The connectors the `paystream` binary has: `file:` and `stdout:`, and `gen:` for the payment
-/// event types. Add your own with `.source(...)`/`.sink(...)` and pass them to
-/// [`cli::main_with`].
+/// The connectors the `paystream` binary has: `file:` and `stdout:`, `gen:` for the payment
+/// event types, and `rabbitmq://` (with the `rabbitmq` feature, on by default). Add your own with
+/// `.source(...)`/`.sink(...)` and pass them to [`cli::main_with`].
 pub fn connectors() -> paystream_engine::Connectors {
-    paystream_jobs::connectors()
+    let connectors = paystream_jobs::connectors();
+    #[cfg(feature = "rabbitmq")]
+    let connectors = paystream_rabbitmq::register(connectors);
+    connectors
 }
 
 /// Everything a job needs, in one import.
