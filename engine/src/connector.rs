@@ -164,6 +164,13 @@ pub trait SplitReader: 'static {
     }
     /// Checkpoint `epoch` is complete: every position reported up to it is durable.
     fn on_checkpoint_complete(&mut self, _epoch: u64) {}
+    /// Its position for checkpoint `epoch` was just taken (the part is written): what it read up
+    /// to now is what [`on_checkpoint_complete`](Self::on_checkpoint_complete) for `epoch` covers.
+    fn on_checkpoint(&mut self, _epoch: u64) {}
+    /// Whether the run checkpoints, told once before the first read: a broker source that
+    /// acknowledges messages when a checkpoint covers them must acknowledge them on read when
+    /// no checkpoint ever will.
+    fn set_checkpointed(&mut self, _checkpointed: bool) {}
     /// How much is known to wait behind the position (messages or bytes), for metrics.
     fn backlog(&self) -> Option<u64> {
         None

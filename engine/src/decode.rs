@@ -256,13 +256,20 @@ impl LineDecoder {
     {
         // Numbered as given; a CSV header is recognised only as the first message (number 1).
         self.line_no = number.saturating_sub(1);
-        if payload.len() > self.max_record_bytes {
+        let dead_before = dead.len();
+        let produced = if payload.len() > self.max_record_bytes {
             let letter = self.oversize_letter(payload.len() as u64, payload);
             dead.push(letter);
             self.offset += payload.len() as u64;
-            return 0;
+            0
+        } else {
+            self.decode_line(payload, payload.len(), out, dead)
+        };
+        // Exactly the number given, 0 included (a stream's first offset).
+        for letter in &mut dead[dead_before..] {
+            letter.line = number;
         }
-        self.decode_line(payload, payload.len(), out, dead)
+        produced
     }
 
     /// Decodes one line (its bytes, the line break excluded; `consumed` bytes of input with it)
@@ -455,6 +462,9 @@ mod tests {
         let (mut rows, mut dead) = (Vec::<Row>::new(), Vec::new());
         decoder.decode_message(long.as_bytes(), 7, &mut rows, &mut dead);
         assert!(rows.is_empty() && dead[0].line == 7 && dead[0].reason.starts_with("record of 42 bytes"), "{dead:?}");
+        // A stream's first message is offset 0, and its dead letter says so.
+        decoder.decode_message(b"x,y", 0, &mut rows, &mut dead);
+        assert!(rows.is_empty() && dead[1].line == 0, "{dead:?}");
     }
 
     #[test]

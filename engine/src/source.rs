@@ -186,6 +186,12 @@ impl<T: Data + CsvRecord> Partition<T> for DecodingPartition<T> {
     fn on_checkpoint_complete(&mut self, epoch: u64) {
         self.reader.on_checkpoint_complete(epoch)
     }
+    fn on_checkpoint(&mut self, epoch: u64) {
+        self.reader.on_checkpoint(epoch)
+    }
+    fn set_checkpointed(&mut self, checkpointed: bool) {
+        self.reader.set_checkpointed(checkpointed)
+    }
     fn backlog(&self) -> Option<u64> {
         self.reader.backlog()
     }
@@ -382,8 +388,10 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
             let _ = sync.activate();
         }))
     };
+    let checkpointed = ctx.checkpoint.is_some() && !ctx.dry_run;
     for part in parts.iter_mut() {
         part.wakes = part.reader.set_waker(waker.clone());
+        part.reader.set_checkpointed(checkpointed);
     }
     let commit = ctx.commit.clone().filter(|_| ctx.checkpoint.is_some());
     // Each split's position (and backlog, where known) reaches the metrics about once a second.
@@ -476,6 +484,9 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
                         // Without it the last checkpoint never completes and the sinks would wait.
                         metrics.fail(format!("source {}: cannot write its final checkpoint part: {e:#}", participant.file_name()));
                     }
+                    for part in parts.iter_mut() {
+                        part.reader.on_checkpoint(epoch);
+                    }
                 }
                 return;
             };
@@ -491,6 +502,9 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
                     match checkpoint::encode(&snaps).and_then(|bytes| checkpoint::write_part(&c.dir, epoch, &participant, &bytes)) {
                         Ok(()) => {
                             part_failures = 0;
+                            for part in parts.iter_mut() {
+                                part.reader.on_checkpoint(epoch);
+                            }
                             epoch += 1;
                             let wm = records_cap.time().wm;
                             records_cap.downgrade(&Time::new(epoch, wm));
@@ -634,8 +648,10 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
                     }
                     ReadStatus::More => {}
                     ReadStatus::Failed(message) => {
-                        metrics.fail(format!("source {source_name}: {message}"));
+                        // Halts the job: the next activation stops reading and writes no final part.
+                        metrics.fail(format!("source {source_name}: split {}: {message}", part.index));
                         part.done = true;
+                        activator.activate();
                     }
                 }
             }

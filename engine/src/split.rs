@@ -54,6 +54,12 @@ pub trait Partition<T>: 'static {
     }
     /// Checkpoint `epoch` is complete.
     fn on_checkpoint_complete(&mut self, _epoch: u64) {}
+    /// Its position for checkpoint `epoch` was taken (see
+    /// [`SplitReader::on_checkpoint`](crate::connector::SplitReader::on_checkpoint)).
+    fn on_checkpoint(&mut self, _epoch: u64) {}
+    /// Whether the run checkpoints (see
+    /// [`SplitReader::set_checkpointed`](crate::connector::SplitReader::set_checkpointed)).
+    fn set_checkpointed(&mut self, _checkpointed: bool) {}
     /// How much is known to wait behind the position, for metrics.
     fn backlog(&self) -> Option<u64> {
         None

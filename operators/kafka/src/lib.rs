@@ -10,7 +10,7 @@
 //! the broker may take to answer at start, default 10s) and `reconnect_timeout=DURATION` (how long
 //! the brokers may stay unreachable during a run before the job fails with exit 1, default 60s;
 //! the client reconnects with exponential backoff meanwhile). A message that cannot be decoded goes
-//! to dead letters with origin `kafka topic T partition P` and, as its line, the offset + 1.
+//! to dead letters with origin `kafka topic T partition P` and, as its line, the message's offset.
 //!
 //! **Sink.** `kafka://HOST:PORT/TOPIC?format=csv|jsonl&key=COLUMN&partitions=N`: each worker
 //! writes its own share (a parallel sink). Without checkpoints it is an idempotent producer

@@ -193,7 +193,7 @@ impl SplitReader for PartitionReader {
                         self.next = offset;
                         return ReadStatus::Done;
                     }
-                    decode.message(&mut self.lines, message.payload().unwrap_or_default(), offset + 1);
+                    decode.message(&mut self.lines, message.payload().unwrap_or_default(), offset);
                     self.next = offset + 1;
                     n += 1;
                 }
