@@ -16,6 +16,7 @@ pub fn all_jobs() -> Vec<JobSpec> {
         crate::fraud::SPEC,
         crate::exposure::SPEC,
         crate::generate::SPEC,
+        crate::generate::EVENTS_SPEC,
         crate::nexmark::q0::SPEC,
         crate::nexmark::q1::SPEC,
         crate::nexmark::q2::SPEC,
