@@ -171,6 +171,68 @@ fn bounded_kafka_source_gives_the_windows_of_the_same_payments_from_a_file() {
     }
 }
 
+/// The live pipeline of the README, bounded: `generate-events` loads payments, authorizations
+/// and blocked cards into topics (a sticky partitioner puts blocks of consecutive payments in
+/// each partition, so the partitions are seconds apart in event time), and `fraud-detection`
+/// reading them gives the alerts of the generators. With the sources far apart, flow control
+/// must keep reading the partitions that hold the watermark back, or the job stops.
+#[test]
+fn fraud_detection_from_topics_gives_the_alerts_of_the_generators() {
+    let Some(broker) = broker("fraud_detection_from_topics_gives_the_alerts_of_the_generators") else { return };
+    let dir = TempDir::new("kafka-fraud");
+    let (payments, authorizations, blocked) = (topic("payments"), topic("authorizations"), topic("blocked"));
+    let sources = |uri: &dyn Fn(&str) -> String| {
+        args![
+            "--source",
+            format!("payments={}", uri("payments")),
+            "--source",
+            format!("authorizations={}", uri("authorizations")),
+            "--source",
+            format!("blocked_cards={}", uri("blocked_cards"))
+        ]
+    };
+    let generators = |name: &str| match name {
+        "blocked_cards" => "gen:count=200".to_string(),
+        _ => "gen:count=50000".to_string(),
+    };
+    let topic_of = |name: &str| match name {
+        "payments" => payments.clone(),
+        "authorizations" => authorizations.clone(),
+        _ => blocked.clone(),
+    };
+    let mut load = args!["run", "generate-events", "-q", "--source", "adjustments=gen:count=10"];
+    load.extend(sources(&generators));
+    for name in ["payments", "authorizations", "blocked_cards"] {
+        load.extend(args!["--sink", format!("{name}=kafka://{broker}/{}?partitions=4", topic_of(name))]);
+    }
+    load.extend(args!["--sink", format!("adjustments={}", file_uri(&dir.join("adjustments.csv")))]);
+    run("load", load, dir.path()).assert_success();
+    let alerts = |label: &str, uri: &dyn Fn(&str) -> String| {
+        let out = dir.join(&format!("{label}.csv"));
+        let mut a = args!["run", "fraud-detection", "-q", "--sink", format!("alerts={}", file_uri(&out))];
+        a.extend(sources(uri));
+        run(label, a, dir.path()).assert_success();
+        let mut lines: Vec<String> = read(&out).lines().skip(1).map(String::from).collect();
+        lines.sort();
+        lines
+    };
+    let expected = alerts("generators", &generators);
+    let actual = alerts("topics", &|name| format!("kafka://{broker}/{}?bounded=true", topic_of(name)));
+    assert!(expected.len() > 10, "alerts: {}", expected.len());
+    assert_same("alerts from the topics", &expected, &actual);
+
+    // Live (unbounded) payments beside generators that end at once: the payments' partitions,
+    // seconds apart in event time, must all be read although flow control is full.
+    let mut live = args!["run", "fraud-detection", "--sink", format!("alerts={}", file_uri(&dir.join("live.csv")))];
+    live.extend(sources(&|name| match name {
+        "payments" => format!("kafka://{broker}/{payments}"),
+        other => generators(other),
+    }));
+    let outcome = kill_after(spawn("live", live, dir.path()), Duration::from_secs(8));
+    let last = outcome.stderr.lines().rfind(|l| l.contains("events read")).unwrap_or_default().to_string();
+    assert!(last.contains("100,200 events read"), "every event read within 8 s; the last progress line: {last:?}\n{}", outcome.stderr);
+}
+
 #[test]
 fn a_broker_that_does_not_answer_is_a_clear_error() {
     // Port 1 on loopback: nothing listens there.

@@ -49,17 +49,16 @@ impl FlowControl {
         self.waiting.borrow_mut().push(activator.clone());
     }
 
-    /// Drops the batches that have landed; returns whether a source may read another one now.
-    /// `in_flight` holds, per timestamp sent at, how many records were sent at it.
-    pub(crate) fn may_read(&self, in_flight: &mut std::collections::VecDeque<(Time, usize)>, current: &Time, batch: usize) -> bool {
+    /// Drops the batches that have landed; returns the records still in flight (not counting
+    /// those sent at `current`), or `None` without flow control.
+    pub(crate) fn waiting(&self, in_flight: &mut std::collections::VecDeque<(Time, usize)>, current: &Time) -> Option<usize> {
         if self.max_in_flight == 0 {
             in_flight.clear();
-            return true;
+            return None;
         }
         while in_flight.front().is_some_and(|(t, _)| !self.probe.less_equal(t)) {
             in_flight.pop_front();
         }
-        let waiting: usize = in_flight.iter().filter(|(t, _)| t != current).map(|(_, n)| n).sum();
-        waiting < self.max_in_flight * batch
+        Some(in_flight.iter().filter(|(t, _)| t != current).map(|(_, n)| n).sum())
     }
 }

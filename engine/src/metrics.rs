@@ -16,6 +16,8 @@ use crate::latency::{LatencyClock, Pacing};
 #[derive(Debug)]
 pub struct Metrics {
     events_read: AtomicU64,
+    sink_activity: AtomicU64,
+    sinks_busy: Arc<AtomicU64>,
     /// Each local worker's source watermark (ms), `u64::MAX` once its sources are done.
     watermarks: Vec<AtomicU64>,
     counters: Mutex<BTreeMap<String, u64>>,
@@ -51,6 +53,15 @@ pub enum Halt {
     Cancelled,
 }
 
+/// A sink writing: see [`Metrics::sink_busy`].
+pub struct SinkBusy(Arc<AtomicU64>);
+
+impl Drop for SinkBusy {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A gauge: each local worker's level, and the highest their sum reached.
 #[derive(Debug, Default)]
 struct Gauge {
@@ -72,6 +83,8 @@ impl Metrics {
     pub fn new(workers: usize) -> Self {
         Metrics {
             events_read: AtomicU64::new(0),
+            sink_activity: AtomicU64::new(0),
+            sinks_busy: Arc::default(),
             watermarks: (0..workers).map(|_| AtomicU64::new(0)).collect(),
             counters: Mutex::new(BTreeMap::new()),
             gauges: Mutex::new(BTreeMap::new()),
@@ -107,6 +120,24 @@ impl Metrics {
     /// Events read by this process's sources so far.
     pub fn events_read(&self) -> u64 {
         self.events_read.load(Ordering::Relaxed)
+    }
+    /// A sink of this process received or wrote records (flow control tells a slow sink from a
+    /// stall on the watermark by it).
+    pub fn sink_activity(&self) {
+        self.sink_activity.fetch_add(1, Ordering::Relaxed);
+    }
+    /// How often this process's sinks received or wrote records so far, and `u64::MAX` while
+    /// one is writing (a slow write is activity too).
+    pub fn sink_activity_count(&self) -> u64 {
+        if self.sinks_busy.load(Ordering::Relaxed) > 0 {
+            return u64::MAX;
+        }
+        self.sink_activity.load(Ordering::Relaxed)
+    }
+    /// Marks a sink as writing until the guard drops.
+    pub fn sink_busy(&self) -> SinkBusy {
+        self.sinks_busy.fetch_add(1, Ordering::Relaxed);
+        SinkBusy(self.sinks_busy.clone())
     }
     /// Records a local worker's source watermark.
     pub fn set_watermark(&self, local_worker: usize, watermark: u64) {

@@ -175,6 +175,7 @@ pub(crate) fn build_sink<T: Data + CsvRecord>(
             let frontier = &frontiers[0];
             input.for_each(|cap, data| {
                 let Some(&time) = cap.stamp().iter().next() else { return };
+                driver.metrics.sink_activity();
                 pending.entry(time).or_default().append(data);
             });
             if !is_writer || driver.state != State::Running {
@@ -190,6 +191,7 @@ pub(crate) fn build_sink<T: Data + CsvRecord>(
             }
             // Times the frontier has passed are complete: their lines are final.
             let complete: Vec<Time> = pending.keys().copied().filter(|t| !frontier.less_equal(t)).collect();
+            let _busy = (!complete.is_empty()).then(|| driver.metrics.sink_busy());
             let mut written = 0u64;
             for time in complete {
                 let lines = sorted_lines(pending.remove(&time).unwrap_or_default());
@@ -205,6 +207,7 @@ pub(crate) fn build_sink<T: Data + CsvRecord>(
                 }
             }
             if written > 0 {
+                driver.metrics.sink_activity();
                 driver.metrics.add(&format!("written:{}", driver.name), written);
             }
             let (frontier_epoch, _) = frontier_bounds(frontier.frontier().iter());

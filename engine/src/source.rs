@@ -58,6 +58,10 @@ pub use crate::split::{Partition, Position, ReadStatus};
 /// batches (figures in BENCHMARKS.md, "Figures behind choices in the code").
 pub const BATCH: usize = 2048;
 
+/// How long flow control lets nothing land before it reads the splits that hold the watermark
+/// back (see the source operator).
+const STALL: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Records a source worker reads before it moves its watermark on: this many over all its
 /// partitions, but from each partition at least 256 and at most [`BATCH`] (so 2,048 for one
 /// partition, 4,096 for two, 8,192 for 4 to 32). Unless it has caught up with its input (a paced
@@ -400,6 +404,9 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
     let mut next_split_report = Instant::now();
     let mut notified_commit: Option<u64> = ctx.restore.as_ref().map(|r| r.manifest.epoch);
     let per_partition = (BATCH / parts.len().max(1)).clamp(64, BATCH);
+    // Flow control's stall: since when nothing in flight has landed, how much was waiting, and
+    // the sinks' activity count then.
+    let mut stall: Option<(Instant, usize, u64)> = None;
     let advance_every = (ADVANCE_EVERY / parts.len().max(1)).clamp(256, BATCH) * parts.len().max(1);
     // Checkpointing: each interval, write this worker's positions as its part of the current
     // epoch, then move on to the next epoch.
@@ -526,12 +533,43 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
                     next_tick = Some(Instant::now() + c.interval);
                 }
             }
-            if !flow.may_read(&mut in_flight, records_cap.time(), BATCH) {
-                // Wait for the sinks to take in what was sent: a sink's frontier moving wakes this
-                // source (and a timer, should the wake-up be missed).
-                flow.wait(&activator);
-                activator.activate_after(std::time::Duration::from_millis(5));
-                return;
+            // Flow control: wait while too much is in flight. What is in flight can itself be
+            // waiting for the watermark (a window or join holds it until then), and the watermark
+            // for more input: splits far apart in event time (a topic's partitions filled by a
+            // sticky partitioner), or the one split left, would stop the source for good. So when
+            // nothing has landed and no sink of the process received or wrote anything for STALL
+            // (a slow sink is busy: it is waited for), the splits holding the watermark back are
+            // read (at most a batch), as Flink's watermark alignment reads the sources behind.
+            let mut laggards_only = None;
+            let waiting = flow.waiting(&mut in_flight, records_cap.time());
+            if let Some(waiting) = waiting.filter(|w| *w >= flow.max_in_flight * BATCH) {
+                let now = Instant::now();
+                let activity = metrics.sink_activity_count();
+                let stalled = match stall {
+                    Some((since, before, sinks)) if waiting >= before && sinks == activity && activity != u64::MAX => {
+                        now.duration_since(since) >= STALL
+                    }
+                    _ => {
+                        stall = Some((now, waiting, activity));
+                        false
+                    }
+                };
+                let slowest = parts.iter().filter(|p| !p.done && !p.idle).map(|p| p.watermark).min();
+                match slowest {
+                    Some(slowest) if stalled => {
+                        stall = Some((now, waiting, activity));
+                        laggards_only = Some(slowest);
+                    }
+                    _ => {
+                        // Wait for the sinks to take in what was sent: a sink's frontier moving
+                        // wakes this source (and a timer, should the wake-up be missed).
+                        flow.wait(&activator);
+                        activator.activate_after(std::time::Duration::from_millis(5).min(STALL));
+                        return;
+                    }
+                }
+            } else {
+                stall = None;
             }
             let held = records_cap.time().wm;
             let mut read = 0u64;
@@ -559,7 +597,11 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
             for i in 0..count {
                 let part = &mut parts[(i + rotate) % count];
                 let max = share.min(budget);
-                if part.done || max == 0 {
+                if part.done || max == 0 || laggards_only.is_some_and(|w| part.watermark > w) {
+                    continue;
+                }
+                let max = if laggards_only.is_some() { max.min(BATCH.saturating_sub(asked)) } else { max };
+                if max == 0 {
                     continue;
                 }
                 // Read straight into the batch sent on; event times are filled in below.

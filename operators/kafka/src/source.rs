@@ -92,6 +92,7 @@ impl PayloadSource for Topic {
             brokers: self.uri.brokers.clone(),
             partition: split as i32,
             config: self.uri.client_config(),
+            queue: None,
             consumer: None,
             health: Health::default(),
             next: match self.start {
@@ -112,6 +113,8 @@ impl PayloadSource for Topic {
 /// `start=latest` split read anything); with `bounded=true`, `Position::line` is the end offset
 /// plus one once known (0 before), so a restore ends where the first run would have.
 struct PartitionReader {
+    /// Declared before `consumer`: dropped first.
+    queue: Option<ConsumerQueue>,
     topic: String,
     brokers: String,
     partition: i32,
@@ -156,6 +159,9 @@ impl PartitionReader {
                 .add_partition_offset(&self.topic, self.partition, offset)
                 .map_err(|e| format!("cannot assign partition {}: {e}", self.partition))?;
             consumer.assign(&assignment).map_err(|e| format!("cannot assign partition {}: {e}", self.partition))?;
+            // SAFETY: the handle is released (Drop) before the consumer, declared after it.
+            let queue = unsafe { rdkafka::bindings::rd_kafka_queue_get_consumer(consumer.client().native_ptr()) };
+            self.queue = (!queue.is_null()).then_some(ConsumerQueue(queue));
             self.consumer = Some(consumer);
         }
         Ok(self.consumer.as_ref().expect("just created"))
@@ -175,9 +181,17 @@ impl SplitReader for PartitionReader {
             return ReadStatus::Failed(format!("kafka topic {} partition {}: {e}", self.topic, self.partition));
         }
         let mut n = 0;
+        // rdkafka's poll answers None both for an empty queue and for an event it consumed
+        // itself (statistics): only the first means there is nothing, and the queue's
+        // non-empty callback (the waker) fires only when an empty queue fills.
+        let mut consumed = 0;
         while n < max {
             let consumer = self.consumer.as_ref().expect("created above");
             let event = match consumer.poll(Duration::ZERO) {
+                None if consumed < 64 && self.queue.as_ref().is_some_and(|q| q.len() > 0) => {
+                    consumed += 1;
+                    continue;
+                }
                 None => break,
                 Some(event) => event,
             };
@@ -275,4 +289,21 @@ fn cached_high(consumer: &BaseConsumer<Health>, topic: &str, partition: i32) -> 
         rdkafka::bindings::rd_kafka_get_watermark_offsets(consumer.client().native_ptr(), topic.as_ptr(), partition, &mut low, &mut high)
     };
     (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high as u64)
+}
+
+/// librdkafka's consumer queue of a consumer, to ask its length.
+struct ConsumerQueue(*mut rdkafka::bindings::rd_kafka_queue_t);
+
+impl ConsumerQueue {
+    fn len(&self) -> usize {
+        // SAFETY: the handle is valid until dropped.
+        unsafe { rdkafka::bindings::rd_kafka_queue_length(self.0) }
+    }
+}
+
+impl Drop for ConsumerQueue {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from rd_kafka_queue_get_consumer and is released once.
+        unsafe { rdkafka::bindings::rd_kafka_queue_destroy(self.0) }
+    }
 }
