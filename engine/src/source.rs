@@ -62,6 +62,10 @@ pub const BATCH: usize = 2048;
 /// back (see the source operator).
 const STALL: std::time::Duration = std::time::Duration::from_millis(50);
 
+/// How far (event time, ms) a split may run ahead of the slowest live split of its source while
+/// that one has data (see the source operator).
+const ALIGNMENT_DRIFT_MS: u64 = 1_000;
+
 /// Records a source worker reads before it moves its watermark on: this many over all its
 /// partitions, but from each partition at least 256 and at most [`BATCH`] (so 2,048 for one
 /// partition, 4,096 for two, 8,192 for 4 to 32). Unless it has caught up with its input (a paced
@@ -591,13 +595,35 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
             }
             // `on_time` is handed over whole each activation: size it once, not by doubling.
             on_time.reserve(per_partition * parts.len());
-            let share = budget.div_ceil(live_parts).min(per_partition);
+            // Watermark alignment: splits more than ALIGNMENT_DRIFT ahead of the slowest live one
+            // are read only when the others have nothing, so splits far apart in event time (a
+            // topic's partitions) stay together and what waits for the watermark stays small.
+            let slowest = parts.iter().filter(|p| !p.done && !p.idle).map(|p| p.watermark).min();
+            let ahead_of = match laggards_only {
+                Some(w) => Some(w),
+                None => slowest.map(|w| w.saturating_add(ALIGNMENT_DRIFT_MS)),
+            };
+            let aligned = parts.iter().filter(|p| !p.done && ahead_of.is_none_or(|a| p.watermark <= a)).count().max(1);
+            let share = match laggards_only {
+                // A stalled source reads a whole batch from the splits behind.
+                Some(_) => BATCH.div_ceil(aligned),
+                None => budget.div_ceil(aligned).min(per_partition.max(BATCH.div_ceil(aligned))),
+            };
             let mut asked = 0usize;
             let count = parts.len();
-            for i in 0..count {
+            for i in 0..2 * count {
+                // The first round reads the splits behind; the second, the others, when the
+                // first found nothing (and never while stalled).
+                if i == count && (read > 0 || laggards_only.is_some() || aligned >= live_parts) {
+                    break;
+                }
                 let part = &mut parts[(i + rotate) % count];
-                let max = share.min(budget);
-                if part.done || max == 0 || laggards_only.is_some_and(|w| part.watermark > w) {
+                let ahead = ahead_of.is_some_and(|a| part.watermark > a);
+                if ahead != (i >= count) {
+                    continue;
+                }
+                let max = if i >= count { budget.div_ceil(live_parts).min(per_partition) } else { share }.min(budget);
+                if part.done || max == 0 {
                     continue;
                 }
                 let max = if laggards_only.is_some() { max.min(BATCH.saturating_sub(asked)) } else { max };
