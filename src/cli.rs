@@ -290,7 +290,7 @@ pub fn describe_connectors(connectors: &Connectors) -> String {
     for usage in connectors.source_usage() {
         out.push_str(&format!("  {usage}\n"));
     }
-    out.push_str("  every source also takes max_future=DURATION|off (see the README, Semantics)\n");
+    out.push_str("  every source also takes max_future=DURATION|off and idle_after=DURATION (see the README, Semantics)\n");
     out.push_str("sinks (--sink NAME=URI):\n");
     for usage in connectors.sink_usage() {
         out.push_str(&format!("  {usage}\n"));

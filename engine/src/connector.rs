@@ -373,6 +373,9 @@ pub struct ResolvedSource {
     pub plan: SourcePlan,
     /// The URI's `max_future` option, when given: `Some(None)` is `max_future=off`.
     pub max_future_ms: Option<Option<u64>>,
+    /// The URI's `idle_after` option, when given: a split with no data for this long stops
+    /// holding the watermark back (overrides the job's idleness timeout).
+    pub idle_after_ms: Option<u64>,
 }
 
 /// A sink of a run: its URI and its target.
@@ -453,10 +456,20 @@ impl Connectors {
         (self.default_sink)(dir, name)
     }
 
-    /// Resolves the URI of source `name`. The `max_future` option, which every source takes
-    /// (`?max_future=2d`, `gen:...,max_future=off`), is the engine's and is not passed on.
+    /// Resolves the URI of source `name`. The `max_future` and `idle_after` options, which every
+    /// source takes (`?max_future=2d`, `gen:...,max_future=off`, `?idle_after=30s`), are the
+    /// engine's and are not passed on.
     pub fn resolve_source(&self, name: &str, uri: &str) -> Result<ResolvedSource> {
-        let (stripped, max_future) = take_option(uri, "max_future");
+        let (stripped, idle_after) = take_option(uri, "idle_after");
+        let idle_after_ms = match idle_after {
+            None => None,
+            Some(text) => match parse_millis(&text) {
+                Ok(ms) if ms > 0 => Some(ms),
+                Ok(_) => bail!("source {name}: idle_after={text:?}: give a positive duration such as 30s"),
+                Err(e) => bail!("source {name}: idle_after={text:?}: {e}"),
+            },
+        };
+        let (stripped, max_future) = take_option(&stripped, "max_future");
         let max_future_ms = match max_future {
             None => None,
             Some(text) => Some(parse_max_future(&text).map_err(|e| anyhow!("source {name}: max_future={text:?}: {e}"))?),
@@ -464,6 +477,7 @@ impl Connectors {
         let mut resolved = self.resolve_source_connector(name, &stripped)?;
         resolved.uri = uri.to_string();
         resolved.max_future_ms = max_future_ms;
+        resolved.idle_after_ms = idle_after_ms;
         Ok(resolved)
     }
 
@@ -473,13 +487,14 @@ impl Connectors {
         };
         if let Some(c) = self.sources.get(scheme) {
             let plan = SourcePlan::Payload(c.open(name, uri)?);
-            return Ok(ResolvedSource { uri: uri.to_string(), plan, max_future_ms: None });
+            return Ok(ResolvedSource { uri: uri.to_string(), plan, max_future_ms: None, idle_after_ms: None });
         }
         if self.typed_usage.contains_key(scheme) {
             return Ok(ResolvedSource {
                 uri: uri.to_string(),
                 plan: SourcePlan::Typed { scheme: scheme.to_string() },
                 max_future_ms: None,
+                idle_after_ms: None,
             });
         }
         bail!(
@@ -605,6 +620,15 @@ mod tests {
         let (rest, mut q) = UriOptions::split_query("x", "file:a.csv?format=jsonl").unwrap();
         assert_eq!(rest, "file:a.csv");
         assert_eq!(q.text("format").as_deref(), Some("jsonl"));
+    }
+
+    #[test]
+    fn idle_after_is_the_engines() {
+        let c = Connectors::default().typed_source::<u64>("gen", "gen:", Arc::new(|_: &str, _: &str| bail!("unused")));
+        let r = c.resolve_source("s", "gen:count=5,idle_after=30s").expect("resolves");
+        assert_eq!((r.idle_after_ms, r.max_future_ms), (Some(30_000), None));
+        assert!(c.resolve_source("s", "gen:idle_after=0").is_err());
+        assert!(c.resolve_source("s", "gen:idle_after=soon").unwrap_err().to_string().contains("idle_after"));
     }
 
     #[test]

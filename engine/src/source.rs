@@ -309,6 +309,11 @@ pub(crate) fn build_source<'scope, T: Data + CsvRecord>(
         Some(bound) => OutOfOrder { max_future_ms: bound, ..strategy },
         None => strategy,
     };
+    // So does an `idle_after=` option its idleness timeout.
+    let strategy = match source.idle_after_ms {
+        Some(ms) => OutOfOrder { idle_timeout: Some(std::time::Duration::from_millis(ms)), ..strategy },
+        None => strategy,
+    };
     build_partitioned_source(scope, ctx, name, partitions, event_time, as_csv, strategy)
 }
 

@@ -139,10 +139,15 @@ impl SinkTarget for Topic {
         let mut workers: Vec<usize> = recovery.committables.iter().map(|c| c.worker).collect();
         workers.sort_unstable();
         workers.dedup();
-        for worker in workers {
+        // Every worker's producer is fenced before anything is read: a zombie's open transaction
+        // would hold the last stable offset back, and the read below would stop short of lines
+        // that are there.
+        let mut clients = Vec::new();
+        for &worker in &workers {
             let id = transactional_id(&recovery.job, &recovery.sink, &self.uri.topic, worker);
-            // Fencing first: a zombie of the crashed run can no longer add to what is read below.
-            let mut client = TxnClient::new(&self.uri, &id, None, self.timeout, worker, Ends::default())?;
+            clients.push((worker, TxnClient::new(&self.uri, &id, None, self.timeout, worker, Ends::default())?));
+        }
+        for (worker, mut client) in clients {
             let marker = client.marker()?;
             let mut epochs: Vec<_> = recovery.committables.iter().filter(|c| c.worker == worker).collect();
             epochs.sort_by_key(|c| c.epoch);
