@@ -136,9 +136,14 @@ impl SinkTarget for Topic {
         format!("kafka topic {} at {}", self.uri.topic, self.uri.brokers)
     }
     fn recover(&self, recovery: &Recovery) -> Result<()> {
-        let mut workers: Vec<usize> = recovery.committables.iter().map(|c| c.worker).collect();
-        workers.sort_unstable();
-        workers.dedup();
+        let mut outputs = BTreeMap::new();
+        for c in &recovery.committables {
+            outputs.insert((c.worker, c.epoch), decode(&c.data)?);
+        }
+        // Every producer of the runs the committables come from, not only those with output
+        // pending: a zombie's open transaction holds the last stable offset back for all readers.
+        let span = outputs.iter().map(|((w, _), o)| o.workers.max(w + 1)).max().unwrap_or(0);
+        let workers: Vec<usize> = (0..span).collect();
         // Every worker's producer is fenced before anything is read: a zombie's open transaction
         // would hold the last stable offset back, and the read below would stop short of lines
         // that are there.
@@ -155,7 +160,7 @@ impl SinkTarget for Topic {
                 if marker.is_some_and(|m| m >= c.epoch) {
                     continue;
                 }
-                let output = decode(&c.data)?;
+                let output = &outputs[&(c.worker, c.epoch)];
                 let visible = client.visible_lines(c.epoch, &output.scan_from)?;
                 let missing: Vec<(usize, &String)> = output.lines.iter().enumerate().filter(|(i, _)| !visible.contains(i)).collect();
                 tracing::info!(
@@ -242,7 +247,7 @@ impl SinkTarget for Topic {
         // Waiting here is before the run starts: a broker that refuses the producer fails the
         // job at once.
         ready.recv().map_err(|_| anyhow!("the Kafka sink's thread ended"))??;
-        Ok(Box::new(KafkaWriter { requests, checkpointed, buffered: Default::default(), waiting: None, ends }))
+        Ok(Box::new(KafkaWriter { requests, checkpointed, buffered: Default::default(), waiting: None, ends, workers: context.workers }))
     }
 }
 
@@ -301,6 +306,8 @@ struct EpochOutput {
     lines: Vec<String>,
     /// Per partition, an offset before which no line of this epoch can be.
     scan_from: Vec<(i32, i64)>,
+    /// The writing run's workers: a restore fences every one of their producers.
+    workers: usize,
 }
 
 fn encode(output: &EpochOutput) -> Result<Vec<u8>> {
@@ -338,6 +345,7 @@ struct KafkaWriter {
     /// The reply to the request under way (a commit or the finish).
     waiting: Option<Receiver<Result<()>>>,
     ends: Ends,
+    workers: usize,
 }
 
 impl KafkaWriter {
@@ -385,7 +393,7 @@ impl SinkWriter for KafkaWriter {
             return Ok(Progress::Ready(None));
         }
         let scan_from = self.ends.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(p, o)| (*p, *o)).collect();
-        Ok(Progress::Ready(Some(encode(&EpochOutput { lines, scan_from })?)))
+        Ok(Progress::Ready(Some(encode(&EpochOutput { lines, scan_from, workers: self.workers })?)))
     }
 
     fn commit(&mut self, epoch: u64, committable: &[u8]) -> Result<Progress> {
@@ -631,6 +639,10 @@ impl TxnClient {
         let worker = self.worker;
         let tagged = lines.iter().map(|(i, line)| (Some(line_id(worker, epoch, *i)), *line));
         let result = produce(&self.producer, &self.topic, self.key.as_ref(), tagged).and_then(|()| {
+            // Every line on the broker before the marker is added: Tansu 0.6 records a
+            // transaction's offset commit at once, not at its end, so a marker sent while lines
+            // still sat in the client's queue would outlive them in a crash.
+            self.producer.flush(self.timeout).map_err(|e| anyhow!("{what}: cannot send epoch {epoch}: {e} {late}"))?;
             let group = self.marker.group_metadata().ok_or_else(|| anyhow!("{what}: no group metadata"))?;
             self.producer
                 .send_offsets_to_transaction(&self.marker_partition(Offset::Offset(epoch as i64))?, &group, self.timeout)
