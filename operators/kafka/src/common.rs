@@ -84,7 +84,7 @@ pub(crate) struct HealthState {
 pub(crate) struct Health(pub Arc<Mutex<HealthState>>);
 
 impl Health {
-    fn state(&self) -> std::sync::MutexGuard<'_, HealthState> {
+    pub fn state(&self) -> std::sync::MutexGuard<'_, HealthState> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -182,7 +182,7 @@ pub(crate) fn partitions(what: &str, uri: &KafkaUri, timeout: Duration) -> Resul
     let metadata = match rdkafka::consumer::Consumer::fetch_metadata(&consumer, Some(&uri.topic), timeout) {
         Ok(m) => m,
         Err(e) => {
-            let last = consumer.context().0.lock().ok().and_then(|s| s.last_error.clone());
+            let last = consumer.context().state().last_error.clone();
             bail!(
                 "{what}: no Kafka broker at {} answered within {timeout:?} ({}); is the broker running? (connect_timeout=DURATION \
                  waits longer)",

@@ -37,6 +37,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use paystream_engine::connector::{Progress, Recovery, SinkConnector, SinkContext, SinkTarget, SinkWriter};
+use paystream_engine::record::split_csv_line;
 use paystream_engine::{Format, Result};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -140,37 +141,32 @@ impl SinkTarget for Topic {
         for c in &recovery.committables {
             outputs.insert((c.worker, c.epoch), decode(&c.data)?);
         }
-        // Every producer of the runs the committables come from, not only those with output
-        // pending: a zombie's open transaction holds the last stable offset back for all readers.
+        // Every producer of the runs the committables come from (not only those with output
+        // pending) is fenced before anything is read: a zombie's open transaction would hold the
+        // last stable offset back, and the read below would stop short of lines that are there.
         let span = outputs.iter().map(|((w, _), o)| o.workers.max(w + 1)).max().unwrap_or(0);
-        let workers: Vec<usize> = (0..span).collect();
-        // Every worker's producer is fenced before anything is read: a zombie's open transaction
-        // would hold the last stable offset back, and the read below would stop short of lines
-        // that are there.
         let mut clients = Vec::new();
-        for &worker in &workers {
+        for worker in 0..span {
             let id = transactional_id(&recovery.job, &recovery.sink, &self.uri.topic, worker);
             clients.push((worker, TxnClient::new(&self.uri, &id, None, self.timeout, worker, Ends::default())?));
         }
         for (worker, mut client) in clients {
             let marker = client.marker()?;
-            let mut epochs: Vec<_> = recovery.committables.iter().filter(|c| c.worker == worker).collect();
-            epochs.sort_by_key(|c| c.epoch);
-            for c in epochs {
-                if marker.is_some_and(|m| m >= c.epoch) {
+            // Keyed (worker, epoch): this worker's epochs, in order.
+            for (&(_, epoch), output) in outputs.range((worker, 0)..=(worker, u64::MAX)) {
+                if marker.is_some_and(|m| m >= epoch) {
                     continue;
                 }
-                let output = &outputs[&(c.worker, c.epoch)];
-                let visible = client.visible_lines(c.epoch, &output.scan_from)?;
+                let visible = client.visible_lines(epoch, &output.scan_from)?;
                 let missing: Vec<(usize, &String)> = output.lines.iter().enumerate().filter(|(i, _)| !visible.contains(i)).collect();
                 tracing::info!(
                     "kafka sink {}: epoch {} of worker {worker} did not commit: {} of its {} lines already visible, producing the rest",
                     recovery.sink,
-                    c.epoch,
+                    epoch,
                     visible.len(),
                     output.lines.len()
                 );
-                client.transaction(c.epoch, &missing)?;
+                client.transaction(epoch, &missing)?;
             }
         }
         Ok(())
@@ -199,7 +195,6 @@ impl SinkTarget for Topic {
         let worker = context.worker;
         let ends = Ends::default();
         let thread_ends = ends.clone();
-        let header = if self.format == Format::Csv { context.header.clone() } else { None };
         let (ready_tx, ready) = mpsc::channel();
         let name = format!("kafka-sink-w{}", context.worker);
         thread::Builder::new()
@@ -213,7 +208,7 @@ impl SinkTarget for Topic {
                         Ok(Client::Txn(c))
                     })
                 } else {
-                    PlainClient::new(&uri, key, header, timeout).map(Client::Plain)
+                    PlainClient::new(&uri, key, timeout).map(Client::Plain)
                 };
                 let mut client = match client {
                     Ok(c) => {
@@ -261,7 +256,11 @@ enum KeyOf {
 impl KeyOf {
     fn of(&self, line: &str) -> Option<String> {
         match self {
-            KeyOf::CsvColumn(i) => csv_field(line, *i),
+            KeyOf::CsvColumn(i) => {
+                let mut fields = Vec::new();
+                split_csv_line(line, &mut fields).ok()?;
+                fields.get(*i).map(|f| f.to_string())
+            }
             KeyOf::JsonField(name) => {
                 let value: serde_json::Value = serde_json::from_str(line).ok()?;
                 match value.get(name)? {
@@ -271,32 +270,6 @@ impl KeyOf {
             }
         }
     }
-}
-
-/// Field `index` of a CSV line (RFC 4180 quoting).
-fn csv_field(line: &str, index: usize) -> Option<String> {
-    let mut field = String::new();
-    let mut current = 0;
-    let mut quoted = false;
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' if quoted && chars.peek() == Some(&'"') => {
-                chars.next();
-                field.push('"');
-            }
-            '"' => quoted = !quoted,
-            ',' if !quoted => {
-                if current == index {
-                    return Some(field);
-                }
-                current += 1;
-                field.clear();
-            }
-            c => field.push(c),
-        }
-    }
-    (current == index).then_some(field)
 }
 
 /// A worker's pre-committed epoch, as stored in the checkpoint.
@@ -659,7 +632,7 @@ impl TxnClient {
         }
         // Delivery reports of the transaction are in: later epochs' lines lie past them.
         self.producer.poll(Duration::ZERO);
-        let delivered = self.health.0.lock().unwrap_or_else(|e| e.into_inner()).delivered.clone();
+        let delivered = self.health.state().delivered.clone();
         let mut ends = self.ends.lock().unwrap_or_else(|e| e.into_inner());
         for (p, end) in delivered {
             let e = ends.entry(p).or_insert(0);
@@ -680,7 +653,7 @@ struct PlainClient {
 }
 
 impl PlainClient {
-    fn new(uri: &KafkaUri, key: Option<KeyOf>, _header: Option<String>, timeout: Duration) -> Result<PlainClient> {
+    fn new(uri: &KafkaUri, key: Option<KeyOf>, timeout: Duration) -> Result<PlainClient> {
         let health = Health::default();
         let producer: BaseProducer<Health> = uri
             .client_config()
@@ -704,7 +677,7 @@ impl PlainClient {
         self.producer
             .flush(self.timeout)
             .map_err(|e| anyhow!("cannot flush to kafka topic {} within reconnect_timeout={:?}: {e}", self.topic, self.timeout))?;
-        if let Some(e) = self.health.0.lock().ok().and_then(|s| s.delivery_error.clone()) {
+        if let Some(e) = self.health.state().delivery_error.clone() {
             bail!("kafka topic {}: a message was not delivered: {e}", self.topic);
         }
         Ok(())

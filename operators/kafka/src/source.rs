@@ -156,7 +156,7 @@ impl PartitionReader {
                 // librdkafka's default 500 ms, nine consumers of a job read 4,000 messages/s.
                 .set("fetch.wait.max.ms", self.fetch_wait_ms.to_string())
                 // librdkafka prefetches up to 64 MiB per consumer by default, one consumer per
-                // partition here: 300 MiB of peak memory reading a 4-partition topic, 218 MiB
+                // partition here: 299 MiB of peak memory reading a 4-partition topic, 207 MiB
                 // with 8 MiB at the same speed; 4 MiB made the reads 2.7x slower (Tansu).
                 .set("queued.max.messages.kbytes", "8192")
                 .create_with_context(self.health.clone())
@@ -198,6 +198,9 @@ impl SplitReader for PartitionReader {
         // itself (statistics): only the first means there is nothing, and the queue's
         // non-empty callback (the waker) fires only when an empty queue fills.
         let mut consumed = 0;
+        // Whether a broker answered (data or an end of partition): told to `health` once per
+        // read, not per message (it takes a lock).
+        let mut answered = false;
         while n < max {
             let consumer = self.consumer.as_ref().expect("created above");
             let event = match consumer.poll(Duration::ZERO) {
@@ -210,7 +213,7 @@ impl SplitReader for PartitionReader {
             };
             match event {
                 Ok(message) => {
-                    self.health.up();
+                    answered = true;
                     let offset = message.offset() as u64;
                     if self.bounded && self.end.is_none() {
                         // The first fetch tells where the partition ended when the job started.
@@ -225,7 +228,7 @@ impl SplitReader for PartitionReader {
                     n += 1;
                 }
                 Err(KafkaError::PartitionEOF(_)) => {
-                    self.health.up();
+                    answered = true;
                     let high = cached_high(consumer, &self.topic, self.partition);
                     self.high = high.or(self.high);
                     if self.next == AT_LATEST {
@@ -246,11 +249,12 @@ impl SplitReader for PartitionReader {
                 Err(e) => {
                     // Fetch errors are retried by librdkafka; keep the last for a failure message.
                     tracing::debug!("kafka topic {} partition {}: {e}", self.topic, self.partition);
-                    if let Ok(mut s) = self.health.0.lock() {
-                        s.last_error = Some(e.to_string());
-                    }
+                    self.health.state().last_error = Some(e.to_string());
                 }
             }
+        }
+        if answered {
+            self.health.up();
         }
         if let Some(message) = self.health.failed(self.reconnect_timeout, &self.brokers) {
             return ReadStatus::Failed(format!("kafka topic {} partition {}: {message}", self.topic, self.partition));
