@@ -549,7 +549,8 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
             // nothing has landed and no sink of the process received or wrote anything for STALL
             // (a slow sink is busy: it is waited for), the splits holding the watermark back are
             // read (at most a batch), as Flink's watermark alignment reads the sources behind.
-            let mut laggards_only = None;
+            let slowest = parts.iter().filter(|p| !p.done && !p.idle).map(|p| p.watermark).min();
+            let mut laggards_only = false;
             let waiting = flow.waiting(&mut in_flight, records_cap.time());
             if let Some(waiting) = waiting.filter(|w| *w >= flow.max_in_flight * BATCH) {
                 let now = Instant::now();
@@ -563,19 +564,15 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
                         false
                     }
                 };
-                let slowest = parts.iter().filter(|p| !p.done && !p.idle).map(|p| p.watermark).min();
-                match slowest {
-                    Some(slowest) if stalled => {
-                        stall = Some((now, waiting, activity));
-                        laggards_only = Some(slowest);
-                    }
-                    _ => {
-                        // Wait for the sinks to take in what was sent: a sink's frontier moving
-                        // wakes this source (and a timer, should the wake-up be missed).
-                        flow.wait(&activator);
-                        activator.activate_after(std::time::Duration::from_millis(5).min(STALL));
-                        return;
-                    }
+                if stalled && slowest.is_some() {
+                    stall = Some((now, waiting, activity));
+                    laggards_only = true;
+                } else {
+                    // Wait for the sinks to take in what was sent: a sink's frontier moving
+                    // wakes this source (and a timer, should the wake-up be missed).
+                    flow.wait(&activator);
+                    activator.activate_after(std::time::Duration::from_millis(5));
+                    return;
                 }
             } else {
                 stall = None;
@@ -603,23 +600,20 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
             // Watermark alignment: splits more than ALIGNMENT_DRIFT ahead of the slowest live one
             // are read only when the others have nothing, so splits far apart in event time (a
             // topic's partitions) stay together and what waits for the watermark stays small.
-            let slowest = parts.iter().filter(|p| !p.done && !p.idle).map(|p| p.watermark).min();
-            let ahead_of = match laggards_only {
-                Some(w) => Some(w),
-                None => slowest.map(|w| w.saturating_add(ALIGNMENT_DRIFT_MS)),
-            };
+            let ahead_of = if laggards_only { slowest } else { slowest.map(|w| w.saturating_add(ALIGNMENT_DRIFT_MS)) };
             let aligned = parts.iter().filter(|p| !p.done && ahead_of.is_none_or(|a| p.watermark <= a)).count().max(1);
-            let share = match laggards_only {
+            let share = if laggards_only {
                 // A stalled source reads a whole batch from the splits behind.
-                Some(_) => BATCH.div_ceil(aligned),
-                None => budget.div_ceil(aligned).min(per_partition.max(BATCH.div_ceil(aligned))),
+                BATCH.div_ceil(aligned)
+            } else {
+                budget.div_ceil(aligned).min(per_partition.max(BATCH.div_ceil(aligned)))
             };
             let mut asked = 0usize;
             let count = parts.len();
             for i in 0..2 * count {
                 // The first round reads the splits behind; the second, the others, when the
                 // first found nothing (and never while stalled).
-                if i == count && (read > 0 || laggards_only.is_some() || aligned >= live_parts) {
+                if i == count && (read > 0 || laggards_only || aligned >= live_parts) {
                     break;
                 }
                 let part = &mut parts[(i + rotate) % count];
@@ -631,7 +625,7 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
                 if part.done || max == 0 {
                     continue;
                 }
-                let max = if laggards_only.is_some() { max.min(BATCH.saturating_sub(asked)) } else { max };
+                let max = if laggards_only { max.min(BATCH.saturating_sub(asked)) } else { max };
                 if max == 0 {
                     continue;
                 }
