@@ -41,15 +41,9 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 /// The broker's address, or `None` (after a loud message) when none answers outside CI.
 fn broker(test: &str) -> Option<String> {
     let address = std::env::var("PAYSTREAM_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into());
-    if TcpStream::connect_timeout(&address.parse().expect("PAYSTREAM_KAFKA is HOST:PORT"), Duration::from_secs(2)).is_ok() {
-        return Some(address);
-    }
-    let message = format!("no Kafka broker answers at {address} (set PAYSTREAM_KAFKA, or run .ci/run, which starts one)");
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{test}: {message}");
-    }
-    eprintln!("\n*** SKIPPED {test}: {message} ***\n");
-    None
+    let answers = TcpStream::connect_timeout(&address.parse().expect("PAYSTREAM_KAFKA is HOST:PORT"), Duration::from_secs(2)).is_ok();
+    let missing = format!("no Kafka broker answers at {address} (set PAYSTREAM_KAFKA, or run .ci/run, which starts one)");
+    service_available(test, answers, &missing).then_some(address)
 }
 
 /// A topic name no other run uses.
@@ -547,13 +541,11 @@ fn free_port() -> u16 {
 fn a_broker_away_for_seconds_is_reconnected_and_one_away_too_long_fails_the_job_which_restores() {
     let _serial = serial();
     let test = "a_broker_away_for_seconds_is_reconnected_and_one_away_too_long_fails_the_job_which_restores";
-    let Ok(tansu) = std::env::var("PAYSTREAM_TANSU") else {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("{test}: PAYSTREAM_TANSU (the Tansu broker binary) is not set");
-        }
-        eprintln!("\n*** SKIPPED {test}: set PAYSTREAM_TANSU to a Tansu binary (.ci/run installs one) ***\n");
+    let tansu = std::env::var("PAYSTREAM_TANSU").ok();
+    if !service_available(test, tansu.is_some(), "PAYSTREAM_TANSU does not name a Tansu binary (.ci/run installs one)") {
         return;
-    };
+    }
+    let tansu = tansu.expect("checked above");
     let (broker_port, proxy_port) = (free_port(), free_port());
     // The broker advertises the proxy, so every client connection goes through it.
     let _broker = OwnBroker(

@@ -26,16 +26,9 @@ static BROKER_LOCK: Mutex<()> = Mutex::new(());
 
 /// Whether a broker answers; without one, a loud SKIP (or a failure under CI).
 fn broker_here(test: &str) -> bool {
-    if admin::broker_answers(BROKER) {
-        return true;
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{test}: no RabbitMQ broker answers on {BROKER}, and CI=true: .ci/run should have started one");
-    }
-    eprintln!(
-        "\n*** SKIP {test}: no RabbitMQ broker answers on {BROKER} (apt-get install rabbitmq-server; rabbitmq-server -detached) ***\n"
-    );
-    false
+    let missing =
+        format!("no RabbitMQ broker answers on {BROKER} (apt-get install rabbitmq-server; rabbitmq-server -detached; or run .ci/run)");
+    service_available(test, admin::broker_answers(BROKER), &missing)
 }
 
 /// A queue named for this test run, deleted when dropped.
@@ -237,11 +230,7 @@ fn a_broker_outage_mid_run_is_ridden_out_and_a_long_one_fails_the_job() {
     if !broker_here(test) {
         return;
     }
-    if !rabbitmqctl(&["await_startup"]) {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("{test}: rabbitmqctl cannot reach the broker under CI");
-        }
-        eprintln!("\n*** SKIP {test}: rabbitmqctl cannot control the broker here ***\n");
+    if !service_available(test, rabbitmqctl(&["await_startup"]), "rabbitmqctl cannot control the broker here") {
         return;
     }
     let dir = TempDir::new("rabbitmq-outage");

@@ -187,6 +187,20 @@ pub fn split_csv(line: &str) -> Vec<String> {
     fields
 }
 
+/// Whether a test that needs an outside service (a broker) may go on: `available`, or else a
+/// loud SKIP saying what is `missing`, except under `CI=true` (where `.ci/run` starts every
+/// service), which fails the test instead.
+pub fn service_available(test: &str, available: bool, missing: &str) -> bool {
+    if available {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{test}: {missing}, and CI=true: .ci/run should have provided it");
+    }
+    eprintln!("\n*** SKIPPED {test}: {missing} ***\n");
+    false
+}
+
 /// Reads a CSV file the program wrote: checks its header and returns its data lines.
 pub fn data_lines(path: &Path, header: &str) -> Vec<String> {
     let text = read(path);
