@@ -253,6 +253,8 @@ pub struct Recovery {
     /// The pre-commits the checkpoint covers: commit them all (idempotently). Anything
     /// pre-committed for a later epoch must be aborted.
     pub committables: Vec<Committable>,
+    /// The workers of the run about to start, over all processes.
+    pub workers: usize,
 }
 
 /// A parsed, checked sink address.

@@ -342,6 +342,7 @@ pub fn prepare(plan: &RunPlan, options: &RunOptions) -> Result<Prepared> {
                     sink: name.clone(),
                     restored: restored_epoch,
                     committables,
+                    workers: options.workers * options.processes.max(1),
                 };
                 sink.target.recover(&recovery).map_err(|e| e.context(format!("sink {name}: cannot recover {}", sink.target.describe())))?;
             }

@@ -11,15 +11,21 @@
 //!   as the offset of the marker consumer group of the same name on partition 0 of the topic
 //!   (`send_offsets_to_transaction`): the lines and the marker become visible together or not at
 //!   all;
-//! * a restore (`recover`) fences each worker's producer (which aborts a transaction a crashed
-//!   run left open), reads its marker and redoes the transactions of the checkpoint's epochs the
-//!   marker does not reach. A redo produces only the lines that consumers cannot already see:
-//!   every message carries a `paystream` header `WORKER:EPOCH:INDEX`, and the committable holds
-//!   the partition offsets before which none of its lines can be (the ends after the worker's
-//!   last committed transaction), so the restore reads the topic from there with
-//!   `read_committed` and skips the indexes it finds. On Kafka an aborted transaction is
+//! * a restore (`recover`) fences the producer of every worker any checkpointed run of the sink
+//!   had (aborting transactions a crashed run left open; the most workers a run had is kept in
+//!   Kafka, as the committed offset of group `paystream.JOB.SINK.TOPIC.workers`, because a
+//!   crashed run may have had more workers than the checkpoint's writers), reads each marker and
+//!   redoes the transactions of the checkpoint's epochs the marker does not reach. A redo
+//!   produces only the lines that consumers cannot already see: every message carries a
+//!   `paystream` header `WORKER:EPOCH:INDEX`, and the committable holds the partition offsets
+//!   before which none of its lines can be (the ends after the worker's last committed
+//!   transaction), so the restore reads the topic from there with `read_committed` and skips the
+//!   indexes it finds, keying what it writes again as the run did. That read is trusted only if it
+//!   reaches the end a `read_uncommitted` read finds: a transaction still open would hide lines
+//!   that are there, and writing them again would duplicate them, so the restore waits for it
+//!   and then fails naming the partition and offset. On Kafka an aborted transaction is
 //!   invisible and everything is redone; Tansu 0.6 (the broker CI runs) shows aborted and fenced
-//!   records to `read_committed` consumers, and this is what keeps them from being duplicated;
+//!   records to `read_committed` consumers, and the read-back keeps them from being duplicated;
 //! * each writer sets its marker to the epoch before its run's first one when it starts, so an
 //!   earlier run's marker (a run restored from an older savepoint) never hides an epoch.
 //!
@@ -141,10 +147,17 @@ impl SinkTarget for Topic {
         for c in &recovery.committables {
             outputs.insert((c.worker, c.epoch), decode(&c.data)?);
         }
-        // Every producer of the runs the committables come from (not only those with output
-        // pending) is fenced before anything is read: a zombie's open transaction would hold the
-        // last stable offset back, and the read below would stop short of lines that are there.
-        let span = outputs.iter().map(|((w, _), o)| o.workers.max(w + 1)).max().unwrap_or(0);
+        // Every producer any earlier run of this sink used (not only those with output pending)
+        // is fenced before anything is read: a transaction a crashed run left open holds the
+        // last stable offset back for every read-committed consumer (Kafka aborts it after
+        // transaction.timeout.ms; Tansu 0.6 never does). A crashed run may have had more workers
+        // than the checkpoint's writers, so the most workers any run had is kept in Kafka, and
+        // raised before this run's producers exist.
+        let recorded = self.recorded_workers(&recovery.job, &recovery.sink)?;
+        let span = outputs.iter().map(|((w, _), o)| o.workers.max(w + 1)).max().unwrap_or(0).max(recorded).max(recovery.workers);
+        if recovery.workers > recorded {
+            self.record_workers(&recovery.job, &recovery.sink, recovery.workers)?;
+        }
         let mut clients = Vec::new();
         for worker in 0..span {
             let id = transactional_id(&recovery.job, &recovery.sink, &self.uri.topic, worker);
@@ -157,6 +170,12 @@ impl SinkTarget for Topic {
                 if marker.is_some_and(|m| m >= epoch) {
                     continue;
                 }
+                // Keyed as the run that wrote them would have.
+                client.key = match (&self.key, self.format) {
+                    (KeySpec::None, _) => None,
+                    (KeySpec::Column(_), Format::Csv) => output.key_column.map(KeyOf::CsvColumn),
+                    (KeySpec::Column(name), Format::JsonLines) => Some(KeyOf::JsonField(name.clone())),
+                };
                 let visible = client.visible_lines(epoch, &output.scan_from)?;
                 let missing: Vec<(usize, &String)> = output.lines.iter().enumerate().filter(|(i, _)| !visible.contains(i)).collect();
                 tracing::info!(
@@ -172,6 +191,50 @@ impl SinkTarget for Topic {
         Ok(())
     }
     fn writer(&self, context: &SinkContext) -> Result<Box<dyn SinkWriter>> {
+        self.open_writer(context)
+    }
+}
+
+impl Topic {
+    /// The consumer group whose committed offset (on partition 0 of the topic) is the most
+    /// workers a checkpointed run of this sink had.
+    fn workers_group(&self, job: &str, sink: &str) -> String {
+        format!("paystream.{job}.{sink}.{}.workers", self.uri.topic)
+    }
+
+    fn workers_consumer(&self, job: &str, sink: &str) -> Result<BaseConsumer<Health>> {
+        self.uri
+            .client_config()
+            .set("group.id", self.workers_group(job, sink))
+            .set("enable.auto.commit", "false")
+            .set("statistics.interval.ms", "0")
+            .create_with_context(Health::default())
+            .map_err(|e| anyhow!("kafka sink {sink}: cannot create a consumer: {e}"))
+    }
+
+    fn recorded_workers(&self, job: &str, sink: &str) -> Result<usize> {
+        let consumer = self.workers_consumer(job, sink)?;
+        let mut list = TopicPartitionList::new();
+        list.add_partition_offset(&self.uri.topic, 0, Offset::Invalid)?;
+        let list = consumer
+            .committed_offsets(list, self.timeout)
+            .map_err(|e| anyhow!("kafka sink {sink}: cannot read how many workers earlier runs had: {e}"))?;
+        Ok(match list.find_partition(&self.uri.topic, 0).map(|e| e.offset()) {
+            Some(Offset::Offset(n)) if n > 0 => n as usize,
+            _ => 0,
+        })
+    }
+
+    fn record_workers(&self, job: &str, sink: &str, workers: usize) -> Result<()> {
+        let consumer = self.workers_consumer(job, sink)?;
+        let mut list = TopicPartitionList::new();
+        list.add_partition_offset(&self.uri.topic, 0, Offset::Offset(workers as i64))?;
+        consumer
+            .commit(&list, rdkafka::consumer::CommitMode::Sync)
+            .map_err(|e| anyhow!("kafka sink {sink}: cannot record this run's {workers} workers: {e}"))
+    }
+
+    fn open_writer(&self, context: &SinkContext) -> Result<Box<dyn SinkWriter>> {
         let key = match &self.key {
             KeySpec::None => None,
             KeySpec::Column(name) => Some(match self.format {
@@ -185,6 +248,10 @@ impl SinkTarget for Topic {
                 }
                 Format::JsonLines => KeyOf::JsonField(name.clone()),
             }),
+        };
+        let key_column = match &key {
+            Some(KeyOf::CsvColumn(i)) => Some(*i),
+            _ => None,
         };
         let (requests, inbox) = mpsc::channel::<Request>();
         let uri = self.uri.clone();
@@ -242,7 +309,15 @@ impl SinkTarget for Topic {
         // Waiting here is before the run starts: a broker that refuses the producer fails the
         // job at once.
         ready.recv().map_err(|_| anyhow!("the Kafka sink's thread ended"))??;
-        Ok(Box::new(KafkaWriter { requests, checkpointed, buffered: Default::default(), waiting: None, ends, workers: context.workers }))
+        Ok(Box::new(KafkaWriter {
+            requests,
+            checkpointed,
+            buffered: Default::default(),
+            waiting: None,
+            ends,
+            workers: context.workers,
+            key_column,
+        }))
     }
 }
 
@@ -281,6 +356,17 @@ struct EpochOutput {
     scan_from: Vec<(i32, i64)>,
     /// The writing run's workers: a restore fences every one of their producers.
     workers: usize,
+    /// With `format=csv` and `key=COLUMN`: the key column's index, so that a restore keys the
+    /// lines it writes again as the run would have.
+    key_column: Option<usize>,
+}
+
+/// The committable's layout before `key_column` (checkpoints of 2026-12-01).
+#[derive(serde::Deserialize)]
+struct EpochOutputV1 {
+    lines: Vec<String>,
+    scan_from: Vec<(i32, i64)>,
+    workers: usize,
 }
 
 fn encode(output: &EpochOutput) -> Result<Vec<u8>> {
@@ -288,8 +374,19 @@ fn encode(output: &EpochOutput) -> Result<Vec<u8>> {
 }
 
 fn decode(data: &[u8]) -> Result<EpochOutput> {
-    Ok(bincode::serde::decode_from_slice(data, bincode::config::standard()).context("a Kafka sink committable is damaged")?.0)
+    let config = bincode::config::standard();
+    match bincode::serde::decode_from_slice::<EpochOutput, _>(data, config) {
+        Ok((output, used)) if used == data.len() => Ok(output),
+        _ => {
+            let (old, _): (EpochOutputV1, _) =
+                bincode::serde::decode_from_slice(data, config).context("a Kafka sink committable is damaged")?;
+            Ok(EpochOutput { lines: old.lines, scan_from: old.scan_from, workers: old.workers, key_column: None })
+        }
+    }
 }
+
+/// An offset per partition.
+type Offsets = Vec<(i32, i64)>;
 
 /// The `paystream` header of line `index` of `epoch` of `worker`.
 fn line_id(worker: usize, epoch: u64, index: usize) -> String {
@@ -319,6 +416,7 @@ struct KafkaWriter {
     waiting: Option<Receiver<Result<()>>>,
     ends: Ends,
     workers: usize,
+    key_column: Option<usize>,
 }
 
 impl KafkaWriter {
@@ -366,7 +464,7 @@ impl SinkWriter for KafkaWriter {
             return Ok(Progress::Ready(None));
         }
         let scan_from = self.ends.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(p, o)| (*p, *o)).collect();
-        Ok(Progress::Ready(Some(encode(&EpochOutput { lines, scan_from, workers: self.workers })?)))
+        Ok(Progress::Ready(Some(encode(&EpochOutput { lines, scan_from, workers: self.workers, key_column: self.key_column })?)))
     }
 
     fn commit(&mut self, epoch: u64, committable: &[u8]) -> Result<Progress> {
@@ -553,7 +651,56 @@ impl TxnClient {
 
     /// The indexes of the lines of `epoch` (of this worker) a `read_committed` consumer sees,
     /// reading each partition from `scan_from` to its end.
+    ///
+    /// A read-committed read stops before the first transaction still open: had one of the
+    /// crashed run's transactions not been aborted yet, lines it holds back would be taken for
+    /// missing and written twice. So the read is trusted only when it reached the end a
+    /// read-uncommitted read finds; while it does not, it is done again, and after
+    /// `reconnect_timeout` the restore fails naming the partition and offset.
     fn visible_lines(&self, epoch: u64, scan_from: &[(i32, i64)]) -> Result<BTreeSet<usize>> {
+        let what = format!("kafka sink {}", self.id);
+        let deadline = std::time::Instant::now() + self.timeout;
+        let prefix = format!("{}:{epoch}:", self.worker);
+        loop {
+            // Each read may take its time: the last one (past the deadline) tells what is open.
+            let read_by = deadline.max(std::time::Instant::now() + Duration::from_secs(5));
+            let (_, ends) = self.scan("read_uncommitted", scan_from, None, None, read_by)?;
+            let (seen, stable) = self.scan("read_committed", scan_from, Some(&prefix), Some(&ends), read_by)?;
+            let open: Vec<(i32, i64, i64)> =
+                stable.iter().zip(&ends).filter(|((_, s), (_, e))| e > s).map(|((p, s), (_, e))| (*p, *s, *e)).collect();
+            if open.is_empty() {
+                tracing::debug!("{what}: epoch {epoch}: read {scan_from:?} to {stable:?}: {} lines visible", seen.len());
+                return Ok(seen);
+            }
+            if std::time::Instant::now() > deadline {
+                let (p, s, e) = open[0];
+                bail!(
+                    "{what}: read-committed reads of partition {p} of topic {} stop at offset {s}, before its end {e}: a \
+                     transaction is open there (another producer's, or one the broker failed to abort), and what epoch \
+                     {epoch} left behind it cannot be checked within reconnect_timeout={:?}; writing it again could \
+                     duplicate it, so the restore stops",
+                    self.topic,
+                    self.timeout
+                );
+            }
+            tracing::info!("{what}: transactions open in {open:?} (partition, last stable offset, end): reading again");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Reads every partition of the topic from `from` (offset 0 where not given) to its end, with
+    /// the isolation level given; returns the indexes of the lines whose `paystream` header
+    /// starts with `prefix`, and where each partition's read ended. Given `until`, a partition
+    /// also ends there, or where it stands once nothing came for a second (a read-committed read
+    /// held back by an open transaction gets neither data nor an end).
+    fn scan(
+        &self,
+        isolation: &str,
+        from: &[(i32, i64)],
+        prefix: Option<&str>,
+        until: Option<&[(i32, i64)]>,
+        deadline: std::time::Instant,
+    ) -> Result<(BTreeSet<usize>, Offsets)> {
         let what = format!("kafka sink {}", self.id);
         let consumer: BaseConsumer<Health> = self
             .config
@@ -561,7 +708,7 @@ impl TxnClient {
             .set("group.id", format!("{}.recovery", self.id))
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
-            .set("isolation.level", "read_committed")
+            .set("isolation.level", isolation)
             .set("statistics.interval.ms", "0")
             .create_with_context(Health::default())
             .map_err(|e| anyhow!("{what}: cannot create a consumer: {e}"))?;
@@ -570,37 +717,65 @@ impl TxnClient {
             .map_err(|e| anyhow!("{what}: cannot read the topic's partitions: {e}"))?;
         let partitions = metadata.topics().first().map_or(0, |t| t.partitions().len()) as i32;
         let mut assignment = TopicPartitionList::new();
+        // Where each partition's read stands.
+        let mut at = BTreeMap::new();
         for p in 0..partitions {
-            let from = scan_from.iter().find(|(q, _)| *q == p).map_or(0, |(_, o)| *o);
-            assignment.add_partition_offset(&self.topic, p, Offset::Offset(from))?;
+            // Explicit offsets: Tansu 0.6 answers ListOffsets(earliest) wrongly too.
+            let start = from.iter().find(|(q, _)| *q == p).map_or(0, |(_, o)| *o);
+            assignment.add_partition_offset(&self.topic, p, Offset::Offset(start))?;
+            at.insert(p, start);
         }
         consumer.assign(&assignment).map_err(|e| anyhow!("{what}: cannot read the topic: {e}"))?;
-        let prefix = format!("{}:{epoch}:", self.worker);
+        let limit = |p: i32| until.and_then(|u| u.iter().find(|(q, _)| *q == p)).map(|(_, o)| *o);
+        let mut ended: BTreeMap<i32, i64> =
+            at.iter().filter(|(p, o)| limit(**p).is_some_and(|l| **o >= l)).map(|(p, o)| (*p, *o)).collect();
         let mut seen = BTreeSet::new();
-        let mut ended = BTreeSet::new();
-        let deadline = std::time::Instant::now() + self.timeout;
+        let mut last_data = std::time::Instant::now();
         while (ended.len() as i32) < partitions {
             if std::time::Instant::now() > deadline {
-                bail!("{what}: reading what epoch {epoch} left took longer than reconnect_timeout={:?}", self.timeout);
+                bail!("{what}: reading what a crashed run left took longer than reconnect_timeout={:?}", self.timeout);
             }
             match consumer.poll(Duration::from_millis(100)) {
-                None => {}
+                None => {
+                    if until.is_some() && last_data.elapsed() > Duration::from_secs(1) {
+                        for (p, o) in &at {
+                            ended.entry(*p).or_insert(*o);
+                        }
+                    }
+                }
                 Some(Ok(m)) => {
-                    let Some(headers) = m.headers() else { continue };
+                    last_data = std::time::Instant::now();
+                    let p = m.partition();
+                    at.insert(p, m.offset() + 1);
+                    if limit(p).is_some_and(|l| m.offset() + 1 >= l) {
+                        ended.entry(p).or_insert(m.offset() + 1);
+                    }
+                    let (Some(prefix), Some(headers)) = (prefix, m.headers()) else { continue };
                     for h in headers.iter().filter(|h| h.key == "paystream") {
                         let id = h.value.and_then(|v| std::str::from_utf8(v).ok()).unwrap_or_default();
-                        if let Some(index) = id.strip_prefix(&prefix).and_then(|i| i.parse::<usize>().ok()) {
+                        if let Some(index) = id.strip_prefix(prefix).and_then(|i| i.parse::<usize>().ok()) {
                             seen.insert(index);
                         }
                     }
                 }
                 Some(Err(KafkaError::PartitionEOF(p))) => {
-                    ended.insert(p);
+                    last_data = std::time::Instant::now();
+                    // The end of the partition: past the last message, and past control records
+                    // (transaction markers) after it, which the consumer skips.
+                    let position = consumer.position().map_err(|e| anyhow!("{what}: cannot read the position: {e}"))?;
+                    let end = position
+                        .find_partition(&self.topic, p)
+                        .and_then(|e| match e.offset() {
+                            Offset::Offset(o) => Some(o),
+                            _ => None,
+                        })
+                        .unwrap_or(at[&p]);
+                    ended.entry(p).or_insert(end.max(at[&p]));
                 }
                 Some(Err(e)) => tracing::debug!("{what}: {e}"),
             }
         }
-        Ok(seen)
+        Ok((seen, ended.into_iter().collect()))
     }
 
     /// Produces `lines` (with their indexes) and commits `epoch` as the marker, in one
