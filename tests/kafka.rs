@@ -189,6 +189,85 @@ fn bounded_kafka_source_gives_the_windows_of_the_same_payments_from_a_file() {
     }
 }
 
+/// A producer that keeps the event time in the message's timestamp and the merchant in its key,
+/// not in the payload: `timestamp_field=` and `key_field=` give them to the job as the fields its
+/// records declare, and the windows are those of the full payments.
+#[test]
+fn message_keys_and_timestamps_reach_the_job_as_fields() {
+    let _serial = serial();
+    let Some(broker) = broker("message_keys_and_timestamps_reach_the_job_as_fields") else { return };
+    let dir = TempDir::new("kafka-metadata");
+    let generator = "count=3000";
+    let file = dir.join("payments.jsonl");
+    run(
+        "generate",
+        args![
+            "run",
+            "generate-payments",
+            "-q",
+            "--source",
+            format!("payments=gen:{generator}"),
+            "--sink",
+            format!("payments={}", file_uri(&file))
+        ],
+        dir.path(),
+    )
+    .assert_success();
+    let input = topic("metadata");
+    let admin_run = run(
+        "create",
+        args![
+            "run",
+            "generate-payments",
+            "-q",
+            "--source",
+            "payments=gen:count=0",
+            "--sink",
+            format!("payments=kafka://{broker}/{input}?partitions=2")
+        ],
+        dir.path(),
+    );
+    admin_run.assert_success();
+    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &broker).create().expect("producer");
+    let mut sent = 0;
+    for line in read(&file).lines() {
+        let mut value: serde_json::Value = serde_json::from_str(line).expect("a JSON payment");
+        let object = value.as_object_mut().expect("an object");
+        let ts = object.remove("ts_ms").and_then(|v| v.as_i64()).expect("ts_ms");
+        let merchant = object.remove("merchant_id").expect("merchant_id").to_string();
+        let payload = value.to_string();
+        let record = BaseRecord::<str, str>::to(&input).key(&merchant).payload(&payload).timestamp(ts);
+        producer.send(record).expect("send");
+        producer.poll(Duration::ZERO);
+        sent += 1;
+    }
+    producer.flush(Duration::from_secs(10)).expect("flush");
+    assert_eq!(sent, 3000);
+    let expected = reference_windows(&dir, generator);
+    let out = dir.join("windows.csv");
+    let dead = dir.join("dead.csv");
+    run(
+        "kafka",
+        args![
+            "run",
+            "throughput-windows",
+            "-q",
+            "--source",
+            format!("payments=kafka://{broker}/{input}?bounded=true&key_field=merchant_id&timestamp_field=ts_ms"),
+            "--sink",
+            format!("windows={}", file_uri(&out)),
+            "--sink",
+            format!("dead_letters={}", file_uri(&dead)),
+        ],
+        dir.path(),
+    )
+    .assert_success();
+    let mut actual = data_lines(&out, WINDOWS_HEADER);
+    actual.sort();
+    assert_same("windows of payments whose merchant and time are the message's key and timestamp", &expected, &actual);
+    assert_eq!(read(&dead).lines().count(), 1, "no dead letters:\n{}", read(&dead));
+}
+
 /// The live pipeline of the README, bounded: `generate-events` loads payments, authorizations
 /// and blocked cards into topics (a sticky partitioner puts blocks of consecutive payments in
 /// each partition, so the partitions are seconds apart in event time), and `fraud-detection`

@@ -200,3 +200,148 @@ pub(crate) fn partitions(what: &str, uri: &KafkaUri, timeout: Duration) -> Resul
         Some(code) => bail!("{what}: topic {}: {:?}", uri.topic, code),
     }
 }
+
+/// The partition's end (read-committed: the last stable offset) as the last fetch response
+/// reported it. Read from the fetch, not from a ListOffsets request: Tansu 0.6, the broker CI
+/// runs, answers ListOffsets(latest) with the last batch's base offset + 1 instead of the end.
+pub(crate) fn cached_high(consumer: &rdkafka::consumer::BaseConsumer<Health>, topic: &str, partition: i32) -> Option<u64> {
+    let topic = std::ffi::CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the client pointer lives as long as `consumer`; the call only copies the
+    // partition's cached offsets into the two locals.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(consumer.client().native_ptr(), topic.as_ptr(), partition, &mut low, &mut high)
+    };
+    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high as u64)
+}
+
+/// The message's key and timestamp put into its payload as fields a job's record can declare
+/// (`key_field=NAME`, `timestamp_field=NAME` on the source URI).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct MetadataFields {
+    pub key: Option<String>,
+    pub timestamp: Option<String>,
+}
+
+impl MetadataFields {
+    pub fn any(&self) -> bool {
+        self.key.is_some() || self.timestamp.is_some()
+    }
+
+    /// `payload` with the fields asked for: in a JSON object, as its first members (the key as
+    /// a number when it is an integer, else as a string; `null` when the message has none); in a
+    /// CSV line, as columns after the last (the key quoted when it must be, empty when absent).
+    /// A JSON payload that is not an object is left as it is, for the decoder to refuse.
+    pub fn apply<'a>(
+        &self,
+        format: paystream_engine::Format,
+        payload: &'a [u8],
+        key: Option<&[u8]>,
+        timestamp: Option<i64>,
+        out: &'a mut Vec<u8>,
+    ) -> &'a [u8] {
+        use std::io::Write;
+        out.clear();
+        let key_text = key.map(String::from_utf8_lossy);
+        match format {
+            paystream_engine::Format::JsonLines => {
+                let start = payload.iter().position(|b| !b.is_ascii_whitespace());
+                let Some(open) = start.filter(|&i| payload[i] == b'{') else { return payload };
+                let rest = &payload[open + 1..];
+                out.push(b'{');
+                let mut first = true;
+                if let Some(name) = &self.key {
+                    first = false;
+                    let _ = write!(out, "{}:", serde_json::Value::String(name.clone()));
+                    match &key_text {
+                        Some(k) if is_integer(k) => out.extend_from_slice(k.as_bytes()),
+                        Some(k) => {
+                            let _ = write!(out, "{}", serde_json::Value::String(k.to_string()));
+                        }
+                        None => out.extend_from_slice(b"null"),
+                    }
+                }
+                if let Some(name) = &self.timestamp {
+                    if !first {
+                        out.push(b',');
+                    }
+                    let _ = write!(out, "{}:", serde_json::Value::String(name.clone()));
+                    match timestamp {
+                        Some(t) => {
+                            let _ = write!(out, "{t}");
+                        }
+                        None => out.extend_from_slice(b"null"),
+                    }
+                }
+                if rest.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'}') {
+                    out.push(b',');
+                }
+                out.extend_from_slice(rest);
+            }
+            paystream_engine::Format::Csv => {
+                let mut line = payload;
+                while let [head @ .., b'\n' | b'\r'] = line {
+                    line = head;
+                }
+                out.extend_from_slice(line);
+                if self.key.is_some() {
+                    out.push(b',');
+                    if let Some(k) = &key_text {
+                        if k.contains([',', '"', '\n', '\r']) {
+                            out.push(b'"');
+                            out.extend_from_slice(k.replace('"', "\"\"").as_bytes());
+                            out.push(b'"');
+                        } else {
+                            out.extend_from_slice(k.as_bytes());
+                        }
+                    }
+                }
+                if self.timestamp.is_some() {
+                    out.push(b',');
+                    if let Some(t) = timestamp {
+                        let _ = write!(out, "{t}");
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// `-?[0-9]+` without leading zeros (so that it reads back as the same text).
+fn is_integer(s: &str) -> bool {
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) && (digits == "0" || !digits.starts_with('0')) && digits.len() <= 18
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MetadataFields;
+    use paystream_engine::Format;
+
+    fn apply(m: &MetadataFields, format: Format, payload: &str, key: Option<&str>, ts: Option<i64>) -> String {
+        let mut out = Vec::new();
+        String::from_utf8(m.apply(format, payload.as_bytes(), key.map(str::as_bytes), ts, &mut out).to_vec()).unwrap()
+    }
+
+    #[test]
+    fn json_gets_the_key_and_timestamp_as_first_members() {
+        let both = MetadataFields { key: Some("merchant_id".into()), timestamp: Some("ts_ms".into()) };
+        assert_eq!(apply(&both, Format::JsonLines, r#"{"a":1}"#, Some("42"), Some(7)), r#"{"merchant_id":42,"ts_ms":7,"a":1}"#);
+        assert_eq!(apply(&both, Format::JsonLines, " {} ", Some("m-1"), None), r#"{"merchant_id":"m-1","ts_ms":null} "#);
+        assert_eq!(apply(&both, Format::JsonLines, r#"{"a":1}"#, Some("007"), Some(1)), r#"{"merchant_id":"007","ts_ms":1,"a":1}"#);
+        let key = MetadataFields { key: Some("k".into()), timestamp: None };
+        assert_eq!(apply(&key, Format::JsonLines, r#"{ "a":1}"#, None, Some(1)), r#"{"k":null, "a":1}"#);
+        assert_eq!(apply(&key, Format::JsonLines, r#"{"a":1}"#, Some("say \"hi\""), None), r#"{"k":"say \"hi\"","a":1}"#);
+        // Not an object: left for the decoder to refuse.
+        assert_eq!(apply(&key, Format::JsonLines, "[1]", Some("1"), None), "[1]");
+    }
+
+    #[test]
+    fn csv_gets_the_key_and_timestamp_as_last_columns() {
+        let both = MetadataFields { key: Some("k".into()), timestamp: Some("t".into()) };
+        assert_eq!(apply(&both, Format::Csv, "1,2\n", Some("42"), Some(7)), "1,2,42,7");
+        assert_eq!(apply(&both, Format::Csv, "1,2", Some("a,\"b\""), None), "1,2,\"a,\"\"b\"\"\",");
+        assert_eq!(apply(&both, Format::Csv, "1,2", None, Some(3)), "1,2,,3");
+    }
+}

@@ -14,7 +14,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use crate::common::{partitions, Health, KafkaUri};
+use crate::common::{cached_high, partitions, Health, KafkaUri, MetadataFields};
 
 /// The `kafka:` source connector.
 pub struct KafkaSource;
@@ -40,6 +40,7 @@ struct Topic {
     max_record_bytes: usize,
     reconnect_timeout: Duration,
     fetch_wait: Duration,
+    metadata: MetadataFields,
 }
 
 impl SourceConnector for KafkaSource {
@@ -48,7 +49,8 @@ impl SourceConnector for KafkaSource {
     }
     fn usage(&self) -> &'static str {
         "kafka://HOST:PORT[,HOST:PORT]/TOPIC (a partition per split; ?format=jsonl|csv, start=earliest|latest, bounded=true, \
-         connect_timeout=10s, reconnect_timeout=60s, fetch_wait=100ms, max_record_bytes=N)"
+         connect_timeout=10s, reconnect_timeout=60s, fetch_wait=100ms, max_record_bytes=N, key_field=NAME and timestamp_field=NAME \
+         to give a job the message's key and timestamp)"
     }
     fn open(&self, source: &str, uri: &str) -> Result<Arc<dyn PayloadSource>> {
         let what = format!("source {source}={uri}");
@@ -65,6 +67,15 @@ impl SourceConnector for KafkaSource {
         let connect_timeout = o.duration("connect_timeout", Duration::from_secs(10))?;
         let reconnect_timeout = o.duration("reconnect_timeout", Duration::from_secs(60))?;
         let fetch_wait = o.duration("fetch_wait", Duration::from_millis(100))?;
+        let mut field = |name: &str| -> Result<Option<String>> {
+            match o.text(name) {
+                Some(f) if f.is_empty() || f.contains(['"', ',', '\\']) => {
+                    bail!("{what}: {name}={f:?}: give the name of the field (column) that takes it")
+                }
+                other => Ok(other),
+            }
+        };
+        let metadata = MetadataFields { key: field("key_field")?, timestamp: field("timestamp_field")? };
         o.finish()?;
         let partitions = match partitions(&what, &parsed, connect_timeout)? {
             Some(n) if n > 0 => n,
@@ -80,6 +91,7 @@ impl SourceConnector for KafkaSource {
             max_record_bytes,
             reconnect_timeout,
             fetch_wait,
+            metadata,
         }))
     }
 }
@@ -109,6 +121,9 @@ impl PayloadSource for Topic {
             reconnect_timeout: self.reconnect_timeout,
             fetch_wait_ms: self.fetch_wait.as_millis(),
             high: None,
+            metadata: self.metadata.clone(),
+            format: self.format,
+            with_metadata: Vec::new(),
         }))
     }
 }
@@ -135,6 +150,10 @@ struct PartitionReader {
     fetch_wait_ms: u128,
     /// The partition's end as the last fetch reported it, for the backlog.
     high: Option<u64>,
+    /// The key and timestamp fields asked for, and a buffer for payloads with them.
+    metadata: MetadataFields,
+    format: Format,
+    with_metadata: Vec<u8>,
 }
 
 impl PartitionReader {
@@ -223,7 +242,19 @@ impl SplitReader for PartitionReader {
                         self.next = offset;
                         return ReadStatus::Done;
                     }
-                    decode.message(&mut self.lines, message.payload().unwrap_or_default(), offset);
+                    let payload = message.payload().unwrap_or_default();
+                    if self.metadata.any() {
+                        let payload = self.metadata.apply(
+                            self.format,
+                            payload,
+                            message.key(),
+                            message.timestamp().to_millis(),
+                            &mut self.with_metadata,
+                        );
+                        decode.message(&mut self.lines, payload, offset);
+                    } else {
+                        decode.message(&mut self.lines, payload, offset);
+                    }
                     self.next = offset + 1;
                     n += 1;
                 }
@@ -292,20 +323,6 @@ impl SplitReader for PartitionReader {
         let high = self.end.or(self.high)?;
         (self.next != AT_LATEST).then(|| high.saturating_sub(self.next))
     }
-}
-
-/// The partition's end (read-committed: the last stable offset) as the last fetch response
-/// reported it. Read from the fetch, not from a ListOffsets request: Tansu 0.6, the broker CI
-/// runs, answers ListOffsets(latest) with the last batch's base offset + 1 instead of the end.
-fn cached_high(consumer: &BaseConsumer<Health>, topic: &str, partition: i32) -> Option<u64> {
-    let topic = std::ffi::CString::new(topic).ok()?;
-    let (mut low, mut high) = (-1i64, -1i64);
-    // SAFETY: the client pointer lives as long as `consumer`; the call only copies the
-    // partition's cached offsets into the two locals.
-    let err = unsafe {
-        rdkafka::bindings::rd_kafka_get_watermark_offsets(consumer.client().native_ptr(), topic.as_ptr(), partition, &mut low, &mut high)
-    };
-    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high as u64)
 }
 
 /// librdkafka's consumer queue of a consumer, to ask its length.
