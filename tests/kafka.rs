@@ -494,8 +494,18 @@ fn kafka_to_kafka_is_exactly_once_after_kill_9_and_restores_at_other_worker_coun
             _ => ("at a random moment", None),
         };
         let env: Vec<(&str, &str)> = env.as_deref().map(|v| ("PAYSTREAM_CRASH_AT", v)).into_iter().collect();
-        let running = spawn_env("crashing run", job(workers, true, restore), dir.path(), &env);
-        let outcome = kill_after(running, Duration::from_millis(300 + rng.below(1500)));
+        let mut running = spawn_env("crashing run", job(workers, true, restore), dir.path(), &env);
+        // A fresh run is killed once it has written a checkpoint (so that a loaded machine, where
+        // a job starts slowly, still restores), a restored one at once; either after a random
+        // delay.
+        let started = Instant::now();
+        while !restore && !has_checkpoint(&chk) && started.elapsed() < Duration::from_secs(20) {
+            if running.child.try_wait().expect("wait").is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let outcome = kill_after(running, Duration::from_millis(rng.below(1500)));
         eprintln!("run {i} ({workers} worker(s), restored: {restore}): crash {what}: exit {:?}", outcome.code);
         for line in outcome.stderr.lines().filter(|l| l.contains("kafka sink")) {
             eprintln!("    {line}");
