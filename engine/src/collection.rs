@@ -328,7 +328,9 @@ impl<'scope, D: Key> Collection<'scope, D> {
                     let Some(held) = cap.as_mut() else { return };
                     let (frontier_epoch, frontier_wm) = frontier_bounds(frontier.frontier().iter());
                     for (epoch, changes) in epochs.complete(frontier_epoch) {
-                        let at = held.delayed(&Time::new(epoch.max(held.time().epoch), held.time().wm));
+                        // At the same time on every worker (their held watermarks differ): a
+                        // single-writer sink sorts an epoch's changes together, retractions first.
+                        let at = held.delayed(&Time::new(epoch.max(held.time().epoch), END_OF_TIME));
                         output.session(&at).give_iterator(changes.into_iter());
                     }
                     if frontier.is_empty() {
@@ -377,7 +379,10 @@ type TimedChanges<D> = Vec<(u64, Change<D>)>;
 /// `(k + 1, 50)`, which lacks what happened at `(k, 90)`: written one time after another, the
 /// changelog would retract rows not yet inserted. The changes of all times of epochs up to `k`
 /// add up to the collection at `(k, ∞)`, so a changelog written epoch by epoch, each consolidated,
-/// is consistent after every epoch (and within one, a sink ordered by diff puts retractions first).
+/// is consistent after every epoch. Each epoch's changes travel at `(epoch, END_OF_TIME)` on
+/// every worker (the row keeps its own event time), so a single-writer sink sorts all of them
+/// together, and one ordered by diff puts retractions first; the latency histogram, which measures
+/// from the watermark a result travels at, leaves them out.
 struct EpochChanges<D> {
     /// Changes of epochs before this were written before the checkpoint the run resumes from:
     /// they are what the restored rows produce again (see `to_collection`), and are dropped.
