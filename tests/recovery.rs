@@ -436,6 +436,36 @@ fn consolidate(path: &Path, lines: Vec<String>) -> Vec<String> {
     std::iter::once(header).chain(net.into_iter().filter(|(_, n)| *n != 0).map(|(row, n)| format!("{row},{n}"))).collect()
 }
 
+/// Where a changelog file (`key,value...,diff` lines after a header), applied in file order as an
+/// upserting reader would, goes wrong: a retraction of a row that is not current, an insertion of
+/// one that is, or a key with two current rows. Each epoch's changes are consolidated and written
+/// retractions first, so a reader never sees an inconsistent state, across restores too.
+fn changelog_order_problems(path: &Path) -> Vec<String> {
+    let mut current: BTreeMap<String, String> = BTreeMap::new();
+    let mut problems = Vec::new();
+    for (i, line) in read(path).lines().enumerate().skip(1) {
+        let (row, diff) = line.rsplit_once(',').unwrap_or_else(|| panic!("{}: {line:?} has no diff column", path.display()));
+        let key = row.split(',').next().unwrap_or_default().to_string();
+        let problem = match (diff, current.get(&key)) {
+            ("1", None) => {
+                current.insert(key, row.to_string());
+                None
+            }
+            ("1", Some(other)) => Some(format!("inserts {row} while {other} is current")),
+            ("-1", Some(now)) if now == row => {
+                current.remove(&key);
+                None
+            }
+            ("-1", now) => Some(format!("retracts {row}, which is not current (current: {now:?})")),
+            _ => Some(format!("diff {diff} is neither 1 nor -1")),
+        };
+        if let Some(p) = problem {
+            problems.push(format!("{} line {}: {p}", path.display(), i + 1));
+        }
+    }
+    problems
+}
+
 /// Fails unless `actual` equals `expected`, naming missing and duplicated lines.
 fn assert_same_output(label: &str, expected: &Outputs, actual: &Outputs) {
     let mut problems = String::new();
@@ -593,6 +623,10 @@ fn crash_and_recover_with(
             recover(&format!("{label} second restore"), job, (&out, &chk), &case, after, None);
         }
         assert_same_output(&label, reference, &job.outputs(&out));
+        for sink in &job.changelogs {
+            let problems = changelog_order_problems(&out.join(format!("{sink}.csv")));
+            assert!(problems.is_empty(), "{label}: {sink} applied in file order:\n{}", problems[..problems.len().min(5)].join("\n"));
+        }
         assert!(complete_checkpoints(&chk).is_empty(), "{label}: a finished job leaves no checkpoints in {}", chk.display());
         return restored;
     }
