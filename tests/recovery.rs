@@ -45,7 +45,7 @@ const VELOCITY_EVENTS: u64 = 350_000;
 /// Payments (and as many authorizations) for the fraud-detection crash tests.
 const FRAUD_EVENTS: u64 = 40_000;
 /// Payments for the `merchant-exposure` crash test (and a tenth as many adjustments).
-const EXPOSURE_EVENTS: u64 = 80_000;
+const EXPOSURE_EVENTS: u64 = 60_000;
 
 /// The signal of `std::process::abort`, which fault injection calls.
 const SIGABRT: i32 = 6;
