@@ -382,8 +382,8 @@ fn merchant_exposure_revises_as_adjustments_arrive() {
 }
 
 /// Views take part in checkpoints: a checkpointed run (a checkpoint every 20 ms) at 1 and 2
-/// workers ends in the batch answer, writes a changelog that applies in file order, and leaves no
-/// checkpoints behind once finished. (Crashes and restores: `tests/recovery.rs`,
+/// workers writes a part for every view's input, ends in the batch answer, writes a changelog
+/// that applies in file order, and leaves no checkpoints behind once finished. (Crashes and restores: `tests/recovery.rs`,
 /// `merchant_exposure_survives_kill_9`.)
 #[test]
 fn checkpointed_runs_end_in_the_batch_state() {
@@ -402,7 +402,17 @@ fn checkpointed_runs_end_in_the_batch_state() {
         let chk = dir.join(&format!("chk{workers}"));
         let mut a = exposure_args(&pay_path, &adj_path, &out, workers);
         a.extend(args!["--checkpoint-dir", chk.display(), "--checkpoint-interval", "20ms"]);
-        run(&format!("checkpointed, {workers} workers"), a, dir.path()).assert_success();
+        // Not quiet: the summary names the steps that wrote checkpoint parts.
+        a.retain(|arg| arg != "-q");
+        let outcome = run(&format!("checkpointed, {workers} workers"), a, dir.path());
+        outcome.assert_success();
+        for step in ["exposure:paid", "exposure:taken-back", "cards:pairs"] {
+            assert!(
+                outcome.stderr.contains(&format!("checkpoint part of {step}:")),
+                "{workers} workers: step {step} wrote no checkpoint part:\n{}",
+                outcome.stderr
+            );
+        }
         for (sink, header, expected) in [("exposure.csv", EXPOSURE_HEADER, &exposure), ("cards.csv", CARDS_HEADER, &cards)] {
             let what = format!("{sink}, checkpointed with {workers} workers");
             let changes = read_changelog(&out.join(sink), header);
