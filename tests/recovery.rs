@@ -5,7 +5,8 @@
 //! with `PAYSTREAM_CRASH_AT` in the middle of a checkpoint write) at any moment, then restored with
 //! `--restore latest` and run to the end, leaves output files (every sink: the main one,
 //! `late_payments`, `dead_letters`) whose sorted lines equal those of a run that never crashed (the
-//! reference: one run without checkpoints).
+//! reference: one run without checkpoints); the changelogs of updating views are compared
+//! consolidated, as their intermediate revisions depend on timing.
 //!
 //! Kill times are drawn from a seeded RNG; the seed is printed and `PAYSTREAM_RECOVERY_SEED=N`
 //! replays another one.
@@ -43,6 +44,8 @@ const THROUGHPUT_EVENTS: u64 = 300_000;
 const VELOCITY_EVENTS: u64 = 350_000;
 /// Payments (and as many authorizations) for the fraud-detection crash tests.
 const FRAUD_EVENTS: u64 = 40_000;
+/// Payments for the `merchant-exposure` crash test (and a tenth as many adjustments).
+const EXPOSURE_EVENTS: u64 = 60_000;
 
 /// The signal of `std::process::abort`, which fault injection calls.
 const SIGABRT: i32 = 6;
@@ -269,6 +272,9 @@ struct JobRun {
     params: Vec<String>,
     /// Sinks besides the main one.
     side_sinks: Vec<&'static str>,
+    /// Sinks that are changelogs (`row...,diff` lines): compared consolidated, since their
+    /// intermediate revisions depend on timing (see [`consolidate`]).
+    changelogs: Vec<&'static str>,
 }
 
 impl JobRun {
@@ -280,6 +286,7 @@ impl JobRun {
             sources: vec![format!("payments=gen:count={count},late_every=97,late_by_ms=25000")],
             params: Vec::new(),
             side_sinks: vec!["late_payments", "dead_letters"],
+            changelogs: Vec::new(),
         }
     }
 
@@ -292,6 +299,7 @@ impl JobRun {
             sources: vec![format!("payments=gen:count={VELOCITY_EVENTS},cards=2000,late_every=97,late_by_ms=70000")],
             params: vec!["min_count=4".into()],
             side_sinks: vec!["late_payments", "dead_letters"],
+            changelogs: Vec::new(),
         }
     }
 
@@ -309,6 +317,24 @@ impl JobRun {
             ],
             params: vec!["max_per_window=8".into()],
             side_sinks: vec!["dead_letters"],
+            changelogs: Vec::new(),
+        }
+    }
+
+    /// `merchant-exposure` (updating views on differential dataflow) over generated payments and
+    /// refunds and chargebacks of every 10th of them, on few merchants so views revise often.
+    fn exposure() -> JobRun {
+        let shape = "merchants=300,cards=3000,late_every=97,late_by_ms=20000";
+        JobRun {
+            job: "merchant-exposure",
+            main_sink: "exposure",
+            sources: vec![
+                format!("payments=gen:count={EXPOSURE_EVENTS},{shape}"),
+                format!("adjustments=gen:count={},adjust_every=10,{shape}", EXPOSURE_EVENTS / 10),
+            ],
+            params: Vec::new(),
+            side_sinks: vec!["distinct_cards", "dead_letters"],
+            changelogs: vec!["exposure", "distinct_cards"],
         }
     }
 
@@ -353,6 +379,9 @@ impl JobRun {
         for sink in self.sinks() {
             let path = out.join(format!("{sink}.csv"));
             let mut lines: Vec<String> = read(&path).lines().map(String::from).collect();
+            if self.changelogs.contains(&sink) {
+                lines = consolidate(&path, lines);
+            }
             lines.sort_unstable();
             outputs.insert(sink.to_string(), lines);
         }
@@ -391,6 +420,51 @@ impl JobRun {
 
 /// Each sink's lines, sorted.
 type Outputs = BTreeMap<String, Vec<String>>;
+
+/// A changelog file's lines (a header, then `row...,diff`), consolidated: the header, then every
+/// row whose diffs do not add up to 0, as `row...,net`. Two changelogs that consolidate equally
+/// describe the same changes, whatever revisions they went through.
+fn consolidate(path: &Path, lines: Vec<String>) -> Vec<String> {
+    let mut lines = lines.into_iter();
+    let header = lines.next().unwrap_or_else(|| panic!("{} has no header", path.display()));
+    let mut net: BTreeMap<String, i64> = BTreeMap::new();
+    for line in lines {
+        let (row, diff) = line.rsplit_once(',').unwrap_or_else(|| panic!("{}: {line:?} has no diff column", path.display()));
+        let diff: i64 = diff.parse().unwrap_or_else(|e| panic!("{}: diff of {line:?}: {e}", path.display()));
+        *net.entry(row.to_string()).or_default() += diff;
+    }
+    std::iter::once(header).chain(net.into_iter().filter(|(_, n)| *n != 0).map(|(row, n)| format!("{row},{n}"))).collect()
+}
+
+/// Where a changelog file (`key,value...,diff` lines after a header), applied in file order as an
+/// upserting reader would, goes wrong: a retraction of a row that is not current, an insertion of
+/// one that is, or a key with two current rows. Each epoch's changes are consolidated and written
+/// retractions first, so a reader never sees an inconsistent state, across restores too.
+fn changelog_order_problems(path: &Path) -> Vec<String> {
+    let mut current: BTreeMap<String, String> = BTreeMap::new();
+    let mut problems = Vec::new();
+    for (i, line) in read(path).lines().enumerate().skip(1) {
+        let (row, diff) = line.rsplit_once(',').unwrap_or_else(|| panic!("{}: {line:?} has no diff column", path.display()));
+        let key = row.split(',').next().unwrap_or_default().to_string();
+        let problem = match (diff, current.get(&key)) {
+            ("1", None) => {
+                current.insert(key, row.to_string());
+                None
+            }
+            ("1", Some(other)) => Some(format!("inserts {row} while {other} is current")),
+            ("-1", Some(now)) if now == row => {
+                current.remove(&key);
+                None
+            }
+            ("-1", now) => Some(format!("retracts {row}, which is not current (current: {now:?})")),
+            _ => Some(format!("diff {diff} is neither 1 nor -1")),
+        };
+        if let Some(p) = problem {
+            problems.push(format!("{} line {}: {p}", path.display(), i + 1));
+        }
+    }
+    problems
+}
 
 /// Fails unless `actual` equals `expected`, naming missing and duplicated lines.
 fn assert_same_output(label: &str, expected: &Outputs, actual: &Outputs) {
@@ -510,13 +584,29 @@ struct Scenario {
 
 /// Runs `scenario` in a fresh directory under `dir`, recovers, and compares with `reference`.
 fn crash_and_recover(job: &JobRun, dir: &TempDir, name: &str, scenario: &Scenario, reference: &Outputs) {
+    crash_and_recover_with(job, dir, name, scenario, reference, &[], &[]);
+}
+
+/// [`crash_and_recover`] with extra arguments (`--workers N`) for the crashed run (`before`) and
+/// for the recoveries (`after`). Returns the epoch of the checkpoint the first recovery restored,
+/// or `None` when the crash left none complete (the recovery then started afresh).
+fn crash_and_recover_with(
+    job: &JobRun,
+    dir: &TempDir,
+    name: &str,
+    scenario: &Scenario,
+    reference: &Outputs,
+    before: &[String],
+    after: &[String],
+) -> Option<u64> {
     let mut first = scenario.first.clone();
     for attempt in 0..4 {
         let case = dir.join(&format!("{name}-try{attempt}"));
         let (out, chk) = (case.join("out"), case.join("chk"));
         std::fs::create_dir_all(&case).expect("case directory");
         let label = format!("{} {name}", job.job);
-        let (crashed, outcome) = run_with_crash(&format!("{label} ({first:?})"), &job.checkpointed(&out, &chk, &[]), &case, Some(&first));
+        let (crashed, outcome) =
+            run_with_crash(&format!("{label} ({first:?})"), &job.checkpointed(&out, &chk, before), &case, Some(&first));
         if !crashed {
             outcome.assert_success();
             match first {
@@ -526,14 +616,19 @@ fn crash_and_recover(job: &JobRun, dir: &TempDir, name: &str, scenario: &Scenari
             }
             continue;
         }
+        let restored = newest_complete(&chk).map(|(epoch, _)| epoch);
         let second = scenario.second.as_ref();
-        let (crashed, _) = recover(&format!("{label} restore ({second:?})"), job, (&out, &chk), &case, &[], second);
+        let (crashed, _) = recover(&format!("{label} restore ({second:?})"), job, (&out, &chk), &case, after, second);
         if crashed {
-            recover(&format!("{label} second restore"), job, (&out, &chk), &case, &[], None);
+            recover(&format!("{label} second restore"), job, (&out, &chk), &case, after, None);
         }
         assert_same_output(&label, reference, &job.outputs(&out));
+        for sink in &job.changelogs {
+            let problems = changelog_order_problems(&out.join(format!("{sink}.csv")));
+            assert!(problems.is_empty(), "{label}: {sink} applied in file order:\n{}", problems[..problems.len().min(5)].join("\n"));
+        }
         assert!(complete_checkpoints(&chk).is_empty(), "{label}: a finished job leaves no checkpoints in {}", chk.display());
-        return;
+        return restored;
     }
     panic!("{} {name}: every run ended before its kill point: the job is too small to be killed mid-run", job.job);
 }
@@ -631,6 +726,60 @@ fn fraud_detection_survives_kill_9() {
         2,
         &[inject("part:before-write:15", Some(Crash::Inject("manifest:before-write:2")))],
     );
+}
+
+/// Updating views (differential dataflow) restore from checkpoints, also at another worker count:
+/// `merchant-exposure` killed at 5 random moments (one in each fifth of its run), at 1 or 2
+/// workers and restored at 1 or 2 (three of them at the other count), the restore of every other
+/// one killed again. Its changelogs, consolidated, must equal those of a run that never crashed:
+/// a restore that lost the views' state misses rows, one that wrote it again doubles them.
+#[test]
+fn merchant_exposure_survives_kill_9() {
+    let test = "merchant_exposure_survives_kill_9";
+    let mut rng = rng_for_test(test);
+    let job = JobRun::exposure();
+    let reference = job.reference();
+    let dir = TempDir::new(test);
+    let workers = |n: usize| vec!["--workers".to_string(), n.to_string()];
+    // Uninterrupted checkpointed runs at each worker count: their output equals the reference,
+    // and their length bounds the kill moments.
+    let mut duration = BTreeMap::new();
+    for n in [1, 2] {
+        let (out, chk) = (dir.join(&format!("uninterrupted{n}/out")), dir.join(&format!("uninterrupted{n}/chk")));
+        let full = run(&format!("{} uninterrupted, {n} workers", job.job), &job.checkpointed(&out, &chk, &workers(n)), &dir.0);
+        full.assert_success();
+        assert_same_output(&format!("{} uninterrupted checkpointed run, {n} workers", job.job), &reference, &job.outputs(&out));
+        eprintln!("{test}: an uninterrupted checkpointed run with {n} workers takes {:?}", full.elapsed);
+        duration.insert(n, full.elapsed);
+    }
+    // The first slice is early (often before the first checkpoint): the same count there.
+    let counts = [(1, 1), (1, 2), (2, 1), (2, 2), (1, 2)];
+    let mut failures = Vec::new();
+    let mut restored_elsewhere = Vec::new();
+    for (i, (before, after)) in counts.into_iter().enumerate() {
+        let low = 0.05 + 0.18 * i as f64;
+        let f = rng.fraction(low, low + 0.18);
+        let first = Crash::KillAfter(duration[&before].mul_f64(f));
+        let second = (i % 2 == 1).then(|| Crash::KillAfter(duration[&after].mul_f64((1.0 - f) * rng.fraction(0.05, 0.9))));
+        let scenario = Scenario { first, second };
+        let name = format!("kill{i}-w{before}-to-w{after}");
+        eprintln!("{test}: {name}: {scenario:?}");
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            crash_and_recover_with(&job, &dir, &name, &scenario, &reference, &workers(before), &workers(after))
+        }));
+        match result {
+            Ok(Some(epoch)) if before != after => restored_elsewhere.push(format!("{name} from checkpoint {epoch}")),
+            Ok(_) => {}
+            Err(panic) => {
+                let message = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
+                let short: String = message.unwrap_or_default().chars().take(700).collect();
+                failures.push(format!("{name} {scenario:?}:\n{short}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{test}: {} of {} scenarios failed:\n\n{}", failures.len(), counts.len(), failures.join("\n\n"));
+    eprintln!("{test}: restored at another worker count: {restored_elsewhere:?}");
+    assert!(!restored_elsewhere.is_empty(), "{test}: no run was restored from a checkpoint at another worker count");
 }
 
 #[test]
@@ -847,7 +996,7 @@ fn chaos() {
     let trials: usize = std::env::var("PAYSTREAM_CHAOS_TRIALS").ok().and_then(|n| n.parse().ok()).unwrap_or(20);
     let mut rng = rng_for_test("chaos");
     let mut failures = Vec::new();
-    for job in [JobRun::throughput(THROUGHPUT_EVENTS), JobRun::velocity(), JobRun::fraud()] {
+    for job in [JobRun::throughput(THROUGHPUT_EVENTS), JobRun::velocity(), JobRun::fraud(), JobRun::exposure()] {
         let reference = job.reference();
         let dir = TempDir::new(&format!("chaos-{}", job.job));
         // The length of an uncrashed checkpointed run at each worker count bounds the kill moments.

@@ -6,7 +6,9 @@
 //! * `distinct_cards`: per merchant, the number of distinct cards that ever paid there, as the
 //!   same kind of changelog (`merchant_id,cards,diff`).
 //!
-//! Does not take part in checkpoints yet (see `paystream_engine::collection`).
+//! With checkpoints, each `to_collection` step saves the rows it passed on, consolidated, and a
+//! restore replays them (see `paystream_engine::collection`): the changelogs, consolidated, equal
+//! those of a run that never crashed, at any worker count; their intermediate revisions may differ.
 
 use paystream_engine::{csv_record, JobBuilder, JobSpec, OutOfOrder, ParamSpec, Params, Result, SinkSpec, SourceSpec};
 
