@@ -16,8 +16,9 @@
 //! Flink's semantics. Both inputs only insert, so the join's changelog only inserts too: each
 //! change becomes that many rows, and the sink writes rows, not a changelog.
 //!
-//! What it costs: the selected persons and auctions (about a tenth of each: 5 of the generator's
-//! 10 cities, 1 of its 5 categories) are held for the whole run, as in Flink without a state TTL.
+//! What it costs: the selected persons and auctions (half the persons: 5 of the generator's 10
+//! cities are in those states; a fifth of the auctions: 1 of its 5 categories) are held for the
+//! whole run, as in Flink without a state TTL.
 //! Rows are emitted once the watermark passes their time, rounded up to `granularity_ms`.
 //!
 //! Sources `persons`, `auctions`; sink `suggestions` (CSV columns `name,city,state,auction`).
