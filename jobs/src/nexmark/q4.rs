@@ -25,9 +25,9 @@
 //!
 //! What it costs: the join holds every auction and every bid for the whole run (as Flink's does
 //! without a state TTL), and the maximum step every bid again, keyed by auction: memory grows
-//! with the input, about 60 bytes a bid (520 MiB peak at 10 M events, BENCHMARKS.md). The views update once per `granularity_ms` of
-//! watermark; each update of a category costs the same whatever the number of its auctions
-//! (sums and counts are kept as weights, not recomputed).
+//! with the input, about 60 bytes a bid (520 MiB peak at 10 M events, BENCHMARKS.md). The views
+//! update once per `granularity_ms` of watermark; each update of a category costs the same
+//! whatever the number of its auctions (sums and counts are kept as weights, not recomputed).
 //!
 //! Sources `auctions`, `bids`; sink `averages`, a changelog (CSV columns
 //! `category,auctions,average_price_cents,diff`): `diff` 1 makes a row current, -1 retracts it;
