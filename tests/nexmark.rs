@@ -282,25 +282,6 @@ impl Auction {
     }
 }
 
-/// Runs `job` with `args` at 1 and at 2 workers (at the same time) and returns each run's data
-/// lines of `sink`, in the order written.
-fn run_at_1_and_2_workers(dir: &TempDir, label: &str, job: &str, args: &[String], sink: &str, header: &str) -> Vec<Vec<String>> {
-    let mut runs = Vec::new();
-    let mut outputs = Vec::new();
-    for workers in [1, 2] {
-        let out = dir.join(&format!("{label}-w{workers}")).join(format!("{sink}.csv"));
-        let mut a = args!["run", job];
-        a.extend(args.iter().cloned());
-        a.extend(args!["--sink", format!("{sink}={}", file_uri(&out)), "--workers", workers, "-q"]);
-        runs.push(spawn(&format!("{label} on {workers} workers"), a, dir.path()));
-        outputs.push(out);
-    }
-    for outcome in wait_all(runs) {
-        outcome.assert_success();
-    }
-    outputs.iter().map(|p| data_lines(p, header)).collect()
-}
-
 #[test]
 fn query_3_equals_a_batch_computation() {
     let dir = TempDir::new("nexmark-q3");
