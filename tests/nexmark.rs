@@ -43,10 +43,11 @@ struct Events {
     bids: Vec<String>,
 }
 
-/// The three `--source NAME=gen:OPTIONS` arguments of a Nexmark job, all with the same options.
-fn gen_sources(options: &str) -> Vec<String> {
+/// The `--source NAME=gen:OPTIONS` arguments of a Nexmark job reading sources `names`, all with
+/// the same options (so that together they make one consistent stream).
+fn gen_sources(names: &[&str], options: &str) -> Vec<String> {
     let mut a = Vec::new();
-    for name in ["persons", "auctions", "bids"] {
+    for name in names {
         a.extend(args!["--source", format!("{name}=gen:{options}")]);
     }
     a
@@ -57,7 +58,7 @@ fn gen_sources(options: &str) -> Vec<String> {
 fn generate(dir: &TempDir, label: &str, options: &str, workers: usize, ext: &str) -> Events {
     let out = dir.join(label);
     let mut a = args!["run", "nexmark-generate"];
-    a.extend(gen_sources(options));
+    a.extend(gen_sources(&["persons", "auctions", "bids"], options));
     for name in ["persons", "auctions", "bids"] {
         a.extend(args!["--sink", format!("{name}={}", file_uri(&out.join(format!("{name}.{ext}"))))]);
     }
@@ -303,8 +304,7 @@ fn query_3_equals_a_batch_computation() {
     assert!(expected.len() >= 50, "q3 matches only {} auctions: too few to test", expected.len());
     assert!(longest_wait_ms > 10_000, "no auction comes long after its seller ({longest_wait_ms} ms): a window join would pass");
 
-    let mut sources = gen_sources(options);
-    sources.drain(4..); // persons and auctions
+    let sources = gen_sources(&["persons", "auctions"], options);
     let q3 = run_on_1_and_2_workers(&dir, "q3", "nexmark-q3", &sources, "suggestions", "name,city,state,auction");
     assert_same("q3", &expected, &q3);
 }
@@ -339,8 +339,7 @@ fn query_4_changelog_ends_at_a_batch_computation() {
     expected.sort();
     assert_eq!(expected.len(), 5, "{expected:?}");
 
-    let mut sources = gen_sources(options);
-    sources.drain(..2); // auctions and bids
+    let sources = gen_sources(&["auctions", "bids"], options);
     let header = "category,auctions,average_price_cents,diff";
     for (workers, lines) in [1, 2].into_iter().zip(run_at_1_and_2_workers(&dir, "q4", "nexmark-q4", &sources, "averages", header)) {
         // Applied in the order written, the changelog keeps one current row per category: each
@@ -402,8 +401,7 @@ fn query_8_equals_a_batch_computation() {
     assert!(several >= 10, "only {several} persons with several auctions in their window");
     assert!(other_window_only >= 10, "only {other_window_only} persons selling only in another window");
 
-    let mut sources = gen_sources(options);
-    sources.drain(4..); // persons and auctions
+    let sources = gen_sources(&["persons", "auctions"], options);
     let q8 = run_on_1_and_2_workers(&dir, "q8", "nexmark-q8", &sources, "new_users", "id,name,window_start_ms");
     assert_same("q8", &expected, &q8);
 }
