@@ -43,10 +43,11 @@ struct Events {
     bids: Vec<String>,
 }
 
-/// The three `--source NAME=gen:OPTIONS` arguments of a Nexmark job, all with the same options.
-fn gen_sources(options: &str) -> Vec<String> {
+/// The `--source NAME=gen:OPTIONS` arguments of a Nexmark job reading sources `names`, all with
+/// the same options (so that together they make one consistent stream).
+fn gen_sources(names: &[&str], options: &str) -> Vec<String> {
     let mut a = Vec::new();
-    for name in ["persons", "auctions", "bids"] {
+    for name in names {
         a.extend(args!["--source", format!("{name}=gen:{options}")]);
     }
     a
@@ -57,7 +58,7 @@ fn gen_sources(options: &str) -> Vec<String> {
 fn generate(dir: &TempDir, label: &str, options: &str, workers: usize, ext: &str) -> Events {
     let out = dir.join(label);
     let mut a = args!["run", "nexmark-generate"];
-    a.extend(gen_sources(options));
+    a.extend(gen_sources(&["persons", "auctions", "bids"], options));
     for name in ["persons", "auctions", "bids"] {
         a.extend(args!["--sink", format!("{name}={}", file_uri(&out.join(format!("{name}.{ext}"))))]);
     }
@@ -242,4 +243,165 @@ fn queries_5_and_7_equal_a_batch_computation() {
         "window_start_ms,window_end_ms,auction,bidder,price_cents,ts_ms",
     );
     assert_same("q7", &expected, &q7);
+}
+
+/// A person as the tests read it.
+#[derive(Clone, Debug)]
+struct Person {
+    id: u64,
+    name: String,
+    city: String,
+    state: String,
+    ts_ms: u64,
+}
+
+impl Person {
+    fn parse(line: &str) -> Person {
+        let f = split_csv(line);
+        assert_eq!(f.len(), 7, "person line {line:?}");
+        let n = |i: usize| f[i].parse::<u64>().unwrap_or_else(|e| panic!("column {i} of {line:?}: {e}"));
+        Person { id: n(0), name: f[1].clone(), city: f[4].clone(), state: f[5].clone(), ts_ms: n(6) }
+    }
+}
+
+/// An auction as the tests read it (the columns the queries use).
+#[derive(Clone, Debug)]
+struct Auction {
+    id: u64,
+    ts_ms: u64,
+    expires_ms: u64,
+    seller: u64,
+    category: u64,
+}
+
+impl Auction {
+    fn parse(line: &str) -> Auction {
+        let f = split_csv(line);
+        assert_eq!(f.len(), 9, "auction line {line:?}");
+        let n = |i: usize| f[i].parse::<u64>().unwrap_or_else(|e| panic!("column {i} of {line:?}: {e}"));
+        Auction { id: n(0), ts_ms: n(5), expires_ms: n(6), seller: n(7), category: n(8) }
+    }
+}
+
+#[test]
+fn query_3_equals_a_batch_computation() {
+    let dir = TempDir::new("nexmark-q3");
+    // 30,000 events at 1,000 a second: 30 s of event time, so that many auctions come long
+    // (more than any window) after their seller registered.
+    let options = "count=30000,seed=13,disorder_ms=500,events_per_sec=1000,partitions=4";
+    let events = generate(&dir, "input", options, 1, "csv");
+    let persons: BTreeMap<u64, Person> = events.persons.iter().map(|l| Person::parse(l)).map(|p| (p.id, p)).collect();
+    let mut expected = Vec::new();
+    let mut longest_wait_ms = 0;
+    for auction in events.auctions.iter().map(|l| Auction::parse(l)) {
+        let seller = &persons[&auction.seller];
+        if auction.category == 10 && ["OR", "ID", "CA"].contains(&seller.state.as_str()) {
+            expected.push(format!("{},{},{},{}", seller.name, seller.city, seller.state, auction.id));
+            longest_wait_ms = longest_wait_ms.max(auction.ts_ms.saturating_sub(seller.ts_ms));
+        }
+    }
+    expected.sort();
+    assert!(expected.len() >= 50, "q3 matches only {} auctions: too few to test", expected.len());
+    assert!(longest_wait_ms > 10_000, "no auction comes long after its seller ({longest_wait_ms} ms): a window join would pass");
+
+    let sources = gen_sources(&["persons", "auctions"], options);
+    let q3 = run_on_1_and_2_workers(&dir, "q3", "nexmark-q3", &sources, "suggestions", "name,city,state,auction");
+    assert_same("q3", &expected, &q3);
+}
+
+#[test]
+fn query_4_changelog_ends_at_a_batch_computation() {
+    let dir = TempDir::new("nexmark-q4");
+    // Short auctions (0.5 to 1.5 s) at 2,000 events a second: bids on one of the latest 100
+    // auctions often come after it expired, so the lifetime condition matters.
+    let options = "count=20000,seed=17,disorder_ms=300,events_per_sec=2000,auction_length_ms=1000,partitions=4";
+    let events = generate(&dir, "input", options, 1, "csv");
+    let auctions: BTreeMap<u64, Auction> = events.auctions.iter().map(|l| Auction::parse(l)).map(|a| (a.id, a)).collect();
+    let mut winning: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut outside = 0;
+    for bid in events.bids.iter().map(|l| Bid::parse(l)) {
+        let auction = &auctions[&bid.auction];
+        if (auction.ts_ms..=auction.expires_ms).contains(&bid.ts_ms) {
+            let highest = winning.entry(auction.id).or_default();
+            *highest = (*highest).max(bid.price_cents);
+        } else {
+            outside += 1;
+        }
+    }
+    assert!(outside > 100, "only {outside} bids outside their auction's lifetime: the condition goes untested");
+    let mut per_category: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+    for (auction, price) in &winning {
+        let entry = per_category.entry(auctions[auction].category).or_default();
+        entry.0 += 1;
+        entry.1 += price;
+    }
+    let mut expected: Vec<String> = per_category.iter().map(|(c, (n, total))| format!("{c},{n},{}", total / n)).collect();
+    expected.sort();
+    assert_eq!(expected.len(), 5, "{expected:?}");
+
+    let sources = gen_sources(&["auctions", "bids"], options);
+    let header = "category,auctions,average_price_cents,diff";
+    for (workers, lines) in [1, 2].into_iter().zip(run_at_1_and_2_workers(&dir, "q4", "nexmark-q4", &sources, "averages", header)) {
+        // Applied in the order written, the changelog keeps one current row per category: each
+        // retraction removes the current row, each insertion comes when there is none.
+        let mut current: BTreeMap<String, String> = BTreeMap::new();
+        let mut retractions = 0;
+        for line in &lines {
+            let (row, diff) = line.rsplit_once(',').unwrap_or_else(|| panic!("q4 line {line:?}"));
+            let category = row.split(',').next().unwrap_or_default().to_string();
+            match diff {
+                "1" => {
+                    let before = current.insert(category, row.to_string());
+                    assert!(before.is_none(), "{workers} workers: {line:?} inserted over {before:?}");
+                }
+                "-1" => {
+                    retractions += 1;
+                    let before = current.remove(&category);
+                    assert_eq!(before.as_deref(), Some(row), "{workers} workers: {line:?} retracts another row");
+                }
+                _ => panic!("{workers} workers: diff of {line:?}"),
+            }
+        }
+        assert!(retractions > 0, "{workers} workers: the averages never revised");
+        let mut last: Vec<String> = current.into_values().collect();
+        last.sort();
+        assert_same(&format!("q4 at {workers} workers, current rows at the end"), &expected, &last);
+    }
+}
+
+#[test]
+fn query_8_equals_a_batch_computation() {
+    let dir = TempDir::new("nexmark-q8");
+    // 60,000 events at 2,000 a second: 30 s of event time, three 10 s windows.
+    let options = "count=60000,seed=19,disorder_ms=500,events_per_sec=2000,partitions=4";
+    let events = generate(&dir, "input", options, 1, "csv");
+    let size = 10_000u64;
+    let window = |ts: u64| ts - ts % size;
+    let mut auctions_per_seller: BTreeMap<(u64, u64), u64> = BTreeMap::new();
+    for auction in events.auctions.iter().map(|l| Auction::parse(l)) {
+        *auctions_per_seller.entry((auction.seller, window(auction.ts_ms))).or_default() += 1;
+    }
+    let mut expected = Vec::new();
+    let mut several = 0;
+    let mut other_window_only = 0;
+    for person in events.persons.iter().map(|l| Person::parse(l)) {
+        let start = window(person.ts_ms);
+        match auctions_per_seller.get(&(person.id, start)) {
+            Some(n) => {
+                expected.push(format!("{},{},{start}", person.id, person.name));
+                several += usize::from(*n > 1);
+            }
+            None if auctions_per_seller.keys().any(|(seller, _)| *seller == person.id) => other_window_only += 1,
+            None => {}
+        }
+    }
+    expected.sort();
+    // The rows must depend on the windows and be one per person, not one per auction.
+    assert!(expected.len() >= 50, "q8 finds only {} persons", expected.len());
+    assert!(several >= 10, "only {several} persons with several auctions in their window");
+    assert!(other_window_only >= 10, "only {other_window_only} persons selling only in another window");
+
+    let sources = gen_sources(&["persons", "auctions"], options);
+    let q8 = run_on_1_and_2_workers(&dir, "q8", "nexmark-q8", &sources, "new_users", "id,name,window_start_ms");
+    assert_same("q8", &expected, &q8);
 }

@@ -71,6 +71,12 @@ pub struct Collection<'scope, D: 'static> {
     ctx: Rc<BuildContext>,
 }
 
+impl<D: Clone + 'static> Clone for Collection<'_, D> {
+    fn clone(&self) -> Self {
+        Collection { inner: self.inner.clone(), ctx: self.ctx.clone() }
+    }
+}
+
 /// One change to a collection: `data` inserted (`diff > 0`) or retracted (`diff < 0`).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Change<D> {
@@ -304,6 +310,30 @@ impl<'scope, D: Key> Collection<'scope, D> {
         Collection { inner: self.inner.distinct(), ctx: self.ctx }
     }
 
+    /// Each row rewritten as `f` says, its weight multiplied by the factor `f` gives: with
+    /// [`count`](Collection::count) after it, a sum of that factor per row (a total price per
+    /// category, say) for rows that revise as the collection changes.
+    ///
+    /// ```
+    /// use paystream_engine::testing::run_collect;
+    /// // Spend per card: each (card, amount) row weighs its amount, and count sums the weights.
+    /// let changes = run_collect(vec![(0, (1u64, 500u64)), (0, (2, 300)), (1500, (1, 250))], |s| {
+    ///     s.to_collection("rows", 1000, |row| vec![(row, 1)])
+    ///         .weigh(|(card, amount)| (card, amount as isize))
+    ///         .count()
+    ///         .changelog("spend")
+    /// });
+    /// let mut current = std::collections::BTreeMap::new();
+    /// for (_, change) in changes {
+    ///     *current.entry(change.data).or_insert(0) += change.diff;
+    /// }
+    /// current.retain(|_, n| *n != 0);
+    /// assert_eq!(current.into_keys().collect::<Vec<_>>(), vec![(1, 750), (2, 300)]);
+    /// ```
+    pub fn weigh<D2: Key>(self, f: impl Fn(D) -> (D2, isize) + 'static) -> Collection<'scope, D2> {
+        Collection { inner: self.inner.explode(move |row| Some(f(row))), ctx: self.ctx }
+    }
+
     /// Each distinct row with its total weight: with weights set to amounts, a sum per row.
     pub fn count(self) -> Collection<'scope, (D, i64)> {
         Collection { inner: self.inner.count().map(|(d, n)| (d, n as i64)), ctx: self.ctx }
@@ -430,6 +460,40 @@ impl<'scope, K: Key, V: Key> Collection<'scope, (K, V)> {
     /// Pairs rows of equal keys; the result revises when either side changes.
     pub fn join<V2: Key>(self, other: Collection<'scope, (K, V2)>) -> Collection<'scope, (K, (V, V2))> {
         Collection { inner: self.inner.join(other.inner), ctx: self.ctx }
+    }
+
+    /// Per key, the rows `logic` makes of the key's current values, revised whenever they change:
+    /// `logic(key, values, out)` gets the values in ascending order, each with its (positive)
+    /// multiplicity, and pushes `(value, weight)` pairs to `out`. A maximum per key is the last
+    /// value; a sum and a count walk them all. Called again for a key at every time its values
+    /// change, over all of them: cheap for keys with few values, quadratic in the worst case for
+    /// a key that gains values one time at a time. The key's values are held in memory.
+    ///
+    /// ```
+    /// use paystream_engine::testing::run_collect;
+    /// // The largest payment per card, revised as larger ones arrive.
+    /// let changes = run_collect(vec![(0, (1u64, 500u64)), (0, (2, 300)), (1500, (1, 900)), (2500, (1, 100))], |s| {
+    ///     s.to_collection("rows", 1000, |row| vec![(row, 1)])
+    ///         .reduce("largest", |_card, amounts, out| {
+    ///             if let Some((largest, _)) = amounts.last() {
+    ///                 out.push((**largest, 1));
+    ///             }
+    ///         })
+    ///         .changelog("largest-changes")
+    /// });
+    /// let mut current = std::collections::BTreeMap::new();
+    /// for (_, change) in changes {
+    ///     *current.entry(change.data).or_insert(0) += change.diff;
+    /// }
+    /// current.retain(|_, n| *n != 0);
+    /// assert_eq!(current.into_keys().collect::<Vec<_>>(), vec![(1, 900), (2, 300)]);
+    /// ```
+    pub fn reduce<V2: Key>(
+        self,
+        name: &str,
+        logic: impl Fn(&K, &[(&V, isize)], &mut Vec<(V2, isize)>) + 'static,
+    ) -> Collection<'scope, (K, V2)> {
+        Collection { inner: self.inner.reduce_named(name, move |key, values, out| logic(key, values, out)), ctx: self.ctx }
     }
 }
 

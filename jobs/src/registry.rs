@@ -20,8 +20,11 @@ pub fn all_jobs() -> Vec<JobSpec> {
         crate::nexmark::q0::SPEC,
         crate::nexmark::q1::SPEC,
         crate::nexmark::q2::SPEC,
+        crate::nexmark::q3::SPEC,
+        crate::nexmark::q4::SPEC,
         crate::nexmark::q5::SPEC,
         crate::nexmark::q7::SPEC,
+        crate::nexmark::q8::SPEC,
         crate::nexmark::generate::SPEC,
     ]
 }

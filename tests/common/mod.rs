@@ -282,9 +282,9 @@ impl Payment {
 }
 
 /// Runs `paystream run JOB ARGS --sink SINK=DIR/LABEL-wN/FILE --workers N -q` for N = 1 and 2 at
-/// once, checks both succeed and wrote the same lines (in any order), and returns the data lines
-/// (after checking `header`), sorted.
-pub fn run_on_1_and_2_workers(dir: &TempDir, label: &str, job: &str, args: &[String], sink: &str, header: &str) -> Vec<String> {
+/// once, checks both succeed and returns each run's data lines (after checking `header`), in the
+/// order written: for outputs whose lines depend on the worker count, such as changelogs.
+pub fn run_at_1_and_2_workers(dir: &TempDir, label: &str, job: &str, args: &[String], sink: &str, header: &str) -> Vec<Vec<String>> {
     let mut runs = Vec::new();
     let mut outputs = Vec::new();
     for workers in [1, 2] {
@@ -298,7 +298,13 @@ pub fn run_on_1_and_2_workers(dir: &TempDir, label: &str, job: &str, args: &[Str
     for outcome in wait_all(runs) {
         outcome.assert_success();
     }
-    let mut results: Vec<Vec<String>> = outputs.iter().map(|p| data_lines(p, header)).collect();
+    outputs.iter().map(|p| data_lines(p, header)).collect()
+}
+
+/// As [`run_at_1_and_2_workers`], and checks both runs wrote the same lines (in any order);
+/// returns them sorted.
+pub fn run_on_1_and_2_workers(dir: &TempDir, label: &str, job: &str, args: &[String], sink: &str, header: &str) -> Vec<String> {
+    let mut results = run_at_1_and_2_workers(dir, label, job, args, sink, header);
     for r in &mut results {
         r.sort();
     }

@@ -4,7 +4,10 @@
 //! * [`generator`]: their `gen:` sources, following the specification's event mix.
 //! * [`generate`]: `nexmark-generate`, the three streams written to files, for replay and tests.
 //! * [`q0`], [`q1`], [`q2`]: pass-through, currency conversion and selection over the bids.
+//! * [`q3`], [`q4`]: local item suggestion and average closing price per category, regular
+//!   joins as updating views (differential dataflow).
 //! * [`q5`], [`q7`]: hot items (sliding windows) and highest bid (tumbling windows).
+//! * [`q8`]: monitor new users, a window join.
 //! * [`all_max`]: the aggregate q5 and q7 share, every record tied for the largest value.
 //!
 //! The event stream is the specification's: event `e` is a person, an auction or a bid by its
@@ -20,8 +23,11 @@ pub mod generator;
 pub mod q0;
 pub mod q1;
 pub mod q2;
+pub mod q3;
+pub mod q4;
 pub mod q5;
 pub mod q7;
+pub mod q8;
 
 pub use event::{Auction, Bid, Person};
 
@@ -32,4 +38,12 @@ pub(crate) const OUT_OF_ORDERNESS: ParamSpec = ParamSpec {
     name: "out_of_orderness_ms",
     default: "1000",
     about: "how far behind the latest bid one may arrive, ms (the generator is in order unless given disorder_ms)",
+};
+
+/// How much event time the updating views (q3, q4) gather before they update: coarser is
+/// cheaper (each update costs per distinct time) and later.
+pub(crate) const GRANULARITY: ParamSpec = ParamSpec {
+    name: "granularity_ms",
+    default: "100",
+    about: "event time is coarsened to this much (of watermark) before the views update, ms",
 };
