@@ -268,6 +268,64 @@ fn message_keys_and_timestamps_reach_the_job_as_fields() {
     assert_eq!(read(&dead).lines().count(), 1, "no dead letters:\n{}", read(&dead));
 }
 
+/// A live job without checkpoints passes every record on while its topic is quiet: the last ones
+/// read are not held until more input moves the watermark (they once were, for good).
+#[test]
+fn a_quiet_topic_s_last_records_reach_the_output_at_once() {
+    let _serial = serial();
+    let Some(broker) = broker("a_quiet_topic_s_last_records_reach_the_output_at_once") else { return };
+    let dir = TempDir::new("kafka-quiet");
+    let (input, output) = (topic("quiet-in"), topic("quiet-out"));
+    load_payments(&dir, &broker, &input, "count=500");
+    let job = spawn(
+        "live pass-through",
+        args![
+            "run",
+            "generate-payments",
+            "-q",
+            "--source",
+            format!("payments=kafka://{broker}/{input}"),
+            "--sink",
+            format!("payments=kafka://{broker}/{output}?partitions=2"),
+        ],
+        dir.path(),
+    );
+    let wait_for = |count: usize| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut seen = 0;
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(300));
+            let exists = ClientConfig::new()
+                .set("bootstrap.servers", &broker)
+                .create::<BaseConsumer>()
+                .ok()
+                .and_then(|c| c.fetch_metadata(Some(&output), Duration::from_secs(5)).ok())
+                .is_some_and(|m| m.topics().first().is_some_and(|t| !t.partitions().is_empty()));
+            if exists {
+                seen = read_topic(&broker, &output).len();
+                if seen >= count {
+                    break;
+                }
+            }
+        }
+        seen
+    };
+    let first = wait_for(500);
+    // Then a few more on one partition only: the others, quiet, hold the watermark where it is,
+    // and these records' time stays incomplete until they move.
+    let later: Vec<String> = (0..20)
+        .map(|i| {
+            format!(
+                r#"{{"ts_ms":1767229200000,"txn_id":"late{i}","card_id":1,"merchant_id":2,"amount_cents":100,"currency":"EUR","country":"DE","status":"APPROVED"}}"#
+            )
+        })
+        .collect();
+    produce(&broker, &input, 1, &later.iter().map(String::as_str).collect::<Vec<_>>());
+    let second = wait_for(520);
+    let outcome = kill_after(job, Duration::ZERO);
+    assert_eq!((first, second), (500, 520), "payments on the output topic while the job ran; its stderr:\n{}", outcome.stderr);
+}
+
 /// The live pipeline of the README, bounded: `generate-events` loads payments, authorizations
 /// and blocked cards into topics (a sticky partitioner puts blocks of consecutive payments in
 /// each partition, so the partitions are seconds apart in event time), and `fraud-detection`
