@@ -268,6 +268,59 @@ fn message_keys_and_timestamps_reach_the_job_as_fields() {
     assert_eq!(read(&dead).lines().count(), 1, "no dead letters:\n{}", read(&dead));
 }
 
+/// With checkpoints, the source commits what each completed checkpoint covers as the offsets of
+/// its consumer group (`group=`), for lag monitors; restores do not read them.
+#[test]
+fn completed_checkpoints_show_as_consumer_group_offsets() {
+    let _serial = serial();
+    let Some(broker) = broker("completed_checkpoints_show_as_consumer_group_offsets") else { return };
+    let dir = TempDir::new("kafka-group");
+    let input = topic("group");
+    load_payments(&dir, &broker, &input, "count=8000");
+    let group = format!("monitor-{input}");
+    run(
+        "checkpointed read",
+        args![
+            "run",
+            "throughput-windows",
+            "-q",
+            "--rate",
+            "4000",
+            "--source",
+            format!("payments=kafka://{broker}/{input}?bounded=true&group={group}"),
+            "--sink",
+            format!("windows={}", file_uri(&dir.join("w.csv"))),
+            "--checkpoint-dir",
+            dir.join("chk").display(),
+            "--checkpoint-interval",
+            "100ms"
+        ],
+        dir.path(),
+    )
+    .assert_success();
+    let mut ends = std::collections::BTreeMap::new();
+    for (partition, _) in read_partitions(&broker, &input, "read_committed") {
+        *ends.entry(partition).or_insert(0i64) += 1;
+    }
+    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &broker).set("group.id", &group).create().expect("consumer");
+    let mut asked = TopicPartitionList::new();
+    for p in ends.keys() {
+        asked.add_partition_offset(&input, *p, Offset::Invalid).expect("partition");
+    }
+    let committed = consumer.committed_offsets(asked, Duration::from_secs(10)).expect("committed offsets");
+    let mut total = 0;
+    for e in committed.elements() {
+        let end = ends[&e.partition()];
+        if let Offset::Offset(o) = e.offset() {
+            assert!(o <= end, "partition {}: committed {o} past its end {end}", e.partition());
+            total += o;
+        }
+    }
+    // 2 s of input at --rate 4000 with a checkpoint every 100 ms: most of it is covered by a
+    // completed checkpoint before the end.
+    assert!(total >= 4000, "group {group} committed {total} of 8000 offsets: {committed:?}");
+}
+
 /// A live job without checkpoints passes every record on while its topic is quiet: the last ones
 /// read are not held until more input moves the watermark (they once were, for good).
 #[test]

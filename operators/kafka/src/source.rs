@@ -41,6 +41,7 @@ struct Topic {
     reconnect_timeout: Duration,
     fetch_wait: Duration,
     metadata: MetadataFields,
+    group: String,
 }
 
 impl SourceConnector for KafkaSource {
@@ -50,7 +51,8 @@ impl SourceConnector for KafkaSource {
     fn usage(&self) -> &'static str {
         "kafka://HOST:PORT[,HOST:PORT]/TOPIC (a partition per split; ?format=jsonl|csv, start=earliest|latest, bounded=true, \
          connect_timeout=10s, reconnect_timeout=60s, fetch_wait=100ms, max_record_bytes=N, key_field=NAME and timestamp_field=NAME \
-         to give a job the message's key and timestamp)"
+         to give a job the message's key and timestamp, group=NAME: the consumer group whose offsets follow completed checkpoints, \
+         for monitoring; default paystream-TOPIC)"
     }
     fn open(&self, source: &str, uri: &str) -> Result<Arc<dyn PayloadSource>> {
         let what = format!("source {source}={uri}");
@@ -76,6 +78,10 @@ impl SourceConnector for KafkaSource {
             }
         };
         let metadata = MetadataFields { key: field("key_field")?, timestamp: field("timestamp_field")? };
+        let group = o.text("group").unwrap_or_else(|| format!("paystream-{}", parsed.topic));
+        if group.is_empty() {
+            bail!("{what}: group= names no consumer group");
+        }
         o.finish()?;
         let partitions = match partitions(&what, &parsed, connect_timeout)? {
             Some(n) if n > 0 => n,
@@ -92,6 +98,7 @@ impl SourceConnector for KafkaSource {
             reconnect_timeout,
             fetch_wait,
             metadata,
+            group,
         }))
     }
 }
@@ -124,6 +131,8 @@ impl PayloadSource for Topic {
             metadata: self.metadata.clone(),
             format: self.format,
             with_metadata: Vec::new(),
+            group: self.group.clone(),
+            taken: Default::default(),
         }))
     }
 }
@@ -154,6 +163,11 @@ struct PartitionReader {
     metadata: MetadataFields,
     format: Format,
     with_metadata: Vec<u8>,
+    /// The consumer group that follows completed checkpoints (for monitoring only: restores
+    /// take their offsets from the checkpoint).
+    group: String,
+    /// The next offset when each checkpoint's position was taken, until it completes.
+    taken: std::collections::BTreeMap<u64, u64>,
 }
 
 impl PartitionReader {
@@ -163,7 +177,7 @@ impl PartitionReader {
                 .config
                 .clone()
                 // Offsets are the checkpoint's; the group only names the client in broker logs.
-                .set("group.id", format!("paystream-{}", self.topic))
+                .set("group.id", &self.group)
                 .set("enable.auto.commit", "false")
                 .set("enable.auto.offset.store", "false")
                 .set("enable.partition.eof", "true")
@@ -317,6 +331,32 @@ impl SplitReader for PartitionReader {
     fn set_waker(&mut self, waker: SourceWaker) -> bool {
         self.waker = Some(waker);
         true
+    }
+
+    fn on_checkpoint(&mut self, epoch: u64) {
+        if self.next != AT_LATEST {
+            self.taken.insert(epoch, self.next);
+        }
+    }
+
+    fn on_checkpoint_complete(&mut self, epoch: u64) {
+        // What the checkpoint covers becomes the group's committed offset, so that lag monitors
+        // (kafka-consumer-groups, Burrow, exporters) see the job's progress. Asynchronous and best
+        // effort: a failed commit costs a monitor a stale figure, never a record.
+        let later = self.taken.split_off(&(epoch + 1));
+        let covered = std::mem::replace(&mut self.taken, later).into_values().next_back();
+        let (Some(offset), Some(consumer)) = (covered, self.consumer.as_ref()) else { return };
+        let mut list = TopicPartitionList::new();
+        if list.add_partition_offset(&self.topic, self.partition, Offset::Offset(offset as i64)).is_ok() {
+            if let Err(e) = consumer.commit(&list, rdkafka::consumer::CommitMode::Async) {
+                tracing::debug!(
+                    "kafka topic {} partition {}: cannot commit offset {offset} for group {}: {e}",
+                    self.topic,
+                    self.partition,
+                    self.group
+                );
+            }
+        }
     }
 
     fn backlog(&self) -> Option<u64> {
