@@ -293,3 +293,73 @@ fn a_far_future_record_is_refused_by_default_and_accepted_with_max_future_off() 
     let (_, _, dead) = run_on("hour", format!("{}?max_future=1h", file_uri(&poisoned)));
     assert_eq!(dead.len(), 1);
 }
+
+/// The generator with an injected far-future payment every 1,000 (100 years ahead, a producer
+/// with a wrong clock): each goes to dead letters with the reason, moves no watermark, and the
+/// windows are exactly those of the same payments without them (computed from a file of the
+/// clean generator's payments with those lines taken out); no payment becomes late.
+#[test]
+fn far_future_payments_from_the_generator_go_to_dead_letters_and_change_nothing_else() {
+    let dir = TempDir::new("far-future-generator");
+    let shape = "count=5000,partitions=4";
+    let all = dir.join("all.csv");
+    run(
+        "clean payments",
+        args![
+            "run",
+            "generate-payments",
+            "-q",
+            "--source",
+            format!("payments=gen:{shape}"),
+            "--sink",
+            format!("payments={}", file_uri(&all))
+        ],
+        dir.path(),
+    )
+    .assert_success();
+    // Payments 999, 1999, ...: their txn_ids are t999, t1999, ...
+    let far: Vec<String> = (1..=5).map(|k| format!("t{}", k * 1000 - 1)).collect();
+    let text = read(&all);
+    let kept: Vec<&str> = text.lines().filter(|l| !far.iter().any(|t| l.split(',').nth(1) == Some(t.as_str()))).collect();
+    assert_eq!(kept.len(), 1 + 5000 - 5, "the header and the payments but five");
+    let clean = dir.join("clean.csv");
+    std::fs::write(&clean, kept.join("\n") + "\n").expect("write");
+    let run_on = |label: &str, source: String| {
+        let out = dir.join(label);
+        run(
+            label,
+            args![
+                "run",
+                "throughput-windows",
+                "-q",
+                "-w",
+                "2",
+                "--source",
+                format!("payments={source}"),
+                "--sink",
+                format!("windows={}", file_uri(&out.join("windows.csv"))),
+                "--sink",
+                format!("late_payments={}", file_uri(&out.join("late.csv"))),
+                "--sink",
+                format!("dead_letters={}", file_uri(&out.join("dead.csv")))
+            ],
+            dir.path(),
+        )
+        .assert_success();
+        let lines = |f: &str| {
+            let mut l = read(&out.join(f)).lines().skip(1).map(String::from).collect::<Vec<_>>();
+            l.sort();
+            l
+        };
+        (lines("windows.csv"), lines("late.csv"), lines("dead.csv"))
+    };
+    let (want, late, dead) = run_on("clean", file_uri(&clean));
+    assert!(late.is_empty() && dead.is_empty(), "the clean run has no late payments or dead letters");
+    let (windows, late, dead) = run_on("poisoned", format!("gen:{shape},far_future_every=1000"));
+    assert_same("windows with far-future payments injected", &want, &windows);
+    assert!(late.is_empty(), "no payment became late: {late:?}");
+    assert_eq!(dead.len(), 5, "{dead:?}");
+    for t in &far {
+        assert!(dead.iter().any(|d| d.contains(&format!(",{t},")) && d.contains("max_future")), "{t} is a dead letter: {dead:?}");
+    }
+}

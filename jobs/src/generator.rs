@@ -19,6 +19,8 @@
 //! | `disorder_ms` | 1000 | each event's time is moved back by up to this much (bounded disorder) |
 //! | `late_every` | 0 | every N-th event is moved back a further `late_by_ms` (0: none) |
 //! | `late_by_ms` | 30000 | how far those events are moved back |
+//! | `far_future_every` | 0 | every N-th payment (and its authorization) is moved forward `far_future_by_ms` (a producer with a wrong clock; 0: none) |
+//! | `far_future_by_ms` | 3153600000000 | how far those payments are moved forward (100 years) |
 //! | `auth_delay_ms` | 4000 | authorizations follow their payment by up to this much |
 //! | `unauthorized_every` | 0 | every N-th payment gets no authorization (its slot authorizes an unknown `xN`; 0: never) |
 //! | `card_testing_every` | 0 | every N-th block of 5 events is card testing: 4 small payments then a large one on one card |
@@ -83,6 +85,8 @@ pub struct Shape {
     disorder_ms: u64,
     late_every: u64,
     late_by_ms: u64,
+    far_future_every: u64,
+    far_future_by_ms: u64,
     auth_delay_ms: u64,
     unauthorized_every: u64,
     card_testing_every: u64,
@@ -105,6 +109,8 @@ impl Shape {
             disorder_ms: o.get("disorder_ms", 1_000)?,
             late_every: o.get("late_every", 0)?,
             late_by_ms: o.get("late_by_ms", 30_000)?,
+            far_future_every: o.get("far_future_every", 0)?,
+            far_future_by_ms: o.get("far_future_by_ms", 3_153_600_000_000)?,
             auth_delay_ms: o.get("auth_delay_ms", 4_000)?,
             unauthorized_every: o.get("unauthorized_every", 0)?,
             card_testing_every: o.get("card_testing_every", 0)?,
@@ -143,7 +149,12 @@ impl Shape {
         let base = self.start_ms.saturating_add(index.saturating_mul(1_000) / self.events_per_sec);
         let disorder = if self.disorder_ms == 0 { 0 } else { self.random(index, 1) % self.disorder_ms.saturating_add(1) };
         let late = if self.late_every > 0 && index % self.late_every == self.late_every - 1 { self.late_by_ms } else { 0 };
-        base.saturating_sub(disorder.saturating_add(late))
+        let ts = base.saturating_sub(disorder.saturating_add(late));
+        if self.far_future_every > 0 && index % self.far_future_every == self.far_future_every - 1 {
+            ts.saturating_add(self.far_future_by_ms)
+        } else {
+            ts
+        }
     }
 
     /// Payment `index`.
