@@ -202,7 +202,18 @@ fn kill_9_and_restores_at_other_worker_counts_give_exactly_once_output() {
         let tag = format!("trial{trial}");
         let paced = ["--checkpoint-dir", chk_arg.as_str(), "--checkpoint-interval", "100ms", "--rate", "2000", "-w", workers];
         let mut running = spawn(&tag, windows_run(&source, &out.uri(), &dir, &tag, &paced), dir.path());
-        std::thread::sleep(Duration::from_millis(400 + below(1400)));
+        // Killed a random moment after its first checkpoint (at most 20 s to it): on a loaded
+        // machine a fixed delay killed every trial before any checkpoint, testing nothing.
+        let started = Instant::now();
+        let checkpointed =
+            || std::fs::read_dir(&chk).map(|d| d.filter_map(|e| e.ok()).any(|e| e.path().join("MANIFEST").is_file())).unwrap_or(false);
+        while !checkpointed() && started.elapsed() < Duration::from_secs(20) {
+            if running.child.try_wait().expect("wait").is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(below(1400)));
         running.child.kill().ok();
         let code = running.child.wait().expect("wait").code();
         if code == Some(0) {
