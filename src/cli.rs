@@ -136,6 +136,13 @@ struct RunArgs {
     #[arg(long, value_name = "N")]
     retain: Option<usize>,
 
+    /// Checkpoints that may fail in a row (a part that cannot be written: a full or failing disk)
+    /// before the job fails, as Flink's tolerable failed checkpoints; a failed checkpoint is
+    /// skipped and the next covers what it would have (with --checkpoint-dir) [default: 0: the
+    /// first failure fails the job].
+    #[arg(long, value_name = "N")]
+    tolerable_checkpoint_failures: Option<u32>,
+
     /// Resume from a checkpoint: `latest` (the newest complete one in --checkpoint-dir whose files
     /// verify) or the path of a checkpoint or savepoint directory.
     #[arg(long, value_name = "latest|PATH")]
@@ -331,7 +338,11 @@ fn plan_run(jobs: &[JobSpec], connectors: &Arc<Connectors>, args: &RunArgs) -> R
     refuse_repeats("--sink", &args.sinks)?;
     refuse_repeats("--set", &args.params)?;
     if args.checkpoint_dir.is_none() {
-        for (flag, given) in [("--checkpoint-interval", args.checkpoint_interval.is_some()), ("--retain", args.retain.is_some())] {
+        for (flag, given) in [
+            ("--checkpoint-interval", args.checkpoint_interval.is_some()),
+            ("--retain", args.retain.is_some()),
+            ("--tolerable-checkpoint-failures", args.tolerable_checkpoint_failures.is_some()),
+        ] {
             if given {
                 bail!("{flag} needs --checkpoint-dir DIR (without it the run takes no checkpoints)");
             }
@@ -364,6 +375,9 @@ fn plan_run(jobs: &[JobSpec], connectors: &Arc<Connectors>, args: &RunArgs) -> R
         (None, 1) => Vec::new(),
         (None, _) => bail!("--processes {} needs --hosts FILE with one host:port per process", args.processes),
     };
+    if let Some(dir) = &args.checkpoint_dir {
+        paystream_engine::checkpoint::set_tolerable_failures(dir, args.tolerable_checkpoint_failures.unwrap_or(0));
+    }
     let options = RunOptions {
         workers: args.workers.or(config.workers).unwrap_or(1),
         processes: args.processes,

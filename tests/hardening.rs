@@ -33,6 +33,11 @@ fn command_line_mistakes_are_configuration_errors() {
         ("interval without a directory", windows(&["--checkpoint-interval", "2s"]), "--checkpoint-interval needs --checkpoint-dir"),
         ("retain without a directory", windows(&["--retain", "5"]), "--retain needs --checkpoint-dir"),
         ("retain 0", windows(&["--checkpoint-dir", "chk", "--retain", "0"]), "at least 1"),
+        (
+            "tolerable failures without a directory",
+            windows(&["--tolerable-checkpoint-failures", "2"]),
+            "--tolerable-checkpoint-failures needs --checkpoint-dir",
+        ),
     ];
     for (i, (what, a, says)) in cases.into_iter().enumerate() {
         let cwd = dir.join(&format!("case{i}"));
@@ -253,4 +258,73 @@ fn an_unusable_checkpoint_directory_is_refused_before_the_start() {
         run("checkpoint dir is a file", windows(&["--checkpoint-dir", "a-file/chk", "--sink", "windows=file:out/w.csv"]), dir.path());
     assert_config_error(&outcome, "a-file/chk");
     assert!(!dir.join("out").exists(), "nothing ran");
+}
+
+/// `--tolerable-checkpoint-failures N`: a checkpoint part that cannot be written (injected: the
+/// third part write fails, as on a full disk) skips that checkpoint, the run goes on and its
+/// output is exactly the uncrashed, unfailing run's, also after a `kill -9` and a restore past the
+/// skipped checkpoint; with 0 (the default) a failing state or sink part fails the job, and more
+/// failures in a row than tolerated fail it with exit 1 and an error that says so.
+#[test]
+fn tolerated_checkpoint_failures_skip_a_checkpoint_and_lose_nothing() {
+    let dir = TempDir::new("tolerable");
+    let source = "payments=gen:count=40000,events_per_sec=2000";
+    let job = |out: &str, extra: &[&str]| {
+        let mut a = args![
+            "run",
+            "throughput-windows",
+            "-q",
+            "--source",
+            source,
+            "--sink",
+            format!("windows={}", file_uri(&dir.join(out))),
+            "--sink",
+            format!("late_payments={}", file_uri(&dir.join(&format!("late-{out}"))))
+        ];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    run("reference", job("reference.csv", &[]), dir.path()).assert_success();
+    let reference = read(&dir.join("reference.csv"));
+    let checkpointed = |out: &str, chk: &str, tolerable: &str| {
+        job(
+            out,
+            &["--rate", "20000", "--checkpoint-dir", chk, "--checkpoint-interval", "100ms", "--tolerable-checkpoint-failures", tolerable],
+        )
+    };
+    // One failed part, one tolerated: skipped, and nothing lost.
+    let skipped = wait_all(vec![spawn_env(
+        "one failure",
+        checkpointed("one.csv", "chk-one", "1"),
+        dir.path(),
+        &[("PAYSTREAM_FAIL_AT", "part:write:3")],
+    )]);
+    skipped[0].assert_success();
+    assert!(skipped[0].stderr.contains("skipped (1 in a row, 1 tolerated)"), "the skip is logged:\n{}", skipped[0].stderr);
+    assert_eq!(read(&dir.join("one.csv")), reference, "output after a skipped checkpoint");
+    // A skipped checkpoint, then a crash after a later one completed, then a restore.
+    let crashed = wait_all(vec![spawn_env(
+        "failure then crash",
+        checkpointed("crash.csv", "chk-crash", "1"),
+        dir.path(),
+        &[("PAYSTREAM_FAIL_AT", "part:write:3"), ("PAYSTREAM_CRASH_AT", "manifest:after-write:4")],
+    )]);
+    assert_ne!(crashed[0].code, Some(0), "the run crashed:\n{}", crashed[0].stderr);
+    let mut restore = checkpointed("crash.csv", "chk-crash", "1");
+    restore.extend(args!["--restore", "latest"]);
+    run("restore", restore, dir.path()).assert_success();
+    assert_eq!(read(&dir.join("crash.csv")), reference, "output after a skipped checkpoint, a crash and a restore");
+    // More failures in a row than tolerated: exit 1, and the error says why.
+    let failed = wait_all(vec![spawn_env(
+        "every write fails",
+        checkpointed("many.csv", "chk-many", "2"),
+        dir.path(),
+        &[("PAYSTREAM_FAIL_AT", "part:write:3+")],
+    )]);
+    assert_eq!(failed[0].code, Some(1), "{}", failed[0].stderr);
+    assert!(
+        failed[0].stderr.contains("3 checkpoints in a row failed, more than --tolerable-checkpoint-failures 2 allows"),
+        "{}",
+        failed[0].stderr
+    );
 }

@@ -171,6 +171,57 @@ pub fn lock_dir(dir: &Path) -> Result<DirLock> {
 
 /// Writes a participant's part of checkpoint `epoch`.
 pub fn write_part(dir: &Path, epoch: u64, who: &Participant, payload: &[u8]) -> Result<()> {
+    match write_part_once(dir, epoch, who, payload) {
+        // A participant's last part is never skipped: every later checkpoint needs it.
+        Err(e) if !matches!(who, Participant::Final(_)) && tolerance(dir).is_some_and(|t| t.tolerates()) => {
+            tracing::error!(epoch, part = %who.file_name(), "checkpoint {epoch} abandoned: {e:#} (--tolerable-checkpoint-failures)");
+            if let Some(t) = tolerance(dir) {
+                t.abandon(epoch, format!("{}: {e:#}", who.file_name()));
+            }
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+/// How many checkpoints in a row may fail before the job does (`--tolerable-checkpoint-failures`,
+/// as Flink's `execution.checkpointing.tolerable-failed-checkpoints`), and the epochs abandoned.
+#[derive(Debug, Default)]
+pub struct Tolerance {
+    tolerable: u32,
+    abandoned: std::sync::Mutex<BTreeMap<u64, String>>,
+}
+
+impl Tolerance {
+    fn tolerates(&self) -> bool {
+        self.tolerable > 0
+    }
+    fn abandon(&self, epoch: u64, why: String) {
+        self.abandoned.lock().unwrap_or_else(|e| e.into_inner()).entry(epoch).or_insert(why);
+    }
+    fn abandoned(&self, epoch: u64) -> Option<String> {
+        self.abandoned.lock().unwrap_or_else(|e| e.into_inner()).get(&epoch).cloned()
+    }
+}
+
+/// The tolerances of the checkpoint directories of this process's runs.
+static TOLERANCES: std::sync::Mutex<BTreeMap<PathBuf, Arc<Tolerance>>> = std::sync::Mutex::new(BTreeMap::new());
+
+/// Lets up to `tolerable` checkpoints in a row into `dir` fail (a part that cannot be written
+/// abandons its checkpoint; the next one covers what it would have) before the job fails.
+pub fn set_tolerable_failures(dir: &Path, tolerable: u32) {
+    let t = Arc::new(Tolerance { tolerable, ..Default::default() });
+    TOLERANCES.lock().unwrap_or_else(|e| e.into_inner()).insert(dir.to_path_buf(), t);
+}
+
+fn tolerance(dir: &Path) -> Option<Arc<Tolerance>> {
+    TOLERANCES.lock().unwrap_or_else(|e| e.into_inner()).get(dir).cloned()
+}
+
+fn write_part_once(dir: &Path, epoch: u64, who: &Participant, payload: &[u8]) -> Result<()> {
+    if crate::faults::fails("part:write") {
+        bail!("cannot write part {} of checkpoint {epoch}: injected failure (PAYSTREAM_FAIL_AT)", who.file_name());
+    }
     let edir = epoch_dir(dir, epoch);
     fs::create_dir_all(&edir).with_context(|| format!("cannot create {}", edir.display()))?;
     let mut bytes = Vec::with_capacity(HEADER_LEN + payload.len());
@@ -426,6 +477,8 @@ pub struct Coordinator {
     /// Sources that finished: their final part stands for every later epoch.
     state: Arc<CommitState>,
     next_epoch: u64,
+    /// Checkpoints abandoned in a row (see [`set_tolerable_failures`]).
+    failed_in_a_row: u32,
 }
 
 impl Coordinator {
@@ -438,7 +491,7 @@ impl Coordinator {
         first_epoch: u64,
         state: Arc<CommitState>,
     ) -> Self {
-        Coordinator { config, job: job.to_string(), workers, expected, state, next_epoch: first_epoch }
+        Coordinator { config, job: job.to_string(), workers, expected, state, next_epoch: first_epoch, failed_in_a_row: 0 }
     }
 
     /// Polls until `done` is set, completing checkpoints as their parts arrive. After a minute of
@@ -472,6 +525,36 @@ impl Coordinator {
     fn step(&mut self, finals: &mut BTreeMap<Participant, PathBuf>) -> Result<bool> {
         let epoch = self.next_epoch;
         let edir = epoch_dir(&self.config.dir, epoch);
+        if let Some((tolerance, why)) = tolerance(&self.config.dir).and_then(|t| t.abandoned(epoch).map(|w| (t, w))) {
+            // A part of this checkpoint could not be written: skip it; the next one covers what
+            // it would have (parts are whole snapshots, and sinks' pre-commits stay pending until
+            // a checkpoint holding them completes). A participant's last part written into it
+            // still stands for every later epoch.
+            self.failed_in_a_row += 1;
+            self.state.stats.failed();
+            if self.failed_in_a_row > tolerance.tolerable {
+                let mut f = self.state.failure.lock().unwrap_or_else(|e| e.into_inner());
+                f.get_or_insert(format!(
+                    "{} checkpoints in a row failed, more than --tolerable-checkpoint-failures {} allows; the last, {epoch}: {why}",
+                    self.failed_in_a_row, tolerance.tolerable
+                ));
+                return Ok(false);
+            }
+            tracing::warn!(
+                epoch,
+                "checkpoint {epoch} skipped ({} in a row, {} tolerated): {why}",
+                self.failed_in_a_row,
+                tolerance.tolerable
+            );
+            for who in &self.expected {
+                let final_path = edir.join(format!("{}.final", who.file_name()));
+                if final_path.is_file() {
+                    finals.insert(who.clone(), final_path);
+                }
+            }
+            self.next_epoch = epoch + 1;
+            return Ok(true);
+        }
         if !edir.is_dir() {
             return Ok(false);
         }
@@ -508,6 +591,7 @@ impl Coordinator {
         crate::faults::point("manifest:after-write");
         self.state.set_committed(epoch);
         self.state.stats.completed(epoch, &edir);
+        self.failed_in_a_row = 0;
         if savepoint {
             self.make_savepoint(&edir, epoch, &savepoint_request)?;
         }
