@@ -186,6 +186,50 @@ fn upsert_by_key_replaces_rows_instead_of_adding_them() {
     assert_eq!(primary.trim(), "1", "create=true made the key the primary key");
 }
 
+/// A key that repeats within an epoch (a merchant has several windows in most epochs): the last
+/// line of a key in an epoch wins, and later epochs replace earlier ones, so each merchant's row
+/// is its latest window.
+#[test]
+fn upsert_keeps_the_last_row_of_a_key_repeated_within_an_epoch() {
+    let Some(server) = server("upsert_keeps_the_last_row_of_a_key_repeated_within_an_epoch") else { return };
+    let dir = TempDir::new("postgres-upsert-latest");
+    let name = table("latest");
+    let _drop = DropTable(&server, name.clone());
+    let generator = "count=6000";
+    run(
+        "upsert by merchant",
+        args![
+            "run",
+            "throughput-windows",
+            "-q",
+            "-w",
+            "2",
+            "--source",
+            format!("payments=gen:{generator}"),
+            "--sink",
+            sink_uri(&server, &name, "&mode=upsert&key=merchant_id"),
+            "--checkpoint-dir",
+            dir.join("chk").display(),
+            "--checkpoint-interval",
+            "1s"
+        ],
+        dir.path(),
+    )
+    .assert_success();
+    let mut latest = std::collections::BTreeMap::new();
+    for line in reference_windows(&dir, generator) {
+        let fields: Vec<&str> = line.split(',').collect();
+        let (start, merchant): (u64, String) = (fields[0].parse().expect("window_start_ms"), fields[2].to_string());
+        let entry = latest.entry(merchant).or_insert((start, line.clone()));
+        if start >= entry.0 {
+            *entry = (start, line.clone());
+        }
+    }
+    let mut expected: Vec<String> = latest.into_values().map(|(_, line)| line).collect();
+    expected.sort();
+    assert_same("one row per merchant, its latest window", &expected, &rows(&server, &name));
+}
+
 #[test]
 fn a_server_that_does_not_answer_is_a_clear_error() {
     // Port 1 on loopback: nothing listens there.
