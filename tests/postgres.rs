@@ -104,36 +104,33 @@ fn reference_windows(dir: &TempDir, generator: &str) -> Vec<String> {
 #[test]
 fn windows_into_a_table_at_1_and_2_workers_equal_the_file_sinks() {
     let Some(server) = server("windows_into_a_table_at_1_and_2_workers_equal_the_file_sinks") else { return };
+    // With checkpoints at 1 and 2 workers, and once without (lines copied as they come).
     let dir = TempDir::new("postgres-append");
     let generator = "count=8000";
     let expected = reference_windows(&dir, generator);
     assert!(expected.len() > 100, "the reference has windows: {}", expected.len());
-    for workers in ["1", "2"] {
+    for (workers, checkpointed) in [("1", true), ("2", true), ("2", false)] {
         let name = table(&format!("append{workers}"));
         let _drop = DropTable(&server, name.clone());
         let started = Instant::now();
-        run(
-            "postgres",
-            args![
-                "run",
-                "throughput-windows",
-                "-q",
-                "-w",
-                workers,
-                "--source",
-                format!("payments=gen:{generator}"),
-                "--sink",
-                sink_uri(&server, &name, ""),
-                "--checkpoint-dir",
-                dir.join(&format!("chk-{workers}")).display(),
-                "--checkpoint-interval",
-                "100ms"
-            ],
-            dir.path(),
-        )
-        .assert_success();
-        eprintln!("{workers} worker(s): {} rows in {:?}", expected.len(), started.elapsed());
-        assert_same(&format!("table rows, {workers} worker(s)"), &expected, &rows(&server, &name));
+        let mut job = args![
+            "run",
+            "throughput-windows",
+            "-q",
+            "-w",
+            workers,
+            "--source",
+            format!("payments=gen:{generator}"),
+            "--sink",
+            sink_uri(&server, &name, "")
+        ];
+        if checkpointed {
+            job.extend(args!["--checkpoint-dir", dir.join(&format!("chk-{workers}")).display(), "--checkpoint-interval", "100ms"]);
+        }
+        run("postgres", job, dir.path()).assert_success();
+        let what = format!("{workers} worker(s), checkpoints: {checkpointed}");
+        eprintln!("{what}: {} rows in {:?}", expected.len(), started.elapsed());
+        assert_same(&format!("table rows, {what}"), &expected, &rows(&server, &name));
         let types = psql(
             &server,
             &format!(
