@@ -48,8 +48,8 @@ impl SinkConnector for PostgresSink {
     }
     fn usage(&self) -> &'static str {
         "postgres://USER@HOST:PORT/DB?table=NAME (create=true makes the table from the CSV header: *_ms, *_id, *_cents, *_count, count \
-         BIGINT, *rate NUMERIC, is_* BOOLEAN, else TEXT; mode=append|upsert, key=COL1,COL2 for upsert; connect_timeout=10s, \
-         reconnect_timeout=60s; exactly-once with checkpoints)"
+         BIGINT, *rate NUMERIC, is_* BOOLEAN, TEXT otherwise or when the first values do not parse; mode=append|upsert, \
+         key=COL1,COL2 for upsert; connect_timeout=10s, reconnect_timeout=60s; exactly-once with checkpoints)"
     }
     fn open(&self, sink: &str, uri: &str) -> Result<Arc<dyn SinkTarget>> {
         let what = format!("sink {sink}");
@@ -377,11 +377,13 @@ struct Connection {
     client: Option<Client>,
     /// Whether the target table is known to exist (create=true makes it once).
     created: bool,
+    /// The target's text columns, looked up once it exists.
+    text_columns: Option<Vec<String>>,
 }
 
 impl Connection {
     fn new(server: Arc<Server>) -> Self {
-        Connection { server, client: None, created: false }
+        Connection { server, client: None, created: false, text_columns: None }
     }
 
     /// Writes `lines` in one transaction, recording `stamp` in it when given, reconnecting with
@@ -410,9 +412,15 @@ impl Connection {
         let Some(client) = self.client.as_mut() else { unreachable!("connected above") };
         if shape.create && !self.created {
             let key = shape.key.as_deref().unwrap_or(&[]);
-            create_under_lock(client, &sql::create_table(&shape.table, &shape.columns, key)).await?;
+            let types = sql::column_types(&shape.columns, lines.iter().take(1000));
+            create_under_lock(client, &sql::create_table(&shape.table, &shape.columns, &types, key)).await?;
             self.created = true;
         }
+        if self.text_columns.is_none() {
+            let rows = client.query(sql::TEXT_COLUMNS, &[&sql::quote_ident(&shape.table)]).await?;
+            self.text_columns = Some(rows.iter().map(|row| row.get::<_, String>(0)).collect());
+        }
+        let text_columns = self.text_columns.clone().unwrap_or_default();
         let transaction = client.transaction().await?;
         if let Some(stamp) = stamp {
             let target = shape.table.as_str();
@@ -433,7 +441,7 @@ impl Connection {
                 sql::STAGE_TABLE.to_string()
             }
         };
-        let copy = transaction.copy_in(&sql::copy_in(&into, &shape.columns)).await?;
+        let copy = transaction.copy_in(&sql::copy_in(&into, &shape.columns, &text_columns)).await?;
         let mut copy = std::pin::pin!(copy);
         let mut chunk = Vec::with_capacity(COPY_CHUNK_BYTES + 1024);
         for line in lines {

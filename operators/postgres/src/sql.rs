@@ -7,10 +7,12 @@
 //! - `NUMERIC`: names ending in `rate` or `_ratio` (an exact decimal keeps the digits the job
 //!   wrote, `0.879310`, where a double would print `0.87931`);
 //! - `BOOLEAN`: names starting with `is_` (`is_update`);
-//! - `TEXT`: everything else.
+//! - `TEXT`: everything else,
 //!
-//! A value that does not fit its column's type fails the write with PostgreSQL's error, naming
-//! the column: create the table yourself (and leave `create` off) for other types.
+//! and a column falls back to `TEXT` when a value of the first lines written does not parse as
+//! its type (`txn_id` holds `t42`). A later value that does not fit fails the write with
+//! PostgreSQL's error, naming the column: create the table yourself (and leave `create` off)
+//! for other types.
 
 /// The bookkeeping table: one row per committed (job, sink, table, worker, epoch).
 pub const COMMITS_TABLE: &str = "paystream_commits";
@@ -29,6 +31,53 @@ pub fn column_type(name: &str) -> &'static str {
     }
 }
 
+/// The types of `columns` at create time: [`column_type`], falling back to `TEXT` where a value
+/// of `sample` (CSV lines) does not parse as the type.
+pub fn column_types<'a>(columns: &[String], sample: impl IntoIterator<Item = &'a String>) -> Vec<&'static str> {
+    let mut types: Vec<&'static str> = columns.iter().map(|c| column_type(c)).collect();
+    for line in sample {
+        for (ty, value) in types.iter_mut().zip(split_csv(line)) {
+            let fits = value.is_empty()
+                || match *ty {
+                    "BIGINT" => value.parse::<i64>().is_ok(),
+                    "NUMERIC" => value.parse::<f64>().is_ok_and(f64::is_finite),
+                    "BOOLEAN" => matches!(value.as_str(), "true" | "false"),
+                    _ => true,
+                };
+            if !fits {
+                *ty = "TEXT";
+            }
+        }
+    }
+    types
+}
+
+/// The fields of a CSV line as the engine writes them (RFC 4180 quoting).
+pub fn split_csv(line: &str) -> Vec<String> {
+    let mut fields = Vec::new();
+    let mut field = String::new();
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, quoted) {
+            ('"', true) if chars.peek() == Some(&'"') => {
+                field.push('"');
+                chars.next();
+            }
+            ('"', _) => quoted = !quoted,
+            (',', false) => fields.push(std::mem::take(&mut field)),
+            _ => field.push(c),
+        }
+    }
+    fields.push(field);
+    fields
+}
+
+/// The text columns of `table` (parameter: the quoted table name): those COPY reads an empty
+/// field of as an empty string rather than NULL.
+pub const TEXT_COLUMNS: &str = "SELECT attname::text FROM pg_attribute WHERE attrelid = to_regclass($1) AND attnum > 0 \
+     AND NOT attisdropped AND atttypid IN ('text'::regtype, 'varchar'::regtype, 'bpchar'::regtype)";
+
 /// `name` as a quoted SQL identifier; `schema.table` is quoted part by part.
 pub fn quote_ident(name: &str) -> String {
     name.split('.').map(|part| format!("\"{}\"", part.replace('"', "\"\""))).collect::<Vec<_>>().join(".")
@@ -43,10 +92,10 @@ fn column_list(columns: &[String]) -> String {
     columns.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ")
 }
 
-/// `CREATE TABLE IF NOT EXISTS` for `table` with `columns` typed by [`column_type`], with
+/// `CREATE TABLE IF NOT EXISTS` for `table` with `columns` of `types` ([`column_types`]), with
 /// `key` as its primary key when given (upsert mode).
-pub fn create_table(table: &str, columns: &[String], key: &[String]) -> String {
-    let mut parts: Vec<String> = columns.iter().map(|c| format!("{} {}", quote_ident(c), column_type(c))).collect();
+pub fn create_table(table: &str, columns: &[String], types: &[&str], key: &[String]) -> String {
+    let mut parts: Vec<String> = columns.iter().zip(types).map(|(c, t)| format!("{} {t}", quote_ident(c))).collect();
     if !key.is_empty() {
         parts.push(format!("PRIMARY KEY ({})", column_list(key)));
     }
@@ -71,10 +120,11 @@ pub fn record_commit() -> String {
     )
 }
 
-/// `COPY` of CSV lines into `table`'s `columns`. Text columns get `FORCE_NOT_NULL`: an empty
-/// field is an empty string there, as the job meant, and NULL only in typed columns.
-pub fn copy_in(table: &str, columns: &[String]) -> String {
-    let text: Vec<String> = columns.iter().filter(|c| column_type(c) == "TEXT").cloned().collect();
+/// `COPY` of CSV lines into `table`'s `columns`. The table's `text` columns get
+/// `FORCE_NOT_NULL`: an empty field is an empty string there, as the job meant, and NULL only in
+/// typed columns.
+pub fn copy_in(table: &str, columns: &[String], text: &[String]) -> String {
+    let text: Vec<String> = columns.iter().filter(|c| text.contains(c)).cloned().collect();
     let force = if text.is_empty() { String::new() } else { format!(", FORCE_NOT_NULL ({})", column_list(&text)) };
     format!("COPY {} ({}) FROM STDIN (FORMAT csv{force})", quote_ident(table), column_list(columns))
 }
@@ -124,6 +174,15 @@ mod tests {
     }
 
     #[test]
+    fn a_value_that_does_not_parse_makes_the_column_text() {
+        let cols = header_columns("ts_ms,txn_id,approval_rate,is_update,note");
+        let sample = ["1767225599154,t0,0.5,true,\"a, \"\"b\"\"\"".to_string(), "1767225599155,t1,,false,".to_string()];
+        assert_eq!(split_csv(&sample[0]), ["1767225599154", "t0", "0.5", "true", "a, \"b\""]);
+        assert_eq!(column_types(&cols, &sample), ["BIGINT", "TEXT", "NUMERIC", "BOOLEAN", "TEXT"]);
+        assert_eq!(column_types(&cols, &["1,2,x,maybe,y".to_string()]), ["BIGINT", "BIGINT", "TEXT", "TEXT", "TEXT"]);
+    }
+
+    #[test]
     fn identifiers_are_quoted() {
         assert_eq!(quote_ident("windows"), "\"windows\"");
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
@@ -134,12 +193,13 @@ mod tests {
     fn statements() {
         let cols = header_columns("merchant_id,count,country");
         let key = vec!["merchant_id".to_string()];
+        let types = column_types(&cols, &["1,2,DE".to_string()]);
         assert_eq!(
-            create_table("w", &cols, &key),
+            create_table("w", &cols, &types, &key),
             "CREATE TABLE IF NOT EXISTS \"w\" (\"merchant_id\" BIGINT, \"count\" BIGINT, \"country\" TEXT, PRIMARY KEY (\"merchant_id\"))"
         );
         assert_eq!(
-            copy_in("w", &cols),
+            copy_in("w", &cols, &["country".to_string()]),
             "COPY \"w\" (\"merchant_id\", \"count\", \"country\") FROM STDIN (FORMAT csv, FORCE_NOT_NULL (\"country\"))"
         );
         let merge = merge_stage("w", &cols, &key);
