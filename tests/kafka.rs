@@ -8,16 +8,16 @@
 
 #[macro_use]
 mod common;
+#[path = "common/proxy.rs"]
+mod proxy;
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::Child;
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::*;
+use proxy::{free_port, Proxy};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -651,95 +651,6 @@ fn kafka_to_kafka_is_exactly_once_after_kill_9_and_restores_at_other_worker_coun
     assert_same(&format!("windows read back ({isolation}) after the crashes"), &expected, &actual);
 }
 
-/// A TCP proxy the test can cut: every connection is dropped and new ones are refused while it
-/// is stopped.
-struct Proxy {
-    port: u16,
-    target: u16,
-    connections: Arc<Mutex<Vec<TcpStream>>>,
-    running: Arc<std::sync::atomic::AtomicBool>,
-    acceptor: Option<JoinHandle<()>>,
-}
-
-impl Proxy {
-    fn new(port: u16, target: u16) -> Proxy {
-        let mut p = Proxy {
-            port,
-            target,
-            connections: Default::default(),
-            running: Arc::new(std::sync::atomic::AtomicBool::new(false)),
-            acceptor: None,
-        };
-        p.start();
-        p
-    }
-
-    fn start(&mut self) {
-        use std::sync::atomic::Ordering;
-        let listener = {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                match TcpListener::bind(("127.0.0.1", self.port)) {
-                    Ok(l) => break l,
-                    Err(e) if Instant::now() < deadline => {
-                        eprintln!("proxy: {e}; retrying");
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
-                    Err(e) => panic!("proxy cannot listen on {}: {e}", self.port),
-                }
-            }
-        };
-        listener.set_nonblocking(true).expect("nonblocking");
-        self.running.store(true, Ordering::SeqCst);
-        let (running, connections, target) = (self.running.clone(), self.connections.clone(), self.target);
-        self.acceptor = Some(std::thread::spawn(move || {
-            while running.load(Ordering::SeqCst) {
-                match listener.accept() {
-                    Ok((client, _)) => {
-                        client.set_nonblocking(false).ok();
-                        let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else { continue };
-                        let mut list = connections.lock().expect("lock");
-                        for (mut from, mut to) in [
-                            (client.try_clone().expect("clone"), server.try_clone().expect("clone")),
-                            (server.try_clone().expect("clone"), client.try_clone().expect("clone")),
-                        ] {
-                            std::thread::spawn(move || {
-                                let mut buf = [0u8; 64 * 1024];
-                                while let Ok(n) = from.read(&mut buf) {
-                                    if n == 0 || to.write_all(&buf[..n]).is_err() {
-                                        break;
-                                    }
-                                }
-                                from.shutdown(std::net::Shutdown::Both).ok();
-                                to.shutdown(std::net::Shutdown::Both).ok();
-                            });
-                        }
-                        list.push(client);
-                        list.push(server);
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        }));
-    }
-
-    fn stop(&mut self) {
-        self.running.store(false, std::sync::atomic::Ordering::SeqCst);
-        if let Some(a) = self.acceptor.take() {
-            a.join().ok();
-        }
-        for c in self.connections.lock().expect("lock").drain(..) {
-            c.shutdown(std::net::Shutdown::Both).ok();
-        }
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 /// A Tansu broker of the test's own, on a free port, advertised at `advertised`.
 struct OwnBroker(Child);
 
@@ -748,10 +659,6 @@ impl Drop for OwnBroker {
         self.0.kill().ok();
         self.0.wait().ok();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port()
 }
 
 #[test]
