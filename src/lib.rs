@@ -26,14 +26,16 @@ pub use paystream_jobs as jobs;
 pub use paystream_operators as operators;
 
 /// The connectors the `paystream` binary has: `file:` and `stdout:`, `gen:` for the payment
-/// event types, `kafka://` (feature `kafka`) and `rabbitmq://` (feature `rabbitmq`), both on by
-/// default. Add your own with `.source(...)`/`.sink(...)` and pass them to [`cli::main_with`].
+/// event types, `kafka://` (feature `kafka`), `rabbitmq://` (feature `rabbitmq`) and `nats://`
+/// (feature `nats`), all on by default. Add your own with `.source(...)`/`.sink(...)` and pass them to [`cli::main_with`].
 pub fn connectors() -> paystream_engine::Connectors {
     let connectors = paystream_jobs::connectors();
     #[cfg(feature = "kafka")]
     let connectors = paystream_kafka::register(connectors);
     #[cfg(feature = "rabbitmq")]
     let connectors = paystream_rabbitmq::register(connectors);
+    #[cfg(feature = "nats")]
+    let connectors = paystream_nats::register(connectors);
     connectors
 }
 
