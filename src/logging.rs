@@ -70,7 +70,8 @@ fn filter(args: &LogArgs, rust_log: Option<&str>) -> (EnvFilter, Option<String>)
             Ok(f) => (f, None),
             Err(e) => (EnvFilter::new("info"), Some(format!("ignoring RUST_LOG={spec:?}: {e}"))),
         },
-        None => (EnvFilter::new("info"), None),
+        // The NATS client logs every connection at info: noise beside the run's own events.
+        None => (EnvFilter::new("info,async_nats=warn"), None),
     }
 }
 
