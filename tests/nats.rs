@@ -1,7 +1,8 @@
 //! The `nats://` (JetStream) source and sink end to end, against a server on 127.0.0.1:4222: a
 //! bounded stream read like the generator's payments at 1 and 2 workers, exactly-once output
-//! after `kill -9` and restores (counted by content and by `Nats-Msg-Id`), and a clear error
-//! when no server answers.
+//! after `kill -9` and restores (counted by content and by `Nats-Msg-Id`), a server crash ridden
+//! out and one longer than `reconnect_timeout` failing the job (on a private server the test
+//! starts), and a clear error when no server answers.
 //!
 //! Without a server each test prints a loud SKIP and passes, except under `CI=true` (where
 //! `.ci/run` starts one), when it fails. Streams are named per test run and deleted at the end.
@@ -58,20 +59,14 @@ impl Drop for Stream {
 
 /// Loads the generator's payments `generator` into `stream` through the sink (no checkpoints).
 fn load_payments(dir: &TempDir, stream: &Stream, generator: &str) {
-    run(
-        "load",
-        args![
-            "run",
-            "generate-payments",
-            "-q",
-            "--source",
-            format!("payments=gen:{generator}"),
-            "--sink",
-            format!("payments={}", stream.uri())
-        ],
-        dir.path(),
-    )
-    .assert_success();
+    load_payments_to(dir, &stream.uri(), generator);
+}
+
+/// Loads the generator's payments `generator` into the stream of `uri`.
+fn load_payments_to(dir: &TempDir, uri: &str, generator: &str) {
+    let generate =
+        args!["run", "generate-payments", "-q", "--source", format!("payments=gen:{generator}"), "--sink", format!("payments={uri}")];
+    run("load", generate, dir.path()).assert_success();
 }
 
 /// The windows of the generated payments `generator`, computed without a server.
@@ -250,4 +245,105 @@ fn no_server_at_the_start_is_a_clear_error_within_the_connect_timeout() {
         );
         assert!(started.elapsed() < Duration::from_secs(10), "{label}: took {:?}", started.elapsed());
     }
+}
+
+/// A nats-server of the test's own on a free loopback port (the shared one must not be
+/// stopped), with its JetStream store in `store`; killed when dropped.
+struct PrivateServer {
+    port: u16,
+    store: std::path::PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateServer {
+    /// Starts one, or `None` (after a loud SKIP, or a failure under CI) without `nats-server`.
+    fn start(test: &str, store: std::path::PathBuf) -> Option<PrivateServer> {
+        let here = std::process::Command::new("nats-server").arg("--version").output().is_ok_and(|o| o.status.success());
+        if !service_available(test, here, "no nats-server binary to start a private server (apt-get install nats-server)") {
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("its address").port();
+        let mut server = PrivateServer { port, store, child: None };
+        server.restart();
+        Some(server)
+    }
+    fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+    fn restart(&mut self) {
+        let child = std::process::Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
+            .arg(&self.store)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start nats-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !admin::server_answers(&self.endpoint()) {
+            assert!(Instant::now() < deadline, "the private nats-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    /// `kill -9`: a crash, not a shutdown.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().ok();
+            child.wait().ok();
+        }
+    }
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[test]
+fn a_server_outage_mid_run_is_ridden_out_and_a_long_one_fails_the_job() {
+    let test = "a_server_outage_mid_run_is_ridden_out_and_a_long_one_fails_the_job";
+    let dir = TempDir::new("nats-outage");
+    let Some(mut server) = PrivateServer::start(test, dir.join("store")) else { return };
+    let endpoint = server.endpoint();
+    let uri = |stream: &str| format!("nats://{endpoint}/{stream}");
+    let read_sorted = |uri: &str| {
+        let mut lines: Vec<String> =
+            admin::read_stream(uri).expect("read the stream").into_iter().map(|m| String::from_utf8(m.payload).expect("UTF-8")).collect();
+        lines.sort();
+        lines
+    };
+    load_payments_to(&dir, &uri("IN"), "count=4000,seed=5");
+    let source = format!("{}?bounded=true", uri("IN"));
+    run("reference", windows_run(&source, &uri("REFERENCE"), &dir, "reference", &[]), dir.path()).assert_success();
+    let expected = read_sorted(&uri("REFERENCE"));
+    assert!(expected.len() > 100, "the reference has windows: {}", expected.len());
+
+    // A 2 s crash of the server while the job runs: it reconnects and finishes, exactly once.
+    let chk = dir.join("chk").display().to_string();
+    let paced = ["--checkpoint-dir", chk.as_str(), "--checkpoint-interval", "100ms", "--rate", "2000"];
+    let running = spawn("outage", windows_run(&source, &uri("OUT"), &dir, "outage", &paced), dir.path());
+    std::thread::sleep(Duration::from_millis(700));
+    server.kill();
+    std::thread::sleep(Duration::from_secs(2));
+    server.restart();
+    let outcome = wait_all(vec![running]).remove(0);
+    outcome.assert_success();
+    assert!(outcome.stderr.contains("reconnecting"), "the outage hit the running job: {}", outcome.stderr);
+    let messages = admin::read_stream(&uri("OUT")).expect("read the output");
+    let ids: HashSet<Option<String>> = messages.iter().map(|m| m.message_id.clone()).collect();
+    assert_eq!(ids.len(), messages.len(), "every message has its own id");
+    assert_eq!(read_sorted(&uri("OUT")), expected, "after an outage: not the uninterrupted run's output");
+
+    // An outage longer than reconnect_timeout: the job fails (exit 1) and says why.
+    let live = format!("{}?reconnect_timeout=2s", uri("IN"));
+    let running = spawn("long outage", windows_run(&live, "stdout", &dir, "long", &[]), dir.path());
+    std::thread::sleep(Duration::from_millis(1500));
+    server.kill();
+    let started = Instant::now();
+    let outcome = wait_all(vec![running]).remove(0);
+    eprintln!("the job failed {:.1} s after the server was killed", started.elapsed().as_secs_f64());
+    assert!(started.elapsed() < Duration::from_secs(30), "the job gave up within a bounded time");
+    assert_eq!(outcome.code, Some(1), "a server away too long fails the job: {outcome:?}");
+    assert!(outcome.stderr.contains("reconnect_timeout") && outcome.stderr.contains(&endpoint), "the error says why: {}", outcome.stderr);
 }
