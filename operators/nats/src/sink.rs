@@ -395,3 +395,55 @@ fn tally(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use paystream_engine::connector::Committable;
+
+    /// The server the tests use; without it a loud SKIP, or a failure under `CI=true`.
+    fn server() -> Option<Address> {
+        if crate::admin::server_answers("127.0.0.1:4222") {
+            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() % 1_000_000_000);
+            return Some(Address { host: "127.0.0.1".into(), port: 4222, stream: format!("PSUNIT_{}_{nanos}", std::process::id()) });
+        }
+        assert!(std::env::var("CI").map_or(true, |v| v != "true"), "no NATS server on 127.0.0.1:4222 under CI=true");
+        eprintln!("\n*** SKIPPED: no NATS server answers on 127.0.0.1:4222 ***\n");
+        None
+    }
+
+    /// The mechanism the exactly-once guarantee rests on: a restore that publishes a batch the
+    /// crashed run had already published stores nothing twice.
+    #[test]
+    fn a_batch_published_again_by_a_restore_is_stored_once() {
+        let Some(address) = server() else { return };
+        let uri = format!("nats://{}/{}", address.endpoint(), address.stream);
+        let target = NatsSink.open("out", &uri).expect("open the sink");
+        let batch = Batch { id_prefix: "job/out/w0/run/e3".into(), lines: (0..50).map(|i| format!("line {i}")).collect() };
+        let mut publisher = Publisher {
+            address: Arc::new(address.clone()),
+            subject: address.stream.clone(),
+            connect_timeout: Duration::from_secs(5),
+            reconnect_timeout: Duration::from_secs(5),
+            window: DEFAULT_DUPLICATE_WINDOW,
+            context: None,
+        };
+        let first = client::block_on(async { publisher.publish(&Batch { lines: batch.lines[..20].to_vec(), ..batch.clone() }).await });
+        assert_eq!(first.expect("publish"), (20, 0), "the crashed run published the first 20");
+        let recovery = Recovery {
+            job: "job".into(),
+            sink: "out".into(),
+            restored: Some(3),
+            committables: vec![Committable { worker: 0, epoch: 3, data: batch.encode().expect("encode") }],
+            workers: 1,
+        };
+        target.recover(&recovery).expect("recover");
+        target.recover(&recovery).expect("recover twice");
+        let stored = crate::admin::read_stream(&uri).expect("read");
+        crate::admin::delete_stream(&uri).ok();
+        let lines: Vec<String> = stored.iter().map(|m| String::from_utf8(m.payload.clone()).unwrap_or_default()).collect();
+        assert_eq!(lines, batch.lines, "each line once, in order");
+        let ids: Vec<String> = stored.iter().filter_map(|m| m.message_id.clone()).collect();
+        assert_eq!(ids, (0..50).map(|i| batch.id(i)).collect::<Vec<_>>());
+    }
+}
