@@ -26,8 +26,8 @@ pub use paystream_jobs as jobs;
 pub use paystream_operators as operators;
 
 /// The connectors the `paystream` binary has: `file:` and `stdout:`, `gen:` for the payment
-/// event types, `kafka://` (feature `kafka`), `rabbitmq://` (feature `rabbitmq`) and the
-/// `postgres://` sink (feature `postgres`), all on by default. Add your own with `.source(...)`/`.sink(...)` and pass them to [`cli::main_with`].
+/// event types, `kafka://` (feature `kafka`), `rabbitmq://` (feature `rabbitmq`), `nats://`
+/// (feature `nats`) and the `postgres://` sink (feature `postgres`), all on by default. Add your own with `.source(...)`/`.sink(...)` and pass them to [`cli::main_with`].
 pub fn connectors() -> paystream_engine::Connectors {
     let connectors = paystream_jobs::connectors();
     #[cfg(feature = "kafka")]
@@ -36,6 +36,8 @@ pub fn connectors() -> paystream_engine::Connectors {
     let connectors = paystream_rabbitmq::register(connectors);
     #[cfg(feature = "postgres")]
     let connectors = paystream_postgres::register(connectors);
+    #[cfg(feature = "nats")]
+    let connectors = paystream_nats::register(connectors);
     connectors
 }
 

@@ -60,6 +60,10 @@ impl LogLevel {
     }
 }
 
+/// The filter without a flag or `RUST_LOG`: info, except the NATS client, which logs every
+/// connection at info (noise beside the run's own events).
+const DEFAULT_FILTER: &str = "info,async_nats=warn";
+
 /// The filter for these flags and this `RUST_LOG` value.
 fn filter(args: &LogArgs, rust_log: Option<&str>) -> (EnvFilter, Option<String>) {
     if let Some(level) = args.log_level {
@@ -68,9 +72,9 @@ fn filter(args: &LogArgs, rust_log: Option<&str>) -> (EnvFilter, Option<String>)
     match rust_log.map(str::trim).filter(|v| !v.is_empty()) {
         Some(spec) => match EnvFilter::try_new(spec) {
             Ok(f) => (f, None),
-            Err(e) => (EnvFilter::new("info"), Some(format!("ignoring RUST_LOG={spec:?}: {e}"))),
+            Err(e) => (EnvFilter::new(DEFAULT_FILTER), Some(format!("ignoring RUST_LOG={spec:?}: {e}"))),
         },
-        None => (EnvFilter::new("info"), None),
+        None => (EnvFilter::new(DEFAULT_FILTER), None),
     }
 }
 
@@ -115,10 +119,12 @@ mod tests {
         assert_eq!(filter(&flag, Some("trace")).0.to_string(), "warn");
         let none = LogArgs::default();
         assert_eq!(filter(&none, Some("debug")).0.to_string(), "debug");
-        assert_eq!(filter(&none, Some("  ")).0.to_string(), "info");
-        assert_eq!(filter(&none, None).0.to_string(), "info");
+        let default = EnvFilter::new(DEFAULT_FILTER).to_string();
+        assert!(default.contains("info") && default.contains("async_nats=warn"), "{default}");
+        assert_eq!(filter(&none, Some("  ")).0.to_string(), default);
+        assert_eq!(filter(&none, None).0.to_string(), default);
         let (f, problem) = filter(&none, Some("paystream=notalevel"));
-        assert_eq!(f.to_string(), "info");
+        assert_eq!(f.to_string(), default);
         assert!(problem.is_some_and(|p| p.contains("RUST_LOG")));
     }
 }
