@@ -336,7 +336,11 @@ fn read_manifest(dir: &Path) -> Result<Manifest> {
 /// Complete checkpoints and savepoints under `dir`, newest epoch first.
 pub fn complete_checkpoints(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut found: Vec<(u64, PathBuf)> = Vec::new();
-    let entries = fs::read_dir(dir).with_context(|| format!("cannot read checkpoint directory {}", dir.display()))?;
+    let entries = match fs::read_dir(dir) {
+        // A run killed before it made its directory left nothing to restore.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        other => other.with_context(|| format!("cannot read checkpoint directory {}", dir.display()))?,
+    };
     for entry in entries {
         let path = entry?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
