@@ -211,16 +211,15 @@ fn kill_9_and_restores_give_exactly_once_output_counted_by_content_and_message_i
             assert_exactly(&format!("trial {trial}: a run that finished before the kill"), &out, &expected);
             continue;
         }
-        let has_checkpoint =
-            std::fs::read_dir(&chk).map(|d| d.filter_map(|e| e.ok()).any(|e| e.path().join("MANIFEST").is_file())).unwrap_or(false);
+        let checkpointed = has_checkpoint(&chk);
         let mut again = vec!["--checkpoint-dir", chk_arg.as_str(), "--checkpoint-interval", "100ms", "-w", restore_workers];
-        if has_checkpoint {
+        if checkpointed {
             again.extend(["--restore", "latest"]);
             restored += 1;
         }
         run(&format!("{tag} restore"), windows_run(&source, &out.uri(), &dir, &tag, &again), dir.path()).assert_success();
         eprintln!(
-            "trial {trial}: killed after {kill_after:?}, {workers} -> {restore_workers} workers, restored from a checkpoint: {has_checkpoint}"
+            "trial {trial}: killed after {kill_after:?}, {workers} -> {restore_workers} workers, restored from a checkpoint: {checkpointed}"
         );
         assert_exactly(&format!("trial {trial} ({workers} -> {restore_workers} workers)"), &out, &expected);
     }

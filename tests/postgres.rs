@@ -13,7 +13,6 @@ mod common;
 mod proxy;
 
 use std::net::TcpStream;
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -255,10 +254,6 @@ fn a_server_that_does_not_answer_is_a_clear_error() {
     assert!(started.elapsed() < Duration::from_secs(20), "the error came after {:?}", started.elapsed());
 }
 
-fn has_checkpoint(chk: &Path) -> bool {
-    std::fs::read_dir(chk).map(|d| d.filter_map(|e| e.ok()).any(|e| e.path().join("MANIFEST").is_file())).unwrap_or(false)
-}
-
 fn kill_after(mut running: Running, after: Duration) -> Outcome {
     let deadline = Instant::now() + after;
     while Instant::now() < deadline {
@@ -333,12 +328,8 @@ fn windows_into_a_table_are_exactly_once_after_kill_9_and_restores_at_other_work
         // A fresh run is killed once it has written a checkpoint (so that a loaded machine, where
         // a job starts slowly, still restores), a restored one at once; either after a random
         // delay.
-        let started = Instant::now();
-        while !restore && !has_checkpoint(&chk) && started.elapsed() < Duration::from_secs(20) {
-            if running.child.try_wait().expect("wait").is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        if !restore {
+            wait_for_checkpoint(&mut running, &chk, Duration::from_secs(20));
         }
         let outcome = kill_after(running, Duration::from_millis(rng.below(1500)));
         let in_table = try_psql(&server, &format!("SELECT count(*) FROM \"{name}\"")).map_or("no".into(), |n| n.trim().to_string());

@@ -204,15 +204,7 @@ fn kill_9_and_restores_at_other_worker_counts_give_exactly_once_output() {
         let mut running = spawn(&tag, windows_run(&source, &out.uri(), &dir, &tag, &paced), dir.path());
         // Killed a random moment after its first checkpoint (at most 20 s to it): on a loaded
         // machine a fixed delay killed every trial before any checkpoint, testing nothing.
-        let started = Instant::now();
-        let checkpointed =
-            || std::fs::read_dir(&chk).map(|d| d.filter_map(|e| e.ok()).any(|e| e.path().join("MANIFEST").is_file())).unwrap_or(false);
-        while !checkpointed() && started.elapsed() < Duration::from_secs(20) {
-            if running.child.try_wait().expect("wait").is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_for_checkpoint(&mut running, &chk, Duration::from_secs(20));
         std::thread::sleep(Duration::from_millis(below(1400)));
         running.child.kill().ok();
         let code = running.child.wait().expect("wait").code();
@@ -220,15 +212,14 @@ fn kill_9_and_restores_at_other_worker_counts_give_exactly_once_output() {
             assert_eq!(out.sorted_lines(), expected, "trial {trial}: a run that finished before the kill");
             continue;
         }
-        let has_checkpoint =
-            std::fs::read_dir(&chk).map(|d| d.filter_map(|e| e.ok()).any(|e| e.path().join("MANIFEST").is_file())).unwrap_or(false);
+        let checkpointed = has_checkpoint(&chk);
         let mut again = vec!["--checkpoint-dir", chk_arg.as_str(), "--checkpoint-interval", "100ms", "-w", restore_workers];
-        if has_checkpoint {
+        if checkpointed {
             again.extend(["--restore", "latest"]);
             restored += 1;
         }
         run(&format!("{tag} restore"), windows_run(&source, &out.uri(), &dir, &tag, &again), dir.path()).assert_success();
-        eprintln!("trial {trial}: {workers} -> {restore_workers} workers, restored from a checkpoint: {has_checkpoint}");
+        eprintln!("trial {trial}: {workers} -> {restore_workers} workers, restored from a checkpoint: {checkpointed}");
         assert_eq!(out.sorted_lines(), expected, "trial {trial} ({workers} -> {restore_workers} workers): not the uncrashed run's output");
     }
     assert!(trials == 0 || restored > 0, "no trial was killed after a checkpoint: they test too little");

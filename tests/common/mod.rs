@@ -334,3 +334,21 @@ impl Drop for SmallFs {
         let _ = Command::new("umount").arg(&self.0).status();
     }
 }
+
+/// Whether the checkpoint directory `chk` holds a complete checkpoint (one with its MANIFEST).
+pub fn has_checkpoint(chk: &Path) -> bool {
+    std::fs::read_dir(chk).map(|d| d.filter_map(|e| e.ok()).any(|e| e.path().join("MANIFEST").is_file())).unwrap_or(false)
+}
+
+/// Waits until `running` has a complete checkpoint in `chk`, has ended, or `limit` has passed:
+/// a kill test that kills after this tests a restore even where a loaded machine starts jobs
+/// slowly.
+pub fn wait_for_checkpoint(running: &mut Running, chk: &Path, limit: Duration) {
+    let started = Instant::now();
+    while !has_checkpoint(chk) && started.elapsed() < limit {
+        if running.child.try_wait().expect("wait").is_some() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
