@@ -300,6 +300,7 @@ pub trait SinkWriter: 'static {
     fn write(&mut self, epoch: u64, lines: Vec<String>) -> Result<()>;
     /// Checkpointed runs: make everything written for `epoch` durable but not yet visible.
     /// Returns the committable (stored in the checkpoint), or `None` when nothing needs a commit.
+    /// While it is `Pending`, [`commit`](Self::commit) may be called for earlier epochs.
     fn pre_commit(&mut self, epoch: u64) -> Result<Progress<Option<Vec<u8>>>>;
     /// Checkpoint `epoch` is complete: make its pre-committed output visible.
     fn commit(&mut self, epoch: u64, committable: &[u8]) -> Result<Progress>;

@@ -291,11 +291,18 @@ impl Driver {
         };
         // Pre-commit every epoch the input has passed; at the end, up to the last one written.
         let last = if ended { self.last_written_epoch.map_or(self.next_epoch, |e| e.max(self.next_epoch)) } else { 0 };
+        // A pre-commit under way does not hold back the commits of earlier epochs: a database's
+        // prepared transaction of epoch e holds row locks that the next epoch's transaction may
+        // wait for, until the commit of e.
+        let mut pre_committing = false;
         while self.final_epoch.is_none() && (self.next_epoch < frontier_epoch || ended) {
             let epoch = self.next_epoch;
             let writer = self.writer.as_mut().expect("opened above");
             match writer.pre_commit(epoch)? {
-                Progress::Pending => return Ok(Some(POLL)),
+                Progress::Pending => {
+                    pre_committing = true;
+                    break;
+                }
                 Progress::Ready(Some(data)) => {
                     self.uncommitted.insert(epoch, data);
                 }
@@ -327,6 +334,9 @@ impl Driver {
                     self.uncommitted.remove(&epoch);
                 }
             }
+        }
+        if pre_committing {
+            return Ok(Some(POLL));
         }
         match self.final_epoch {
             // Wait for the last checkpoint, then finish.
