@@ -25,6 +25,12 @@ pub const SPEC: JobSpec = JobSpec {
     params: &[
         ParamSpec { name: "window_ms", default: "10000", about: "window size, ms" },
         ParamSpec { name: "out_of_orderness_ms", default: "2000", about: "how far behind the latest payment one may arrive and still count, ms" },
+        ParamSpec {
+            name: "allowed_lateness_ms",
+            default: "0",
+            about: "how long after a window fired a late payment still updates it, ms (a second row for the same window \
+                    and merchant: upsert them by window_start_ms,merchant_id); later ones go to late_payments",
+        },
     ],
     build,
 };
@@ -81,6 +87,7 @@ impl Aggregate<Payment> for MerchantStats {
 fn build(job: &mut JobBuilder<'_>, params: &Params) -> Result<()> {
     let window_ms: u64 = params.get("window_ms")?;
     let bound_ms: u64 = params.get("out_of_orderness_ms")?;
+    let lateness_ms: u64 = params.get("allowed_lateness_ms")?;
     if window_ms == 0 {
         return Err(paystream_engine::Error::msg("parameter window_ms must be positive; set it with --set window_ms=10000"));
     }
@@ -88,6 +95,7 @@ fn build(job: &mut JobBuilder<'_>, params: &Params) -> Result<()> {
         .assign_timestamps(|p| p.ts_ms, OutOfOrder::millis(bound_ms))?
         .key_by("by-merchant", |p| p.merchant_id)
         .window("throughput", Tumbling::of(millis(window_ms)))
+        .allowed_lateness(millis(lateness_ms))
         .late_records_to("late_payments")
         .aggregate((MerchantStats, Percentile::of(0.99, |p: &Payment| p.amount_cents.max(0) as u64)))
         .map("to-row", |w| {
@@ -104,5 +112,9 @@ fn build(job: &mut JobBuilder<'_>, params: &Params) -> Result<()> {
                 p99_amount_cents,
             }
         })
-        .sink("windows")
+        // A window's update can come in the same watermark step as its first result (a payment
+        // late for a window that fires in that step), and a step's lines are ordered by line:
+        // with allowed lateness they are ordered by count first, so that an update, which counts
+        // at least one payment more, comes after the result it revises (an upsert keeps it).
+        .sink_ordered_by("windows", move |w| if lateness_ms > 0 { w.count } else { 0 })
 }
