@@ -5,7 +5,11 @@
 //! one, these tests print a loud SKIP and pass, except under `CI=true`, where they fail. Each test
 //! writes a table of its own and drops it at the end.
 //!
-//! `PAYSTREAM_POSTGRES_KILLS` sets how many `kill -9`s the exactly-once test makes (default 5).
+//! `PAYSTREAM_POSTGRES_PREPARED` (`.ci/run` starts one on 127.0.0.1:5439) is a server with
+//! `max_prepared_transactions` above 0, for the prepared-transaction protocol.
+//!
+//! `PAYSTREAM_POSTGRES_KILLS` sets how many `kill -9`s the exactly-once tests make (default 5; at
+//! least 8 for the prepared protocol, two at each crash point).
 
 #[macro_use]
 mod common;
@@ -266,17 +270,60 @@ fn kill_after(mut running: Running, after: Duration) -> Outcome {
     wait_all(vec![running]).pop().expect("one outcome")
 }
 
-#[test]
-fn windows_into_a_table_are_exactly_once_after_kill_9_and_restores_at_other_worker_counts() {
-    let Some(server) = server("windows_into_a_table_are_exactly_once_after_kill_9_and_restores_at_other_worker_counts") else { return };
-    let kills: usize = std::env::var("PAYSTREAM_POSTGRES_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
-    let dir = TempDir::new("postgres-kill");
-    // 200 s of event time read in 10 s (--rate 4000): a window closes about every half second,
-    // so most epochs have rows, and crashes meet commits with rows in them.
-    let generator = "count=40000,events_per_sec=200";
-    let expected = reference_windows(&dir, generator);
-    let name = table("kill");
-    let _drop = DropTable(&server, name.clone());
+/// The commit protocol a kill test drives, and where it crashes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Protocol {
+    WriteAhead,
+    Prepared,
+}
+
+/// The server with `max_prepared_transactions` above 0 (`PAYSTREAM_POSTGRES_PREPARED`, which
+/// `.ci/run` starts on 127.0.0.1:5439), or `None` (after a loud message) outside CI.
+fn prepared_server(test: &str) -> Option<String> {
+    let address = std::env::var("PAYSTREAM_POSTGRES_PREPARED").ok();
+    let answers = address.as_deref().is_some_and(|a| {
+        TcpStream::connect_timeout(&a.parse().expect("PAYSTREAM_POSTGRES_PREPARED is HOST:PORT"), Duration::from_secs(2)).is_ok()
+    });
+    let missing = format!(
+        "no PostgreSQL server with max_prepared_transactions > 0 answers at PAYSTREAM_POSTGRES_PREPARED ({address:?}; .ci/run \
+         starts one on 127.0.0.1:5439)"
+    );
+    if !service_available(test, answers, &missing) {
+        return None;
+    }
+    let server = address.expect("answers");
+    let max = psql(&server, "SHOW max_prepared_transactions");
+    assert_ne!(max.trim(), "0", "PAYSTREAM_POSTGRES_PREPARED={server} has max_prepared_transactions = 0");
+    Some(server)
+}
+
+/// The sink's hash of (job, sink, table), as it names its prepared transactions and staging
+/// tables (FNV-1a over the parts, each followed by a zero byte).
+fn target_hash(job: &str, sink: &str, table: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in [job, sink, table] {
+        for byte in part.bytes().chain([0u8]) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{hash:016x}")
+}
+
+/// A `kill -9` test of throughput-windows into `name`: `kills` crashed runs at seeded moments,
+/// each restore at another worker count, then a run to the end; checks that nothing of the sink
+/// is left open on the server.
+/// What a kill test runs: the sink's protocol and URI options, the generator, `--set`s.
+struct Trial<'a> {
+    protocol: Protocol,
+    options: &'a str,
+    generator: &'a str,
+    sets: &'a [&'a str],
+    kills: usize,
+}
+
+fn crash_and_restore(server: &str, name: &str, dir: &TempDir, trial: Trial<'_>) {
+    let Trial { protocol, options, generator, sets, kills } = trial;
     let chk = dir.join("chk");
     let job = |workers: u64, rate: bool, restore: bool| {
         let mut a = args![
@@ -288,7 +335,7 @@ fn windows_into_a_table_are_exactly_once_after_kill_9_and_restores_at_other_work
             "--source",
             format!("payments=gen:{generator}"),
             "--sink",
-            sink_uri(&server, &name, ""),
+            sink_uri(server, name, options),
             "--sink",
             format!("late_payments={}", file_uri(&dir.join("late.csv"))),
             "--checkpoint-dir",
@@ -296,6 +343,9 @@ fn windows_into_a_table_are_exactly_once_after_kill_9_and_restores_at_other_work
             "--checkpoint-interval",
             "100ms"
         ];
+        for set in sets {
+            a.extend(args!["--set", set]);
+        }
         if rate {
             a.extend(args!["--rate", "4000"]);
         }
@@ -315,15 +365,16 @@ fn windows_into_a_table_are_exactly_once_after_kill_9_and_restores_at_other_work
             std::fs::remove_dir_all(&chk).ok();
         }
         restored += usize::from(restore);
-        // A third of the crashes come inside the sink's transaction (rows and bookkeeping row
-        // sent, not committed), a third between a checkpoint's pre-commit and its commit, the
-        // rest at a random moment.
-        let (what, env) = match i % 3 {
-            1 => ("inside a transaction", Some(format!("postgres:before-commit:{}", 1 + rng.below(4)))),
-            2 => ("between pre-commit and commit", Some(format!("sink:before-publish:{}", 1 + rng.below(6)))),
+        let (what, point) = match (protocol, i % 4) {
+            // Rows and bookkeeping row sent, the transaction not yet committed or prepared.
+            (_, 1) => ("inside a transaction", Some(format!("postgres:before-commit:{}", 1 + rng.below(4)))),
+            // The checkpoint's manifest durable, its commit not yet done.
+            (_, 2) => ("between the checkpoint and its commit", Some(format!("sink:before-publish:{}", 1 + rng.below(6)))),
+            // Prepared, the checkpoint that would cover it not yet complete.
+            (Protocol::Prepared, 3) => ("between prepare and checkpoint", Some(format!("postgres:after-prepare:{}", 1 + rng.below(4)))),
             _ => ("at a random moment", None),
         };
-        let env: Vec<(&str, &str)> = env.as_deref().map(|v| ("PAYSTREAM_CRASH_AT", v)).into_iter().collect();
+        let env: Vec<(&str, &str)> = point.as_deref().map(|v| ("PAYSTREAM_CRASH_AT", v)).into_iter().collect();
         let mut running = spawn_env("crashing run", job(workers, true, restore), dir.path(), &env);
         // A fresh run is killed once it has written a checkpoint (so that a loaded machine, where
         // a job starts slowly, still restores), a restored one at once; either after a random
@@ -331,9 +382,13 @@ fn windows_into_a_table_are_exactly_once_after_kill_9_and_restores_at_other_work
         if !restore {
             wait_for_checkpoint(&mut running, &chk, Duration::from_secs(20));
         }
-        let outcome = kill_after(running, Duration::from_millis(rng.below(1500)));
-        let in_table = try_psql(&server, &format!("SELECT count(*) FROM \"{name}\"")).map_or("no".into(), |n| n.trim().to_string());
-        eprintln!("run {i} ({workers} worker(s), restored: {restore}): crash {what}: exit {:?}, {in_table} rows", outcome.code);
+        // An injected crash gets longer to come: most do, the rest are killed at random.
+        let delay = rng.below(1500) + if point.is_some() { 1500 } else { 0 };
+        let outcome = kill_after(running, Duration::from_millis(delay));
+        let injected = outcome.stderr.contains("crash injected");
+        let in_table = try_psql(server, &format!("SELECT count(*) FROM \"{name}\"")).map_or("no".into(), |n| n.trim().to_string());
+        let what = if point.is_some() && !injected { format!("killed before the crash {what}") } else { format!("crash {what}") };
+        eprintln!("run {i} ({workers} worker(s), restored: {restore}): {what}: exit {:?}, {in_table} rows", outcome.code);
         for line in outcome.stderr.lines().filter(|l| l.contains("postgres") || l.contains("error")) {
             eprintln!("    {line}");
         }
@@ -350,7 +405,136 @@ fn windows_into_a_table_are_exactly_once_after_kill_9_and_restores_at_other_work
     }
     assert!(crashed >= kills.min(4), "only {crashed} of {kills} runs crashed before the input ended: the test tests too little");
     assert!(restored + 1 >= crashed.min(4), "only {restored} restores from a checkpoint");
+    let hash = target_hash("throughput-windows", "windows", name);
+    let open = psql(server, &format!("SELECT count(*) FROM pg_prepared_xacts WHERE gid LIKE 'paystream:{hash}:%'"));
+    assert_eq!(open.trim(), "0", "no prepared transaction of the sink is left open");
+    let stages = psql(server, &format!("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'paystream\\_stage\\_{hash}%'"));
+    assert_eq!(stages.trim(), "0", "no staging table of the sink is left");
+}
+
+fn kills() -> usize {
+    std::env::var("PAYSTREAM_POSTGRES_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(5)
+}
+
+#[test]
+fn windows_into_a_table_are_exactly_once_after_kill_9_and_restores_at_other_worker_counts() {
+    let Some(server) = server("windows_into_a_table_are_exactly_once_after_kill_9_and_restores_at_other_worker_counts") else { return };
+    let dir = TempDir::new("postgres-kill");
+    // 200 s of event time read in 10 s (--rate 4000): a window closes about every half second,
+    // so most epochs have rows, and crashes meet commits with rows in them.
+    let generator = "count=40000,events_per_sec=200";
+    let expected = reference_windows(&dir, generator);
+    let name = table("kill");
+    let _drop = DropTable(&server, name.clone());
+    let trial = Trial { protocol: Protocol::WriteAhead, options: "&commit=write-ahead", generator, sets: &[], kills: kills() };
+    crash_and_restore(&server, &name, &dir, trial);
     assert_same("table rows after the crashes", &expected, &rows(&server, &name));
+}
+
+#[test]
+fn prepared_transactions_are_exactly_once_after_kill_9_between_prepare_and_commit() {
+    let Some(server) = prepared_server("prepared_transactions_are_exactly_once_after_kill_9_between_prepare_and_commit") else { return };
+    let dir = TempDir::new("postgres-kill-prepared");
+    let generator = "count=40000,events_per_sec=200";
+    let expected = reference_windows(&dir, generator);
+    let name = table("prepared");
+    let _drop = DropTable(&server, name.clone());
+    // commit=auto takes the prepared protocol on this server.
+    crash_and_restore(
+        &server,
+        &name,
+        &dir,
+        Trial { protocol: Protocol::Prepared, options: "", generator, sets: &[], kills: kills().max(8) },
+    );
+    assert_same("table rows after the crashes", &expected, &rows(&server, &name));
+}
+
+/// Late payments within the allowed lateness update windows that fired already: a second row
+/// for the same (window, merchant), which the upsert puts in place of the first. Expected: the
+/// last row of each key in the uncrashed run's file output.
+fn latest_by_window_and_merchant(lines: Vec<String>) -> Vec<String> {
+    let mut latest = std::collections::BTreeMap::new();
+    let mut updates = 0;
+    for line in lines {
+        let fields: Vec<&str> = line.split(',').collect();
+        let key = (fields[0].to_string(), fields[2].to_string());
+        updates += usize::from(latest.insert(key, line.clone()).is_some());
+    }
+    assert!(updates > 20, "the input makes updates ({updates}): the test tests too little");
+    let mut rows: Vec<String> = latest.into_values().collect();
+    rows.sort();
+    rows
+}
+
+fn reference_windows_in_file_order(dir: &TempDir, generator: &str, sets: &[&str]) -> Vec<String> {
+    let out = dir.join("reference-updates.csv");
+    let mut a = args![
+        "run",
+        "throughput-windows",
+        "-q",
+        "--source",
+        format!("payments=gen:{generator}"),
+        "--sink",
+        format!("windows={}", file_uri(&out))
+    ];
+    for set in sets {
+        a.extend(args!["--set", set]);
+    }
+    run("reference", a, dir.path()).assert_success();
+    data_lines(&out, WINDOWS_HEADER)
+}
+
+#[test]
+fn upserted_window_updates_are_exactly_once_after_kill_9_on_both_protocols() {
+    let test = "upserted_window_updates_are_exactly_once_after_kill_9_on_both_protocols";
+    // Every 50th payment 12 s late: past the 2 s bound and its 10 s window, within the 30 s
+    // allowed lateness, so it updates its window.
+    let generator = "count=40000,events_per_sec=200,late_every=50,late_by_ms=12000";
+    let sets = ["allowed_lateness_ms=30000"];
+    let upsert = "&mode=upsert&key=window_start_ms,merchant_id";
+    for (protocol, server) in [(Protocol::Prepared, prepared_server(test)), (Protocol::WriteAhead, server(test))] {
+        let Some(server) = server else { continue };
+        let dir = TempDir::new("postgres-kill-upsert");
+        let expected = latest_by_window_and_merchant(reference_windows_in_file_order(&dir, generator, &sets));
+        let name = table("upsert_kill");
+        let _drop = DropTable(&server, name.clone());
+        let options = match protocol {
+            Protocol::Prepared => format!("{upsert}&commit=prepared"),
+            Protocol::WriteAhead => format!("{upsert}&commit=write-ahead"),
+        };
+        crash_and_restore(&server, &name, &dir, Trial { protocol, options: &options, generator, sets: &sets, kills: kills() });
+        assert_same(&format!("{protocol:?}: one row per window and merchant, its last update"), &expected, &rows(&server, &name));
+    }
+}
+
+#[test]
+fn commit_prepared_on_a_server_without_prepared_transactions_names_the_setting() {
+    let Some(server) = server("commit_prepared_on_a_server_without_prepared_transactions_names_the_setting") else { return };
+    if psql(&server, "SHOW max_prepared_transactions").trim() != "0" {
+        eprintln!("*** {server} has max_prepared_transactions above 0: nothing to refuse ***");
+        return;
+    }
+    let dir = TempDir::new("postgres-no-prepare");
+    let name = table("noprep");
+    let _drop = DropTable(&server, name.clone());
+    let out = run(
+        "commit=prepared",
+        args![
+            "run",
+            "throughput-windows",
+            "-q",
+            "--source",
+            "payments=gen:count=100",
+            "--sink",
+            sink_uri(&server, &name, "&commit=prepared"),
+            "--checkpoint-dir",
+            dir.join("chk").display()
+        ],
+        dir.path(),
+    );
+    assert_eq!(out.code, Some(2), "refused before the run: {out:?}");
+    assert!(out.stderr.contains("max_prepared_transactions is 0"), "names the setting:\n{}", out.stderr);
+    assert!(out.stderr.contains("commit=write-ahead"), "names the fallback:\n{}", out.stderr);
 }
 
 #[test]

@@ -129,11 +129,11 @@ pub fn copy_in(table: &str, columns: &[String], text: &[String]) -> String {
     format!("COPY {} ({}) FROM STDIN (FORMAT csv{force})", quote_ident(table), column_list(columns))
 }
 
-/// The staging table of an upsert: the target's columns plus the order lines came in, dropped
-/// at the end of the transaction.
+/// The staging table of an upsert on the write-ahead path: the target's columns plus the order
+/// lines came in, dropped at the end of the transaction.
 pub const STAGE_TABLE: &str = "paystream_stage";
 
-/// Makes the staging table of an upsert into `table` (inside the transaction).
+/// Makes the temporary staging table of an upsert into `table` (inside the transaction).
 pub fn create_stage(table: &str, columns: &[String]) -> String {
     format!(
         "CREATE TEMP TABLE {STAGE_TABLE} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA; \
@@ -143,9 +143,33 @@ pub fn create_stage(table: &str, columns: &[String]) -> String {
     )
 }
 
-/// Merges the staged lines into `table`: the last line of each key wins (a window revised
-/// twice in one epoch), replacing the row of an earlier epoch.
-pub fn merge_stage(table: &str, columns: &[String], key: &[String]) -> String {
+/// The staging table of one writer's upserts on the prepared-transaction path, where a temporary
+/// table cannot be used (PostgreSQL refuses to `PREPARE` a transaction that touched one): an
+/// unlogged table of its own, named by a hash of (job, sink, table) and the worker, emptied in
+/// every transaction and dropped when the job finishes.
+pub fn writer_stage(target: u64, worker: i32) -> String {
+    format!("{STAGE_TABLE}_{target:016x}_{worker}")
+}
+
+/// The `LIKE` pattern of the staging tables of all writers of one target.
+pub fn writer_stages(target: u64) -> String {
+    format!("{STAGE_TABLE}\\_{target:016x}\\_%")
+}
+
+/// Makes a writer's staging table when it is missing (outside any transaction).
+pub fn create_writer_stage(stage: &str, table: &str, columns: &[String]) -> String {
+    format!(
+        "CREATE UNLOGGED TABLE IF NOT EXISTS {stage} AS SELECT {} FROM {} WITH NO DATA; \
+         ALTER TABLE {stage} ADD COLUMN IF NOT EXISTS paystream_line BIGSERIAL",
+        column_list(columns),
+        quote_ident(table),
+        stage = quote_ident(stage)
+    )
+}
+
+/// Merges the lines staged in `stage` into `table`: the last line of each key wins (a window
+/// revised twice in one epoch), replacing the row of an earlier epoch.
+pub fn merge_stage(table: &str, stage: &str, columns: &[String], key: &[String]) -> String {
     let others: Vec<&String> = columns.iter().filter(|c| !key.contains(c)).collect();
     let action = if others.is_empty() {
         "DO NOTHING".to_string()
@@ -154,12 +178,48 @@ pub fn merge_stage(table: &str, columns: &[String], key: &[String]) -> String {
         format!("DO UPDATE SET {}", sets.join(", "))
     };
     format!(
-        "INSERT INTO {table} ({cols}) SELECT DISTINCT ON ({keys}) {cols} FROM {STAGE_TABLE} ORDER BY {keys}, paystream_line DESC \
+        "INSERT INTO {table} ({cols}) SELECT DISTINCT ON ({keys}) {cols} FROM {stage} ORDER BY {keys}, paystream_line DESC \
          ON CONFLICT ({keys}) {action}",
         table = quote_ident(table),
+        stage = quote_ident(stage),
         cols = column_list(columns),
         keys = column_list(key),
     )
+}
+
+/// A stable 64-bit hash (FNV-1a) of a sink's identity, for names that must be the same in every
+/// process and after an upgrade (Rust's own hasher promises neither).
+pub fn target_hash(job: &str, sink: &str, table: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in [job, sink, table] {
+        for byte in part.bytes().chain([0u8]) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash
+}
+
+/// The global id of the prepared transaction of one writer's epoch. PostgreSQL keeps it in
+/// `pg_prepared_xacts.gid` (at most 200 bytes); the bookkeeping row names job, sink and table.
+pub fn prepared_gid(target: u64, worker: i32, epoch: i64) -> String {
+    format!("{}{worker}:{epoch}", prepared_prefix(target))
+}
+
+/// The prefix of the prepared-transaction ids of all writers of one target.
+pub fn prepared_prefix(target: u64) -> String {
+    format!("paystream:{target:016x}:")
+}
+
+/// `gid`'s worker and epoch, when it is one of `prefix`'s.
+pub fn parse_gid(prefix: &str, gid: &str) -> Option<(i32, i64)> {
+    let (worker, epoch) = gid.strip_prefix(prefix)?.split_once(':')?;
+    Some((worker.parse().ok()?, epoch.parse().ok()?))
+}
+
+/// `text` as an SQL string literal (for `PREPARE TRANSACTION`, which takes no parameters).
+pub fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
 }
 
 #[cfg(test)]
@@ -202,10 +262,23 @@ mod tests {
             copy_in("w", &cols, &["country".to_string()]),
             "COPY \"w\" (\"merchant_id\", \"count\", \"country\") FROM STDIN (FORMAT csv, FORCE_NOT_NULL (\"country\"))"
         );
-        let merge = merge_stage("w", &cols, &key);
+        let merge = merge_stage("w", STAGE_TABLE, &cols, &key);
         assert!(merge.contains("DISTINCT ON (\"merchant_id\")"), "{merge}");
         assert!(merge
             .ends_with("ON CONFLICT (\"merchant_id\") DO UPDATE SET \"count\" = EXCLUDED.\"count\", \"country\" = EXCLUDED.\"country\""));
-        assert!(merge_stage("w", &key, &key).ends_with("DO NOTHING"));
+        assert!(merge_stage("w", STAGE_TABLE, &key, &key).ends_with("DO NOTHING"));
+    }
+
+    #[test]
+    fn prepared_transaction_ids() {
+        let target = target_hash("throughput-windows", "windows", "w");
+        assert_eq!(target, target_hash("throughput-windows", "windows", "w"), "stable");
+        assert_ne!(target, target_hash("throughput-window", "swindows", "w"), "parts are separated");
+        let gid = prepared_gid(target, 3, 17);
+        assert!(gid.len() < 200, "{gid}");
+        assert_eq!(parse_gid(&prepared_prefix(target), &gid), Some((3, 17)));
+        assert_eq!(parse_gid(&prepared_prefix(target + 1), &gid), None);
+        assert_eq!(literal("a'b"), "'a''b'");
+        assert_eq!(writer_stage(target, 2), format!("paystream_stage_{target:016x}_2"));
     }
 }
