@@ -408,6 +408,9 @@ fn plan_run(jobs: &[JobSpec], connectors: &Arc<Connectors>, args: &RunArgs) -> R
         (None, 1) => Vec::new(),
         (None, _) => bail!("--processes {} needs --hosts FILE with one host:port per process", args.processes),
     };
+    if args.processes == 1 && args.secret_file.is_some() {
+        bail!("--secret-file is for multi-process runs (--processes above 1)");
+    }
     let cluster_secret = if args.processes > 1 { cluster_secret(args.secret_file.as_deref())? } else { None };
     if let Some(dir) = &args.checkpoint_dir {
         paystream_engine::checkpoint::set_tolerable_failures(dir, args.tolerable_checkpoint_failures.unwrap_or(0));

@@ -298,3 +298,24 @@ fn killing_one_process_mid_run_ends_the_other_with_one_error_line() {
         assert!(!out.0.exists(), "{}: a file sink without checkpoints publishes nothing from a failed run", outcome.label);
     }
 }
+
+#[test]
+fn cluster_flag_mistakes_are_configuration_errors() {
+    let dir = TempDir::new("cluster-flags");
+    let (hosts, _) = hosts(&dir, 2);
+    std::fs::write(dir.join("short-secret"), "0123456789\n").expect("write secret");
+    let out = sinks(&dir, "pair");
+    let base = || job_args("payments=gen:count=1000", &out);
+    let cases: Vec<(&str, Vec<String>, &str)> = vec![
+        ("a secret for one process", [base(), args!["--secret-file", "short-secret"]].concat(), "--secret-file is for multi-process runs"),
+        ("a short secret", cluster_args(base(), &hosts, 0, &["--secret-file", "short-secret"]), "at least 16"),
+        ("a missing secret file", cluster_args(base(), &hosts, 0, &["--secret-file", "nowhere"]), "cannot read --secret-file nowhere"),
+    ];
+    for (what, a, says) in cases {
+        let outcome = run(what, a, dir.path());
+        assert_eq!(outcome.code, Some(2), "{what}: exit code\n{}", outcome.stderr);
+        let lines: Vec<&str> = outcome.stderr.lines().collect();
+        assert!(lines.len() == 1 && lines[0].starts_with("error:"), "{what}: one `error:` line, got:\n{}", outcome.stderr);
+        assert!(lines[0].contains(says), "{what}: the error should say {says:?}: {}", lines[0]);
+    }
+}

@@ -560,10 +560,20 @@ fn execute(prepared: Prepared, metrics: Arc<Metrics>, start: Instant) -> Result<
     let checkpoint = options.checkpoint.clone();
     let max_in_flight = options.max_in_flight;
     let time_granularity_ms = options.time_granularity_ms;
-    let (builders, others) = match network {
-        Network::Local(config) => config.try_build().map_err(|e| anyhow!("cannot set up the workers: {e}"))?,
+    let communication = match network {
+        Network::Local(config) => config.try_build().map_err(|e| anyhow!("cannot set up the workers: {e}")),
         // Waits for the other processes (up to --cluster-timeout); see `crate::cluster`.
-        Network::Cluster(formation) => crate::cluster::communication(formation.connect()?, options.process, options.workers)?,
+        Network::Cluster(formation) => {
+            formation.connect().and_then(|sockets| crate::cluster::communication(sockets, options.process, options.workers))
+        }
+    };
+    let (builders, others) = match communication {
+        Ok(c) => c,
+        Err(e) => {
+            // The progress, coordinator and control threads end on `done`.
+            done.store(true, Ordering::Release);
+            return Err(e);
+        }
     };
     metrics.set_run_state(crate::metrics::RunState::Running);
     let guards = timely::execute::execute_from(builders, others, timely::WorkerConfig::default(), move |worker| {

@@ -157,8 +157,8 @@ impl Formation {
             })
             .collect();
         bail!(
-            "the cluster did not form within {} (--cluster-timeout): {}; start every process of the job with the same \
-             --hosts file",
+            "the cluster did not form within {} (--cluster-timeout): {}; check that every process was started with the \
+             same job, --processes, --workers and --hosts file",
             humanize(spec.timeout),
             absent.join("; ")
         )
