@@ -319,3 +319,29 @@ fn cluster_flag_mistakes_are_configuration_errors() {
         assert!(lines[0].contains(says), "{what}: the error should say {says:?}: {}", lines[0]);
     }
 }
+
+/// A process waiting for its peers stops at the first SIGTERM, as a running one does, rather
+/// than after the cluster timeout (300 s here: past the test's own limit, which fails it).
+#[test]
+fn sigterm_while_waiting_for_peers_stops_at_once() {
+    let dir = TempDir::new("cluster-sigterm");
+    let (hosts, ports) = hosts(&dir, 2);
+    let out = sinks(&dir, "pair");
+    let running = spawn(
+        "process 0 alone",
+        cluster_args(job_args("payments=gen:count=1000", &out), &hosts, 0, &["--cluster-timeout", "300s"]),
+        dir.path(),
+    );
+    // Refusing a garbage hello: it is forming the cluster (its signal handlers are installed by
+    // then; its port is bound, and accepts connections, a little earlier).
+    let mut probe = connect(ports[0]);
+    probe.write_all(&[0u8; 84]).expect("send garbage");
+    until_closed(probe, "a probe");
+    // SAFETY: kill(2) with a child's pid.
+    assert_eq!(unsafe { libc::kill(running.child.id() as i32, libc::SIGTERM) }, 0, "cannot signal");
+    let stopped = wait_all(vec![running]).remove(0);
+    assert_eq!(stopped.code, Some(143), "{}", stopped.stderr);
+    assert_no_panic(&stopped);
+    let errors: Vec<&str> = stopped.stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert!(errors.len() == 1 && errors[0].contains("no output was published"), "{}", stopped.stderr);
+}

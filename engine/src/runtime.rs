@@ -561,14 +561,20 @@ fn execute(prepared: Prepared, metrics: Arc<Metrics>, start: Instant) -> Result<
     let max_in_flight = options.max_in_flight;
     let time_granularity_ms = options.time_granularity_ms;
     let communication = match network {
-        Network::Local(config) => config.try_build().map_err(|e| anyhow!("cannot set up the workers: {e}")),
-        // Waits for the other processes (up to --cluster-timeout); see `crate::cluster`.
-        Network::Cluster(formation) => {
-            formation.connect().and_then(|sockets| crate::cluster::communication(sockets, options.process, options.workers))
-        }
+        Network::Local(config) => config.try_build().map(Some).map_err(|e| anyhow!("cannot set up the workers: {e}")),
+        // Waits for the other processes (up to --cluster-timeout, or until the run is cancelled);
+        // see `crate::cluster`.
+        Network::Cluster(formation) => formation.connect(&|| metrics.halt_reason().is_some()).and_then(|sockets| {
+            sockets.map(|sockets| crate::cluster::communication(sockets, options.process, options.workers)).transpose()
+        }),
     };
     let (builders, others) = match communication {
-        Ok(c) => c,
+        Ok(Some(c)) => c,
+        // Cancelled (or stopped) before the processes were connected: nothing ran.
+        Ok(None) => {
+            done.store(true, Ordering::Release);
+            return Ok(Outcome::Cancelled(summary_of(&metrics, start)));
+        }
         Err(e) => {
             // The progress, coordinator and control threads end on `done`.
             done.store(true, Ordering::Release);

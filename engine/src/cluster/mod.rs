@@ -92,8 +92,9 @@ impl Formation {
     }
 
     /// Connects to every other process and runs the handshake on each connection, until all are
-    /// connected or the timeout passes.
-    pub fn connect(self) -> Result<Sockets> {
+    /// connected, the timeout passes, or `halted` says to give up (a cancelled run: then
+    /// `Ok(None)`).
+    pub fn connect(self, halted: &dyn Fn() -> bool) -> Result<Option<Sockets>> {
         let Formation { spec, listener } = self;
         let processes = spec.addresses.len();
         let deadline = Instant::now() + spec.timeout;
@@ -120,9 +121,17 @@ impl Formation {
         let mut sockets: Sockets = (0..processes).map(|_| None).collect();
         let mut last_error: BTreeMap<usize, String> = BTreeMap::new();
         let missing = |sockets: &Sockets| (0..processes).filter(|&p| p != spec.process && sockets[p].is_none()).count();
+        let mut cancelled = false;
         while missing(&sockets) > 0 {
+            if halted() {
+                cancelled = true;
+                break;
+            }
             let left = deadline.saturating_duration_since(Instant::now());
-            match received.recv_timeout(left) {
+            if left.is_zero() {
+                break;
+            }
+            match received.recv_timeout(left.min(Duration::from_millis(100))) {
                 Ok(Event::Connected { peer, stream }) if sockets[peer].is_none() => {
                     tracing::debug!(process = spec.process, peer, "connected to process {peer}");
                     sockets[peer] = Some(stream);
@@ -137,13 +146,17 @@ impl Formation {
                 Ok(Event::Failed { peer, why }) => {
                     last_error.insert(peer, why);
                 }
-                Err(_) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
         }
         stop.store(true, Ordering::Release);
         let _ = acceptor.join();
         if missing(&sockets) == 0 {
-            return Ok(sockets);
+            return Ok(Some(sockets));
+        }
+        if cancelled {
+            return Ok(None);
         }
         let absent: Vec<String> = (0..processes)
             .filter(|&p| p != spec.process && sockets[p].is_none())
