@@ -570,9 +570,12 @@ fn execute(prepared: Prepared, metrics: Arc<Metrics>, start: Instant) -> Result<
     };
     let (builders, others) = match communication {
         Ok(Some(c)) => c,
-        // Cancelled (or stopped) before the processes were connected: nothing ran.
+        // Halted before the processes were connected: nothing ran.
         Ok(None) => {
             done.store(true, Ordering::Release);
+            if let Some(crate::metrics::Halt::Failed(failure)) = metrics.halt_reason() {
+                bail!("{failure}");
+            }
             return Ok(Outcome::Cancelled(summary_of(&metrics, start)));
         }
         Err(e) => {
