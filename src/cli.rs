@@ -250,19 +250,37 @@ pub const SECRET_ENV: &str = "PAYSTREAM_CLUSTER_SECRET";
 
 /// The cluster secret from `--secret-file`, else from [`SECRET_ENV`], if either is given.
 fn cluster_secret(file: Option<&Path>) -> Result<Option<paystream_engine::cluster::Secret>> {
-    let bytes = match file {
+    let mut bytes = match file {
         Some(path) => std::fs::read(path).with_context(|| format!("cannot read --secret-file {}", path.display()))?,
         None => match std::env::var_os(SECRET_ENV) {
             Some(value) if !value.is_empty() => value.into_encoded_bytes(),
             _ => return Ok(None),
         },
     };
-    let mut bytes = bytes;
     while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
         bytes.pop();
     }
     let from = file.map_or_else(|| SECRET_ENV.to_string(), |p| format!("--secret-file {}", p.display()));
-    paystream_engine::cluster::Secret::new(bytes).map(Some).with_context(|| from)
+    let secret = paystream_engine::cluster::Secret::new(bytes).with_context(|| from)?;
+    if let Some(path) = file {
+        warn_if_others_can_read(path);
+    }
+    Ok(Some(secret))
+}
+
+/// A secret other users can read is not a secret: say so (as ssh does for a private key), but
+/// run, since the file may be shared on purpose (a group of operators).
+fn warn_if_others_can_read(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                "--secret-file {} can be read by other users (mode {mode:03o}); `chmod 600` it so only the job's user can",
+                path.display()
+            );
+        }
+    }
 }
 
 fn read_hosts(path: &Path) -> Result<Vec<String>> {

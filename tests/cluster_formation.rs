@@ -180,6 +180,8 @@ fn a_client_with_a_wrong_secret_is_refused_and_the_job_completes() {
     let expected = single_process_output(&dir, source);
     let secret = b"correct horse battery staple";
     std::fs::write(dir.join("secret"), [&secret[..], b"\n"].concat()).expect("write secret");
+    // Readable by the group: the processes warn about it, and run.
+    std::fs::set_permissions(dir.join("secret"), std::os::unix::fs::PermissionsExt::from_mode(0o640)).expect("chmod");
     let (hosts, ports) = hosts(&dir, 2);
     let out = sinks(&dir, "pair");
     let with_secret = |process: usize| cluster_args(job_args(source, &out), &hosts, process, &["--secret-file", "secret"]);
@@ -213,6 +215,7 @@ fn a_client_with_a_wrong_secret_is_refused_and_the_job_completes() {
     let stderr = &outcomes[0].stderr;
     assert!(stderr.contains("does not verify"), "the wrong secret's tag is refused:\n{stderr}");
     assert!(stderr.contains("no cluster secret"), "a hello without a secret is refused:\n{stderr}");
+    assert!(stderr.contains("can be read by other users (mode 640)"), "a secret file others can read is worth a warning:\n{stderr}");
     assert!(!stderr.contains(std::str::from_utf8(secret).expect("text")), "the secret never reaches the log");
     assert!(read_bytes(&out.0) == expected.0, "windows.csv of the two-process run differs from the single-process run");
     assert!(read_bytes(&out.1) == expected.1, "late_payments.csv of the two-process run differs from the single-process run");
