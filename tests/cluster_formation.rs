@@ -348,3 +348,69 @@ fn sigterm_while_waiting_for_peers_stops_at_once() {
     let errors: Vec<&str> = stopped.stderr.lines().filter(|l| l.starts_with("error:")).collect();
     assert!(errors.len() == 1 && errors[0].contains("no output was published"), "{}", stopped.stderr);
 }
+
+/// Keeps `count` connections open to `port` that never send a byte, opening a new one whenever
+/// process 0 drops one, until `stop` or the port closes; returns how many it opened.
+fn flood(port: u16, count: usize, stop: &std::sync::atomic::AtomicBool, full: &std::sync::atomic::AtomicBool) -> usize {
+    use std::sync::atomic::Ordering;
+    let mut open: Vec<TcpStream> = Vec::new();
+    let mut opened = 0;
+    while !stop.load(Ordering::Acquire) {
+        open.retain(|s| {
+            let mut byte = [0u8; 1];
+            matches!(s.peek(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        });
+        while open.len() < count {
+            match TcpStream::connect(("127.0.0.1", port)) {
+                Ok(s) => {
+                    s.set_nonblocking(true).expect("nonblocking");
+                    open.push(s);
+                    opened += 1;
+                }
+                // The cluster formed and closed its port.
+                Err(_) => return opened,
+            }
+        }
+        full.store(true, Ordering::Release);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    opened
+}
+
+/// More silent connections than process 0 handshakes at once, renewed as fast as they are
+/// dropped: the older silent ones give way, and process 1, which sends its hello at once, joins.
+#[test]
+fn a_flood_of_silent_connections_cannot_keep_a_peer_out() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let dir = TempDir::new("cluster-flood");
+    let source = "payments=gen:count=30000";
+    let expected = single_process_output(&dir, source);
+    let (hosts, ports) = hosts(&dir, 2);
+    let out = sinks(&dir, "pair");
+    let first = spawn("process 0", cluster_args(job_args(source, &out), &hosts, 0, &[]), dir.path());
+    drop(connect(ports[0]));
+    let (stop, full) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    let flooding = {
+        let (stop, full, port) = (stop.clone(), full.clone(), ports[0]);
+        std::thread::spawn(move || flood(port, 100, &stop, &full))
+    };
+    while !full.load(Ordering::Acquire) {
+        assert!(!flooding.is_finished(), "the flood ended before it was full");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let second = spawn("process 1", cluster_args(job_args(source, &out), &hosts, 1, &[]), dir.path());
+    let outcomes = wait_all(vec![first, second]);
+    stop.store(true, Ordering::Release);
+    let opened = flooding.join().expect("flood thread");
+    for o in &outcomes {
+        o.assert_success();
+        assert_no_panic(o);
+    }
+    let stderr = &outcomes[0].stderr;
+    assert!(
+        opened > 100 && stderr.contains("dropped to make room"),
+        "the flood ({opened} connections) filled process 0's slots:\n{stderr}"
+    );
+    assert!(read_bytes(&out.0) == expected.0, "windows.csv of the two-process run differs from the single-process run");
+}

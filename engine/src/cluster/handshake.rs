@@ -231,9 +231,10 @@ pub fn as_connector<S: Read + Write>(stream: &mut S, me: &Party, peer: usize) ->
     Ok(())
 }
 
-/// The accepting side: returns the index of the process that connected. On success the stream
-/// is ready for timely.
-pub fn as_acceptor<S: Read + Write>(stream: &mut S, me: &Party) -> Result<usize, Failure> {
+/// The accepting side: returns the index of the process that connected. `heard` is called once
+/// the other side presented a hello for this job and this process. On success the stream is
+/// ready for timely.
+pub fn as_acceptor<S: Read + Write>(stream: &mut S, me: &Party, heard: &dyn Fn()) -> Result<usize, Failure> {
     let mut theirs_bytes = [0u8; HELLO_LEN];
     stream.read_exact(&mut theirs_bytes)?;
     let theirs = Hello::decode(&theirs_bytes).map_err(Failure::Refused)?;
@@ -249,6 +250,7 @@ pub fn as_acceptor<S: Read + Write>(stream: &mut S, me: &Party) -> Result<usize,
             me.processes
         )));
     }
+    heard();
     let mine = Hello { flags: me.flags(), job: me.job, from: me.process, to: theirs.from, nonce: nonce()? }.encode();
     let mut reply = [0u8; HELLO_LEN + TAG_LEN];
     reply[..HELLO_LEN].copy_from_slice(&mine);
@@ -276,7 +278,7 @@ mod tests {
         let accepting = std::thread::spawn(move || {
             let (mut s, _) = listener.accept().expect("accept");
             s.set_read_timeout(Some(std::time::Duration::from_secs(5))).expect("timeout");
-            let r = as_acceptor(&mut s, &acceptor);
+            let r = as_acceptor(&mut s, &acceptor, &|| {});
             // What follows the handshake is the data, untouched.
             let mut rest = Vec::new();
             if r.is_ok() {

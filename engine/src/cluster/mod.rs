@@ -24,9 +24,10 @@ pub mod handshake;
 pub mod lost;
 
 use std::collections::BTreeMap;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
@@ -46,8 +47,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// is dropped after it, and cannot hold formation up (each runs on its own thread).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Handshakes of accepted connections running at once; further connections are dropped until
-/// one ends, so a flood of idle connections costs a bounded number of threads.
+/// Handshakes of accepted connections running at once (a thread each): a flood of connections
+/// costs a bounded number of threads (see [`Waiting`] for who gives way).
 const MAX_PENDING_HANDSHAKES: usize = 64;
 
 /// One process's part in a multi-process run.
@@ -122,7 +123,9 @@ impl Formation {
         let mut last_error: BTreeMap<usize, String> = BTreeMap::new();
         let missing = |sockets: &Sockets| (0..processes).filter(|&p| p != spec.process && sockets[p].is_none()).count();
         let mut cancelled = false;
+        let mut refusals = LogLimit::default();
         while missing(&sockets) > 0 {
+            refusals.report(Instant::now());
             if halted() {
                 cancelled = true;
                 break;
@@ -141,7 +144,9 @@ impl Formation {
                     tracing::warn!(process = spec.process, peer, "refused a second connection as process {peer} from {from}");
                 }
                 Ok(Event::Refused { from, why }) => {
-                    tracing::warn!(process = spec.process, %from, "refused a cluster connection from {from}: {why}");
+                    if refusals.admit(Instant::now()) {
+                        tracing::warn!(process = spec.process, %from, "refused a cluster connection from {from}: {why}");
+                    }
                 }
                 Ok(Event::Failed { peer, why }) => {
                     last_error.insert(peer, why);
@@ -152,6 +157,7 @@ impl Formation {
         }
         stop.store(true, Ordering::Release);
         let _ = acceptor.join();
+        refusals.report(Instant::now() + LogLimit::WINDOW);
         if missing(&sockets) == 0 {
             return Ok(Some(sockets));
         }
@@ -183,6 +189,50 @@ fn humanize(d: Duration) -> String {
         format!("{} s", d.as_secs())
     } else {
         format!("{:.1} s", d.as_secs_f64())
+    }
+}
+
+/// At most [`LogLimit::LINES`] warnings a [`LogLimit::WINDOW`] about refused connections, and then
+/// one line with how many more: a flood of connections must not become a flood of log lines.
+#[derive(Default)]
+struct LogLimit {
+    window_start: Option<Instant>,
+    logged: usize,
+    suppressed: usize,
+}
+
+impl LogLimit {
+    const LINES: usize = 10;
+    const WINDOW: Duration = Duration::from_secs(1);
+
+    /// Whether to log one more refusal now.
+    fn admit(&mut self, now: Instant) -> bool {
+        self.report(now);
+        self.window_start.get_or_insert(now);
+        if self.logged < Self::LINES {
+            self.logged += 1;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
+
+    /// Ends the window if it is over, logging how many refusals went unlogged in it.
+    fn report(&mut self, now: Instant) {
+        let Some(start) = self.window_start else { return };
+        if now.duration_since(start) < Self::WINDOW {
+            return;
+        }
+        if self.suppressed > 0 {
+            tracing::warn!(
+                refused = self.suppressed,
+                "refused {} more cluster connections within {} s (not logged one by one)",
+                self.suppressed,
+                Self::WINDOW.as_secs()
+            );
+        }
+        *self = LogLimit::default();
     }
 }
 
@@ -233,7 +283,7 @@ fn reach(peer: usize, address: &str, party: &Party, left: Duration) -> std::resu
     let targets: Vec<SocketAddr> = address.to_socket_addrs().map_err(|e| (format!("cannot resolve {address}: {e}"), false))?.collect();
     let mut last = format!("{address} resolves to no address");
     for target in targets {
-        let mut stream = match TcpStream::connect_timeout(&target, left.min(Duration::from_secs(5))) {
+        let stream = match TcpStream::connect_timeout(&target, left.min(Duration::from_secs(5))) {
             Ok(s) => s,
             Err(e) => {
                 last = e.to_string();
@@ -242,12 +292,8 @@ fn reach(peer: usize, address: &str, party: &Party, left: Duration) -> std::resu
         };
         // The peer may have bound its port but not reached formation yet: wait for its answer up
         // to the deadline.
-        let setup = stream.set_read_timeout(Some(left)).and_then(|_| stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT)));
-        if let Err(e) = setup {
-            last = e.to_string();
-            continue;
-        }
-        return match handshake::as_connector(&mut stream, party, peer) {
+        let until = Instant::now() + left;
+        return match handshake::as_connector(&mut Bounded { stream: &stream, until }, party, peer) {
             Ok(()) => ready_for_timely(stream).map_err(|e| (e.to_string(), false)),
             Err(f @ Failure::Refused(_)) => Err((f.to_string(), true)),
             Err(f) => Err((f.to_string(), false)),
@@ -258,9 +304,9 @@ fn reach(peer: usize, address: &str, party: &Party, left: Duration) -> std::resu
 
 /// Accepts connections until `stop` or the deadline, each handshake on its own thread.
 fn accept(listener: TcpListener, party: Arc<Party>, deadline: Instant, stop: &AtomicBool, events: mpsc::Sender<Event>) {
-    let pending = Arc::new(AtomicUsize::new(0));
+    let waiting = Arc::new(Mutex::new(Waiting::default()));
     while !stop.load(Ordering::Acquire) && Instant::now() < deadline {
-        let (mut stream, from) = match listener.accept() {
+        let (stream, from) = match listener.accept() {
             Ok(accepted) => accepted,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(20));
@@ -272,30 +318,136 @@ fn accept(listener: TcpListener, party: Arc<Party>, deadline: Instant, stop: &At
                 continue;
             }
         };
-        if pending.load(Ordering::Acquire) >= MAX_PENDING_HANDSHAKES {
-            tracing::warn!(%from, "refused a cluster connection from {from}: {MAX_PENDING_HANDSHAKES} handshakes already pending");
+        let Some(entry) = lock(&waiting).admit(&stream) else {
+            let why = format!("{MAX_PENDING_HANDSHAKES} connections that presented this job's hello are finishing their handshake");
+            let _ = events.send(Event::Refused { from, why });
             continue;
-        }
-        pending.fetch_add(1, Ordering::AcqRel);
-        let (party, events, pending) = (party.clone(), events.clone(), pending.clone());
+        };
+        let (party, events, registry) = (party.clone(), events.clone(), waiting.clone());
+        let (id, heard, dropped) = (entry.id, entry.heard.clone(), entry.dropped.clone());
         let spawned = std::thread::Builder::new().name("paystream-handshake".into()).spawn(move || {
-            let timeout = HANDSHAKE_TIMEOUT.min(deadline.saturating_duration_since(Instant::now())).max(Duration::from_millis(1));
-            let outcome = stream
-                .set_nonblocking(false)
-                .and_then(|_| stream.set_read_timeout(Some(timeout)))
-                .and_then(|_| stream.set_write_timeout(Some(timeout)))
-                .map_err(Failure::Io)
-                .and_then(|_| handshake::as_acceptor(&mut stream, &party))
-                .and_then(|peer| ready_for_timely(stream).map(|stream| (peer, stream)).map_err(Failure::Io));
+            let outcome = handshake_accepted(stream, &party, (Instant::now() + HANDSHAKE_TIMEOUT).min(deadline), &|| {
+                heard.store(true, Ordering::Release)
+            });
+            lock(&registry).remove(id);
             let _ = events.send(match outcome {
                 Ok((peer, stream)) => Event::Connected { peer, stream },
+                Err(_) if dropped.load(Ordering::Acquire) => Event::Refused {
+                    from,
+                    why: format!("dropped to make room: {MAX_PENDING_HANDSHAKES} connections were waiting for a handshake"),
+                },
                 Err(f) => Event::Refused { from, why: f.to_string() },
             });
-            pending.fetch_sub(1, Ordering::AcqRel);
         });
         if let Err(e) = spawned {
+            lock(&waiting).remove(entry.id);
             tracing::warn!(%from, "refused a cluster connection from {from}: no thread for its handshake: {e}");
         }
+    }
+}
+
+/// The accepting side's handshake on `stream`, all of it before `until`.
+fn handshake_accepted(
+    stream: TcpStream,
+    party: &Party,
+    until: Instant,
+    heard: &dyn Fn(),
+) -> std::result::Result<(usize, TcpStream), Failure> {
+    stream.set_nonblocking(false)?;
+    let peer = handshake::as_acceptor(&mut Bounded { stream: &stream, until }, party, heard)?;
+    Ok((peer, ready_for_timely(stream)?))
+}
+
+fn lock(waiting: &Mutex<Waiting>) -> std::sync::MutexGuard<'_, Waiting> {
+    waiting.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Accepted connections still in their handshake, oldest first. Full, it makes room by dropping
+/// the oldest one that has not presented a hello for this job: a silent or garbage connection
+/// gives way to a process that sent its hello at once, so a flood of idle connections cannot
+/// keep a peer out.
+#[derive(Default)]
+struct Waiting {
+    next_id: u64,
+    entries: Vec<WaitingEntry>,
+}
+
+struct WaitingEntry {
+    id: u64,
+    /// A handle on the connection, to shut it down when it is dropped.
+    stream: Option<TcpStream>,
+    /// It presented a hello for this job.
+    heard: Arc<AtomicBool>,
+    /// It was dropped to make room.
+    dropped: Arc<AtomicBool>,
+}
+
+/// What a handshake thread needs of its entry.
+struct Admitted {
+    id: u64,
+    heard: Arc<AtomicBool>,
+    dropped: Arc<AtomicBool>,
+}
+
+impl Waiting {
+    /// Registers `stream`, dropping an older connection if full; `None` if none can go.
+    fn admit(&mut self, stream: &TcpStream) -> Option<Admitted> {
+        if self.entries.len() >= MAX_PENDING_HANDSHAKES {
+            let oldest_silent = self.entries.iter().position(|e| !e.heard.load(Ordering::Acquire))?;
+            let entry = self.entries.remove(oldest_silent);
+            entry.dropped.store(true, Ordering::Release);
+            if let Some(s) = &entry.stream {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+        }
+        self.next_id += 1;
+        let entry = WaitingEntry {
+            id: self.next_id,
+            stream: stream.try_clone().ok(),
+            heard: Arc::new(AtomicBool::new(false)),
+            dropped: Arc::new(AtomicBool::new(false)),
+        };
+        let admitted = Admitted { id: entry.id, heard: entry.heard.clone(), dropped: entry.dropped.clone() };
+        self.entries.push(entry);
+        Some(admitted)
+    }
+
+    fn remove(&mut self, id: u64) {
+        self.entries.retain(|e| e.id != id);
+    }
+}
+
+/// A socket whose reads and writes all end by `until`: a per-call timeout alone would let a
+/// client that sends a byte every few seconds hold a handshake open for minutes.
+struct Bounded<'a> {
+    stream: &'a TcpStream,
+    until: Instant,
+}
+
+impl Bounded<'_> {
+    fn left(&self) -> std::io::Result<Duration> {
+        match self.until.saturating_duration_since(Instant::now()) {
+            left if left.is_zero() => Err(std::io::Error::from(std::io::ErrorKind::TimedOut)),
+            left => Ok(left),
+        }
+    }
+}
+
+impl Read for Bounded<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.stream.set_read_timeout(Some(self.left()?))?;
+        (&mut &*self.stream).read(buf)
+    }
+}
+
+impl Write for Bounded<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.stream.set_write_timeout(Some(self.left()?))?;
+        (&mut &*self.stream).write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -347,5 +499,50 @@ impl Drop for NetworkGuard {
         // A peer lost while the threads end (after the workers finished) makes the join panic;
         // the panic hook has recorded it (and prints nothing), and the run reports it.
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(guard)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_logged_ten_a_second_and_counted_beyond() {
+        let start = Instant::now();
+        let mut limit = LogLimit::default();
+        let logged = (0..25).filter(|_| limit.admit(start)).count();
+        assert_eq!(logged, LogLimit::LINES);
+        assert_eq!(limit.suppressed, 15);
+        limit.report(start + Duration::from_millis(500));
+        assert_eq!(limit.suppressed, 15, "the window is not over yet");
+        assert!(limit.admit(start + LogLimit::WINDOW), "a new window logs again");
+        assert_eq!((limit.logged, limit.suppressed), (1, 0));
+    }
+
+    #[test]
+    fn a_full_waiting_list_drops_its_oldest_silent_connection_never_one_that_said_hello() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let clients: Vec<TcpStream> = (0..MAX_PENDING_HANDSHAKES + 1).map(|_| TcpStream::connect(addr).expect("connect")).collect();
+        let accepted: Vec<TcpStream> = clients.iter().map(|_| listener.accept().expect("accept").0).collect();
+        let mut waiting = Waiting::default();
+        let admitted: Vec<Admitted> = accepted[..MAX_PENDING_HANDSHAKES].iter().map(|s| waiting.admit(s).expect("room")).collect();
+        admitted[0].heard.store(true, Ordering::Release);
+        let newest = waiting.admit(&accepted[MAX_PENDING_HANDSHAKES]).expect("room made");
+        assert!(!admitted[0].dropped.load(Ordering::Acquire), "the oldest said hello: it stays");
+        assert!(admitted[1].dropped.load(Ordering::Acquire), "the oldest silent one goes");
+        assert_eq!(waiting.entries.len(), MAX_PENDING_HANDSHAKES);
+        let mut byte = [0u8; 1];
+        assert_eq!((&clients[1]).read(&mut byte).expect("read"), 0, "its connection is shut down");
+        for a in &admitted[1..] {
+            a.heard.store(true, Ordering::Release);
+        }
+        newest.heard.store(true, Ordering::Release);
+        let extra = TcpStream::connect(addr).expect("connect");
+        let extra = {
+            drop(extra);
+            listener.accept().expect("accept").0
+        };
+        assert!(waiting.admit(&extra).is_none(), "every slot said hello: the newcomer is refused");
     }
 }
