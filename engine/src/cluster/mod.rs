@@ -9,8 +9,11 @@
 //! sockets to timely's `initialize_networking_from_sockets`:
 //!
 //! * every connection runs the [`handshake`] (magic, version, job identity, indices, and an
-//!   HMAC over both sides' nonces keyed by the job's secret when there is one), with a read
-//!   timeout; one that fails is logged (one `warn` line) and dropped, and the others go on;
+//!   HMAC over both sides' nonces keyed by the job's secret when there is one), on a thread of
+//!   its own and within [`HANDSHAKE_TIMEOUT`] in all; one that fails is logged (one `warn` line,
+//!   at most ten a second) and dropped, and the others go on. At most 64 run at once, and a
+//!   newcomer displaces the oldest that has not presented a hello for this job, so a flood of
+//!   idle connections cannot keep a peer out;
 //! * connecting retries until the cluster timeout (`--cluster-timeout`, default
 //!   [`DEFAULT_TIMEOUT`]); after it the run fails naming every process that never answered or
 //!   never connected, by index and address;
@@ -462,7 +465,8 @@ fn ready_for_timely(stream: TcpStream) -> std::io::Result<TcpStream> {
 }
 
 /// timely's allocators for `workers` worker threads on the connected `sockets`, and what keeps
-/// its network threads alive (see [`NetworkGuard`]).
+/// its network threads alive (which, after a lost peer, shuts the sockets down rather than join
+/// them).
 pub fn communication(sockets: Sockets, process: usize, workers: usize) -> Result<(Vec<AllocatorBuilder>, Box<dyn std::any::Any + Send>)> {
     lost::watch();
     let mut clones = Vec::new();
