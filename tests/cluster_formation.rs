@@ -414,3 +414,26 @@ fn a_flood_of_silent_connections_cannot_keep_a_peer_out() {
     );
     assert!(read_bytes(&out.0) == expected.0, "windows.csv of the two-process run differs from the single-process run");
 }
+
+/// Processes started with different --workers would misroute timely's messages (its worker
+/// indices are process × workers + thread): the handshake refuses them, and both say why.
+#[test]
+fn processes_that_disagree_on_the_job_refuse_each_other() {
+    let dir = TempDir::new("cluster-disagree");
+    let (hosts, ports) = hosts(&dir, 2);
+    let out = sinks(&dir, "pair");
+    let process = |i: usize, workers: &str| {
+        let a = cluster_args(job_args("payments=gen:count=1000", &out), &hosts, i, &["--cluster-timeout", "3s", "--workers", workers]);
+        spawn(&format!("process {i} with {workers} workers"), a, dir.path())
+    };
+    let outcomes = wait_all(vec![process(0, "2"), process(1, "1")]);
+    for o in &outcomes {
+        assert_eq!(o.code, Some(1), "{}: exit code\n{}", o.label, o.stderr);
+        assert_no_panic(o);
+    }
+    let first = outcomes[0].stderr.lines().find(|l| l.starts_with("error:")).unwrap_or_default();
+    assert!(first.contains(&format!("process 1 (127.0.0.1:{}) never connected", ports[1])), "{first}");
+    assert!(outcomes[0].stderr.contains("another job"), "process 0 logs why it refused process 1:\n{}", outcomes[0].stderr);
+    let second = outcomes[1].stderr.lines().find(|l| l.starts_with("error:")).unwrap_or_default();
+    assert!(second.contains(&format!("process 0 (127.0.0.1:{}) answered but did not complete the handshake", ports[0])), "{second}");
+}

@@ -123,7 +123,7 @@ impl Formation {
         drop(events);
 
         let mut sockets: Sockets = (0..processes).map(|_| None).collect();
-        let mut last_error: BTreeMap<usize, String> = BTreeMap::new();
+        let mut last_error: BTreeMap<usize, Miss> = BTreeMap::new();
         let missing = |sockets: &Sockets| (0..processes).filter(|&p| p != spec.process && sockets[p].is_none()).count();
         let mut cancelled = false;
         let mut refusals = LogLimit::default();
@@ -151,8 +151,8 @@ impl Formation {
                         tracing::warn!(process = spec.process, %from, "refused a cluster connection from {from}: {why}");
                     }
                 }
-                Ok(Event::Failed { peer, why }) => {
-                    last_error.insert(peer, why);
+                Ok(Event::Failed { peer, miss }) => {
+                    last_error.insert(peer, miss);
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -172,7 +172,10 @@ impl Formation {
             .map(|p| {
                 let address = &spec.addresses[p];
                 match last_error.get(&p) {
-                    Some(why) => format!("process {p} ({address}) never answered: {why}"),
+                    Some(Miss::Unreachable(why)) => format!("process {p} ({address}) never answered: {why}"),
+                    Some(Miss::BrokeOff(why) | Miss::Refused(why)) => {
+                        format!("process {p} ({address}) answered but did not complete the handshake: {why}")
+                    }
                     None if p < spec.process => format!("process {p} ({address}) never answered"),
                     None => format!("process {p} ({address}) never connected"),
                 }
@@ -246,7 +249,18 @@ enum Event {
     /// An accepted connection failed the handshake.
     Refused { from: SocketAddr, why: String },
     /// The latest failure to reach `peer` (retried until the deadline).
-    Failed { peer: usize, why: String },
+    Failed { peer: usize, miss: Miss },
+}
+
+/// How an attempt to reach a process failed.
+enum Miss {
+    /// No connection: not listening (yet), unreachable, unresolvable.
+    Unreachable(String),
+    /// Connected, but the handshake broke off: it closed the connection or stalled (a process
+    /// that refuses says why in its own log).
+    BrokeOff(String),
+    /// It answered with something that does not fit: another job, a wrong secret.
+    Refused(String),
 }
 
 /// Connects to process `peer` until the handshake succeeds or the deadline passes.
@@ -263,16 +277,20 @@ fn dial(peer: usize, address: &str, party: &Party, deadline: Instant, stop: &Ato
                 let _ = events.send(Event::Connected { peer, stream });
                 return;
             }
-            Err((why, refused)) => {
+            Err(miss) => {
                 // Not listening yet is expected while the processes start; a process that
                 // answers but fails the handshake is worth a warning (once per reason).
-                if refused && why != said {
-                    tracing::warn!(peer, %address, "process {peer} at {address} failed the handshake: {why}; retrying");
-                } else {
-                    tracing::debug!(peer, %address, "connecting to process {peer} at {address}: {why}; retrying");
+                match &miss {
+                    Miss::Unreachable(why) => {
+                        tracing::debug!(peer, %address, "connecting to process {peer} at {address}: {why}; retrying")
+                    }
+                    Miss::BrokeOff(why) | Miss::Refused(why) if *why != said => {
+                        tracing::warn!(peer, %address, "process {peer} at {address} did not complete the handshake: {why}; retrying");
+                        said.clone_from(why);
+                    }
+                    Miss::BrokeOff(_) | Miss::Refused(_) => {}
                 }
-                said.clone_from(&why);
-                let _ = events.send(Event::Failed { peer, why });
+                let _ = events.send(Event::Failed { peer, miss });
             }
         }
         std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
@@ -280,10 +298,10 @@ fn dial(peer: usize, address: &str, party: &Party, deadline: Instant, stop: &Ato
     }
 }
 
-/// One attempt to connect to `peer` and run the handshake. The error says why, and whether the
-/// process answered and refused (rather than not answering at all).
-fn reach(peer: usize, address: &str, party: &Party, left: Duration) -> std::result::Result<TcpStream, (String, bool)> {
-    let targets: Vec<SocketAddr> = address.to_socket_addrs().map_err(|e| (format!("cannot resolve {address}: {e}"), false))?.collect();
+/// One attempt to connect to `peer` and run the handshake.
+fn reach(peer: usize, address: &str, party: &Party, left: Duration) -> std::result::Result<TcpStream, Miss> {
+    let targets: Vec<SocketAddr> =
+        address.to_socket_addrs().map_err(|e| Miss::Unreachable(format!("cannot resolve {address}: {e}")))?.collect();
     let mut last = format!("{address} resolves to no address");
     for target in targets {
         let stream = match TcpStream::connect_timeout(&target, left.min(Duration::from_secs(5))) {
@@ -297,12 +315,12 @@ fn reach(peer: usize, address: &str, party: &Party, left: Duration) -> std::resu
         // to the deadline.
         let until = Instant::now() + left;
         return match handshake::as_connector(&mut Bounded { stream: &stream, until }, party, peer) {
-            Ok(()) => ready_for_timely(stream).map_err(|e| (e.to_string(), false)),
-            Err(f @ Failure::Refused(_)) => Err((f.to_string(), true)),
-            Err(f) => Err((f.to_string(), false)),
+            Ok(()) => ready_for_timely(stream).map_err(|e| Miss::BrokeOff(e.to_string())),
+            Err(f @ Failure::Refused(_)) => Err(Miss::Refused(f.to_string())),
+            Err(f) => Err(Miss::BrokeOff(f.to_string())),
         };
     }
-    Err((last, false))
+    Err(Miss::Unreachable(last))
 }
 
 /// Accepts connections until `stop` or the deadline, each handshake on its own thread.
