@@ -437,3 +437,27 @@ fn processes_that_disagree_on_the_job_refuse_each_other() {
     let second = outcomes[1].stderr.lines().find(|l| l.starts_with("error:")).unwrap_or_default();
     assert!(second.contains(&format!("process 0 (127.0.0.1:{}) answered but did not complete the handshake", ports[0])), "{second}");
 }
+
+/// A coordinator hands the processes their job's secret in PAYSTREAM_CLUSTER_SECRET: processes
+/// that all have it form the cluster; a process without it is refused.
+#[test]
+fn the_secret_can_come_from_the_environment() {
+    let dir = TempDir::new("cluster-env-secret");
+    let (hosts, _) = hosts(&dir, 2);
+    let out = sinks(&dir, "pair");
+    let secret = ("PAYSTREAM_CLUSTER_SECRET", "a per-job secret from the coordinator");
+    let process = |i: usize, env: &[(&str, &str)]| {
+        let a = cluster_args(job_args("payments=gen:count=1000", &out), &hosts, i, &["--cluster-timeout", "3s"]);
+        spawn_env(&format!("process {i}"), a, dir.path(), env)
+    };
+    for o in wait_all(vec![process(0, &[secret]), process(1, &[secret])]) {
+        o.assert_success();
+    }
+    // Empty is unset (whatever the test's own environment holds).
+    let outcomes = wait_all(vec![process(0, &[secret]), process(1, &[("PAYSTREAM_CLUSTER_SECRET", "")])]);
+    for o in &outcomes {
+        assert_eq!(o.code, Some(1), "{}: exit code\n{}", o.label, o.stderr);
+        assert_no_panic(o);
+    }
+    assert!(outcomes[0].stderr.contains("no cluster secret"), "process 0 refuses the process without one:\n{}", outcomes[0].stderr);
+}
