@@ -461,3 +461,38 @@ fn the_secret_can_come_from_the_environment() {
     }
     assert!(outcomes[0].stderr.contains("no cluster secret"), "process 0 refuses the process without one:\n{}", outcomes[0].stderr);
 }
+
+/// The whole cycle a coordinator runs: a process of a checkpointed job is killed, the other ends
+/// with exit 1 and says to restore, and both restarted with `--restore latest` finish with the
+/// output of an uninterrupted run.
+#[test]
+fn a_job_that_lost_a_process_resumes_from_its_last_checkpoint() {
+    let dir = TempDir::new("cluster-resume");
+    let source = "payments=gen:count=200000";
+    let expected = single_process_output(&dir, source);
+    let (hosts, ports) = hosts(&dir, 2);
+    let out = sinks(&dir, "pair");
+    let process = |i: usize, extra: &[&str]| {
+        let mut flags = vec!["--checkpoint-dir", "chk", "--checkpoint-interval", "200ms"];
+        flags.extend_from_slice(extra);
+        spawn(&format!("process {i}"), cluster_args(job_args(source, &out), &hosts, i, &flags), dir.path())
+    };
+    let mut runs = vec![process(0, &["--rate", "40000"]), process(1, &["--rate", "40000"])];
+    wait_for_checkpoint(&mut runs[0], &dir.join("chk"), TIMEOUT);
+    assert!(has_checkpoint(&dir.join("chk")), "no checkpoint before the kill");
+    runs[1].child.kill().expect("kill -9");
+    let outcomes = wait_all(runs);
+    let survivor = &outcomes[0];
+    assert_eq!(survivor.code, Some(1), "process 0 after process 1 was killed:\n{}", survivor.stderr);
+    assert_no_panic(survivor);
+    let error = survivor.stderr.lines().find(|l| l.starts_with("error:")).unwrap_or_default();
+    assert!(
+        error.contains(&format!("process 1 (127.0.0.1:{}) was lost", ports[1])) && error.contains("--restore latest"),
+        "the error names the lost process and how to resume: {error}"
+    );
+    for o in wait_all(vec![process(0, &["--restore", "latest"]), process(1, &["--restore", "latest"])]) {
+        o.assert_success();
+    }
+    assert!(read_bytes(&out.0) == expected.0, "windows.csv after the restore differs from an uninterrupted run");
+    assert!(read_bytes(&out.1) == expected.1, "late_payments.csv after the restore differs from an uninterrupted run");
+}
