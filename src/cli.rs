@@ -122,6 +122,18 @@ struct RunArgs {
     #[arg(long, value_name = "FILE")]
     hosts: Option<PathBuf>,
 
+    /// How long the processes of a multi-process run wait for each other to connect, such as
+    /// 30s or 2m; after it the run fails (exit 1) naming the processes that never answered.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    cluster_timeout: std::time::Duration,
+
+    /// File holding the job's cluster secret (at least 16 bytes; a trailing newline is ignored),
+    /// the same for every process of the run: each connection between processes must prove it
+    /// holds it (HMAC-SHA256 over fresh nonces). Without it (and without the environment variable
+    /// PAYSTREAM_CLUSTER_SECRET) the handshake only checks that a peer is a process of this job.
+    #[arg(long, value_name = "PATH")]
+    secret_file: Option<PathBuf>,
+
     /// Take consistent checkpoints into DIR, for exactly-once restores after a crash. File sinks
     /// then publish output per checkpoint (see the README).
     #[arg(long, value_name = "DIR")]
@@ -230,6 +242,45 @@ fn refuse_repeats(flag: &str, given: &[(String, String)]) -> Result<()> {
 fn read_config(path: &Path) -> Result<ConfigFile> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
     toml::from_str(&text).map_err(|e| anyhow!("config {}: {}", path.display(), e.to_string().trim()))
+}
+
+/// The environment variable through which whoever starts the processes (a coordinator) hands them
+/// the job's cluster secret; `--secret-file` wins over it.
+pub const SECRET_ENV: &str = "PAYSTREAM_CLUSTER_SECRET";
+
+/// The cluster secret from `--secret-file`, else from [`SECRET_ENV`], if either is given.
+fn cluster_secret(file: Option<&Path>) -> Result<Option<paystream_engine::cluster::Secret>> {
+    let mut bytes = match file {
+        Some(path) => std::fs::read(path).with_context(|| format!("cannot read --secret-file {}", path.display()))?,
+        None => match std::env::var_os(SECRET_ENV) {
+            Some(value) if !value.is_empty() => value.into_encoded_bytes(),
+            _ => return Ok(None),
+        },
+    };
+    while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        bytes.pop();
+    }
+    let from = file.map_or_else(|| SECRET_ENV.to_string(), |p| format!("--secret-file {}", p.display()));
+    let secret = paystream_engine::cluster::Secret::new(bytes).with_context(|| from)?;
+    if let Some(path) = file {
+        warn_if_others_can_read(path);
+    }
+    Ok(Some(secret))
+}
+
+/// A secret other users can read is not a secret: say so (as ssh does for a private key), but
+/// run, since the file may be shared on purpose (a group of operators).
+fn warn_if_others_can_read(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                "--secret-file {} can be read by other users (mode {mode:03o}); `chmod 600` it so only the job's user can",
+                path.display()
+            );
+        }
+    }
 }
 
 fn read_hosts(path: &Path) -> Result<Vec<String>> {
@@ -375,6 +426,10 @@ fn plan_run(jobs: &[JobSpec], connectors: &Arc<Connectors>, args: &RunArgs) -> R
         (None, 1) => Vec::new(),
         (None, _) => bail!("--processes {} needs --hosts FILE with one host:port per process", args.processes),
     };
+    if args.processes == 1 && args.secret_file.is_some() {
+        bail!("--secret-file is for multi-process runs (--processes above 1)");
+    }
+    let cluster_secret = if args.processes > 1 { cluster_secret(args.secret_file.as_deref())? } else { None };
     if let Some(dir) = &args.checkpoint_dir {
         paystream_engine::checkpoint::set_tolerable_failures(dir, args.tolerable_checkpoint_failures.unwrap_or(0));
     }
@@ -395,6 +450,8 @@ fn plan_run(jobs: &[JobSpec], connectors: &Arc<Connectors>, args: &RunArgs) -> R
         time_granularity_ms: args.time_granularity_ms,
         rate: args.rate,
         metrics_addr: args.metrics_addr,
+        cluster_timeout: args.cluster_timeout,
+        cluster_secret,
         ..RunOptions::default()
     };
     if options.restore.as_deref() == Some("latest") && options.checkpoint.is_none() {

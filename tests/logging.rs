@@ -69,9 +69,10 @@ fn log_level_and_rust_log_filter_events() {
     assert_eq!(flag_wins.stderr, "", "--log-level wins over RUST_LOG");
 }
 
-/// Process 1 starts a second before process 0, so timely retries its connection and says so; it
-/// printed that to stdout, where a `stdout:` sink writes. Now stdout holds the output alone, and
-/// the message is in the debug log.
+/// Process 1 starts a second before process 0, so it retries its connection and says so. timely's
+/// own formation printed that to stdout, where a `stdout:` sink writes; paystream's (see
+/// `engine/src/cluster`) logs it. stdout holds the output alone, and the message is in the debug
+/// log.
 #[test]
 fn timely_connection_messages_stay_off_stdout() {
     let dir = TempDir::new("timely-quiet");
@@ -112,7 +113,7 @@ fn timely_connection_messages_stay_off_stdout() {
     assert!(outcomes[0].stdout.starts_with("window_start"), "process 0 writes the output:\n{}", outcomes[0].stdout);
     assert_eq!(outcomes[1].stdout, "", "process 1 writes nothing to stdout");
     assert!(
-        outcomes[1].stderr.lines().any(|l| l.contains("DEBUG") && l.contains("timely") && l.contains("error connecting to worker 0")),
+        outcomes[1].stderr.lines().any(|l| l.contains("DEBUG") && l.contains("connecting to process 0 at") && l.contains("retrying")),
         "the retry is in the debug log:\n{}",
         outcomes[1].stderr
     );

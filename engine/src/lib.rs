@@ -15,13 +15,14 @@
 //! * [`source`] and [`sink`]: the operators that drive connectors: splits, watermarks,
 //!   checkpointed positions; encoding, ordering and the two-phase commit of output.
 //! * [`runtime`]: running a job on threads or processes, with progress and a summary.
+//! * [`cluster`]: forming a multi-process run (timeout, handshake), and a peer lost mid-run.
 //! * [`io`]: the run's tokio runtime, for control endpoints and network connectors.
 //! * [`observe`]: the Prometheus metrics endpoint and health check.
 //! * [`split`]: what a source's splits are made of (read status, position, the partition trait);
 //!   `context` and `flow` (private): what the streams of one build share, and flow control.
 //!
 //! Module dependencies point one way (`use crate::...`, tests aside). Leaves, naming no other
-//! module: [`time`], [`keygroup`], [`latency`], [`faults`], [`format`](mod@format), [`io`], [`record`] and
+//! module: [`time`], [`keygroup`], [`latency`], [`faults`], [`cluster`], [`format`](mod@format), [`io`], [`record`] and
 //! `observe/mod.rs` ([`observe::CheckpointStats`]); [`split`] names only [`record`], `flow` only
 //! [`time`], [`metrics`] only [`latency`], [`checkpoint`] only [`faults`] and [`observe`]. Then
 //! [`decode`] (on [`split`], [`record`], [`format`](mod@format)), [`connector`] (on [`decode`], [`split`]),
@@ -29,7 +30,7 @@
 //! socket) on [`checkpoint`] and [`io`]. The operators build on
 //! `context`: [`keyed`], [`sink`] and [`source`] name none of each other; [`stream`] names the
 //! three, [`collection`] names [`stream`], and [`job`] ([`JobBuilder`], [`RunPlan`](job::RunPlan))
-//! names [`stream`] and creates the `context`. At the top, [`runtime`] (on [`job`], [`control`] and the
+//! names [`stream`] and creates the `context`. At the top, [`runtime`] (on [`job`], [`control`], [`cluster`] and the
 //! [`observe`] endpoint and exporter) and [`testing`]. Types that several of these share live in
 //! the lowest module that needs them and are re-exported where they were first defined
 //! (`source::{Partition, Position, ReadStatus, FlowControl}`, `job::{ParticipantKind,
@@ -37,6 +38,7 @@
 //! `observe::CheckpointStats` while [`observe::exporter`] reads [`checkpoint::CommitState`].
 
 pub mod checkpoint;
+pub mod cluster;
 pub mod collection;
 pub mod connector;
 mod context;

@@ -58,6 +58,11 @@ pub struct RunOptions {
     /// Serve Prometheus metrics and a health check on this address while the run lasts (see
     /// `crate::observe::endpoint`).
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// How long the processes of a multi-process run wait for each other before failing (see
+    /// `crate::cluster`).
+    pub cluster_timeout: Duration,
+    /// The job's secret for the cluster handshake (multi-process runs), if any.
+    pub cluster_secret: Option<crate::cluster::Secret>,
 }
 
 pub use crate::context::DEFAULT_TIME_GRANULARITY_MS;
@@ -82,13 +87,22 @@ impl Default for RunOptions {
             measure_latency: false,
             time_granularity_ms: DEFAULT_TIME_GRANULARITY_MS,
             metrics_addr: None,
+            cluster_timeout: crate::cluster::DEFAULT_TIMEOUT,
+            cluster_secret: None,
         }
     }
 }
 
+/// How the processes of a run talk: threads of one process, or a cluster about to form.
+enum Network {
+    Local(timely::CommunicationConfig),
+    Cluster(crate::cluster::Formation),
+}
+
 impl RunOptions {
-    /// Checks the options and builds timely's configuration.
-    fn timely_config(&self) -> Result<timely::Config> {
+    /// Checks the options and gets the network ready: in a multi-process run, binds this
+    /// process's address.
+    fn network(&self, job: &str) -> Result<Network> {
         if self.workers == 0 {
             bail!("--workers must be at least 1");
         }
@@ -103,8 +117,8 @@ impl RunOptions {
                 crate::keygroup::KEY_GROUPS
             );
         }
-        let communication = if self.processes <= 1 {
-            timely::CommunicationConfig::Process(self.workers)
+        if self.processes <= 1 {
+            Ok(Network::Local(timely::CommunicationConfig::Process(self.workers)))
         } else {
             if self.process >= self.processes {
                 bail!(
@@ -121,24 +135,20 @@ impl RunOptions {
                     self.processes
                 );
             }
-            // A taken port is a configuration error, found before anything starts.
-            let own = &self.hosts[self.process];
-            if let Err(e) = std::net::TcpListener::bind(own.as_str()) {
-                bail!(
-                    "the hosts file gives this process (--process {}) the address {own}, which cannot be bound: {e}; \
-                     pick a free port in the hosts file",
-                    self.process
-                );
+            if self.cluster_timeout.is_zero() {
+                bail!("--cluster-timeout must be above 0");
             }
-            timely::CommunicationConfig::Cluster {
-                threads: self.workers,
+            // A taken port is a configuration error, found before anything starts.
+            let formation = crate::cluster::Formation::bind(crate::cluster::ClusterSpec {
+                job: job.to_string(),
                 process: self.process,
                 addresses: self.hosts[..self.processes].to_vec(),
-                report: false,
-                zerocopy: false,
-            }
-        };
-        Ok(timely::Config { communication, worker: timely::WorkerConfig::default() })
+                workers: self.workers,
+                timeout: self.cluster_timeout,
+                secret: self.cluster_secret.clone(),
+            })?;
+            Ok(Network::Cluster(formation))
+        }
     }
 }
 
@@ -294,7 +304,7 @@ fn prepare_checkpoint_dir(config: &CheckpointConfig, restore: Option<&Restore>, 
 pub struct Prepared {
     plan: RunPlan,
     options: RunOptions,
-    config: timely::Config,
+    network: Network,
     participants: Vec<ParticipantKind>,
     restore: Option<Arc<Restore>>,
     /// The metrics endpoint's listener, bound early so a taken port stops the run before it starts.
@@ -311,7 +321,7 @@ pub fn run(plan: &RunPlan, options: &RunOptions) -> Result<Summary> {
 /// Checks a run before anything starts: the job builds, the options fit, the checkpoint to restore
 /// exists, verifies and fits the job; and gets the checkpoint directory and sinks ready.
 pub fn prepare(plan: &RunPlan, options: &RunOptions) -> Result<Prepared> {
-    let config = options.timely_config()?;
+    let network = options.network(plan.spec.name)?;
     let participants = check_with(plan, options.checkpoint.as_ref())?;
     let restore = match &options.restore {
         Some(what) => {
@@ -349,7 +359,7 @@ pub fn prepare(plan: &RunPlan, options: &RunOptions) -> Result<Prepared> {
         }
     }
     let metrics_listener = options.metrics_addr.map(crate::observe::endpoint::bind).transpose()?;
-    Ok(Prepared { plan: plan.clone(), options: options.clone(), config, participants, restore, metrics_listener, lock })
+    Ok(Prepared { plan: plan.clone(), options: options.clone(), network, participants, restore, metrics_listener, lock })
 }
 
 /// The pre-commits a checkpoint holds for sink `name`: its single part (`sink-NAME.part`) or
@@ -485,7 +495,7 @@ pub fn start(prepared: Prepared) -> Result<JobHandle> {
 
 /// Runs the job on this thread until it ends.
 fn execute(prepared: Prepared, metrics: Arc<Metrics>, start: Instant) -> Result<Outcome> {
-    let Prepared { plan, options, config, participants, restore, metrics_listener, lock: _lock } = prepared;
+    let Prepared { plan, options, network, participants, restore, metrics_listener, lock: _lock } = prepared;
     let options = &options;
     let is_first_process = options.process == 0;
     let first_epoch = restore.as_ref().map_or(0, |r| r.manifest.epoch + 1);
@@ -550,10 +560,32 @@ fn execute(prepared: Prepared, metrics: Arc<Metrics>, start: Instant) -> Result<
     let checkpoint = options.checkpoint.clone();
     let max_in_flight = options.max_in_flight;
     let time_granularity_ms = options.time_granularity_ms;
-    // timely's connection messages go to the log, not stdout (see `crate::observe::timely_output`).
-    let (builders, others) = crate::observe::timely_output::build_communication(config.communication)?;
+    let communication = match network {
+        Network::Local(config) => config.try_build().map(Some).map_err(|e| anyhow!("cannot set up the workers: {e}")),
+        // Waits for the other processes (up to --cluster-timeout, or until the run is cancelled);
+        // see `crate::cluster`.
+        Network::Cluster(formation) => formation.connect(&|| metrics.halt_reason().is_some()).and_then(|sockets| {
+            sockets.map(|sockets| crate::cluster::communication(sockets, options.process, options.workers)).transpose()
+        }),
+    };
+    let (builders, others) = match communication {
+        Ok(Some(c)) => c,
+        // Halted before the processes were connected: nothing ran.
+        Ok(None) => {
+            done.store(true, Ordering::Release);
+            if let Some(crate::metrics::Halt::Failed(failure)) = metrics.halt_reason() {
+                bail!("{failure}");
+            }
+            return Ok(Outcome::Cancelled(summary_of(&metrics, start)));
+        }
+        Err(e) => {
+            // The progress, coordinator and control threads end on `done`.
+            done.store(true, Ordering::Release);
+            return Err(e);
+        }
+    };
     metrics.set_run_state(crate::metrics::RunState::Running);
-    let guards = timely::execute::execute_from(builders, others, config.worker, move |worker| {
+    let guards = timely::execute::execute_from(builders, others, timely::WorkerConfig::default(), move |worker| {
         // Connectors on this worker find the run's I/O runtime (`crate::io::handle`).
         let _io = io_handle.enter();
         let plan = plan.clone();
@@ -596,8 +628,25 @@ fn execute(prepared: Prepared, metrics: Arc<Metrics>, start: Instant) -> Result<
     if let Some(w) = watcher {
         let _ = w.join();
     }
-    let failed = results.iter().any(|r| !matches!(r, Ok(Ok(())))) || matches!(metrics.halt_reason(), Some(crate::metrics::Halt::Failed(_)));
+    // A peer lost mid-run made timely's threads panic; the panics printed nothing, and this is
+    // the one report (see `crate::cluster::lost`).
+    let lost = if options.processes > 1 { crate::cluster::lost::lost_peer() } else { None };
+    let failed = lost.is_some()
+        || results.iter().any(|r| !matches!(r, Ok(Ok(()))))
+        || matches!(metrics.halt_reason(), Some(crate::metrics::Halt::Failed(_)));
     metrics.set_run_state(if failed { crate::metrics::RunState::Failed } else { crate::metrics::RunState::Finished });
+    if let Some(lost) = lost {
+        // A peer that left after this process's workers finished took nothing from the run.
+        if results.iter().any(|r| !matches!(r, Ok(Ok(())))) {
+            let address = options.hosts.get(lost.process).map_or("?", String::as_str);
+            bail!(
+                "process {} ({address}) was lost mid-run ({}); the job did not finish: start it again{}",
+                lost.process,
+                lost.cause,
+                if options.checkpoint.is_some() { " with --restore latest" } else { "" }
+            );
+        }
+    }
     for r in results {
         match r {
             Ok(Ok(())) => {}

@@ -1,15 +1,13 @@
-//! Observing a running job from outside: the Prometheus metrics endpoint (`--metrics-addr`),
-//! checkpoint statistics, and keeping timely's own prints off the terminal.
+//! Observing a running job from outside: the Prometheus metrics endpoint (`--metrics-addr`) and
+//! checkpoint statistics.
 //!
 //! * [`exporter`]: what `/metrics` shows, read from [`crate::metrics::Metrics`] and the checkpoint
 //!   coordinator's [`CheckpointStats`] at each scrape (names and labels in README.md).
 //! * [`endpoint`]: the HTTP listener for `/metrics` and `/healthz`, on the run's I/O runtime
 //!   ([`crate::io`]).
-//! * [`timely_output`]: timely's connection messages in cluster mode go to the log, not stdout.
 
 pub mod endpoint;
 pub mod exporter;
-pub mod timely_output;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
