@@ -353,3 +353,97 @@ fn a_table_away_past_reconnect_timeout_fails_the_job_naming_the_server() {
         outcome.stderr
     );
 }
+
+/// Builds example `name` (a no-op when it is up to date) in the profile of this test's binary
+/// and returns its path.
+#[cfg(feature = "nats")]
+fn example_binary(name: &str) -> std::path::PathBuf {
+    let bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_paystream"));
+    let dir = bin.parent().expect("the binary's directory");
+    let mut cargo = Command::new(env!("CARGO"));
+    cargo.args(["build", "-q", "--example", name]).current_dir(env!("CARGO_MANIFEST_DIR"));
+    if dir.ends_with("release") {
+        cargo.arg("--release");
+    }
+    let status = cargo.status().expect("cargo runs");
+    assert!(status.success(), "cargo build --example {name} failed");
+    dir.join("examples").join(name)
+}
+
+/// Runs `program ARGS` in `cwd` to completion (or the common timeout).
+#[cfg(feature = "nats")]
+fn run_program(label: &str, program: &std::path::Path, args: Vec<String>, cwd: &std::path::Path) -> Outcome {
+    use std::process::Stdio;
+    let mut child = Command::new(program)
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{label}: cannot start {}: {e}", program.display()));
+    let stdout = drain(child.stdout.take().expect("piped stdout"));
+    let stderr = drain(child.stderr.take().expect("piped stderr"));
+    wait_all(vec![Running { label: label.to_string(), child, stdout, stderr }]).pop().expect("one outcome")
+}
+
+/// `examples/nats_to_postgres.rs` against the real NATS (127.0.0.1:4222) and PostgreSQL: the
+/// windows it upserts from payments on a stream, checkpointed, are those it computes from the
+/// same payments generated straight into a file.
+#[cfg(feature = "nats")]
+#[test]
+fn the_nats_to_postgres_example_upserts_the_windows_of_the_payments_on_a_stream() {
+    let test = "the_nats_to_postgres_example_upserts_the_windows_of_the_payments_on_a_stream";
+    let Some(server) = server(test) else { return };
+    let nats = "127.0.0.1:4222";
+    let missing = format!("no NATS server answers on {nats} (nats-server -js -a 127.0.0.1; or run .ci/run)");
+    if !service_available(test, paystream_nats::admin::server_answers(nats), &missing) {
+        return;
+    }
+    let example = example_binary("nats_to_postgres");
+    let dir = TempDir::new("pg-example");
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() % 1_000_000_000);
+    let stream = format!("nats://{nats}/PSTEST_EXAMPLE_{}_{nanos}", std::process::id());
+    struct DeleteStream(String);
+    impl Drop for DeleteStream {
+        fn drop(&mut self) {
+            paystream_nats::admin::delete_stream(&self.0).ok();
+        }
+    }
+    let _delete = DeleteStream(stream.clone());
+    let windows = table("example_windows");
+    let _drop = DropTables(server.clone(), vec![windows.clone()]);
+    let generator = "payments=gen:count=20000,seed=3";
+
+    let load = args!["run", "generate-payments", "-q", "--source", generator, "--sink", format!("payments={stream}?subject=pay")];
+    run_program("load the stream", &example, load, dir.path()).assert_success();
+    let reference = dir.join("reference.csv");
+    let direct = args!["run", "merchant-windows", "-q", "--source", generator, "--sink", format!("windows={}", file_uri(&reference))];
+    run_program("windows from the generator", &example, direct, dir.path()).assert_success();
+    let header = "window_start_ms,merchant_id,payment_count,amount_cents";
+    let mut expected = data_lines(&reference, header);
+    expected.sort();
+    assert!(expected.len() > 100, "windows to compare: {}", expected.len());
+
+    let sink = format!("windows=postgres://postgres@{server}/test?table={windows}&create=true&mode=upsert&key=window_start_ms,merchant_id");
+    let job = args![
+        "run",
+        "merchant-windows",
+        "-q",
+        "-w",
+        "2",
+        "--checkpoint-dir",
+        dir.join("chk").display(),
+        "--checkpoint-interval",
+        "200ms",
+        "--source",
+        format!("payments={stream}?bounded=true"),
+        "--sink",
+        sink
+    ];
+    run_program("windows from the stream into a table", &example, job, dir.path()).assert_success();
+    let text = psql(&server, &format!("COPY (SELECT {} FROM \"{windows}\") TO STDOUT (FORMAT csv)", header.replace(',', ", ")));
+    let mut actual: Vec<String> = text.lines().map(String::from).collect();
+    actual.sort();
+    assert_same("the example's windows in the table", &expected, &actual);
+}
