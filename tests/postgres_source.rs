@@ -312,6 +312,95 @@ fn a_card_blocked_during_a_server_outage_is_alerted_from_its_ts_on() {
     live_insert("a_card_blocked_during_a_server_outage_is_alerted_from_its_ts_on", true);
 }
 
+/// The table's position is in the checkpoints: a job killed with `kill -9` after a card was
+/// blocked, and restored after another was blocked while it was down, alerts each card from its
+/// `ts_ms` on, each alert once (alerts go into a table, exactly-once).
+#[test]
+fn a_restore_after_kill_9_resumes_the_table_from_its_checkpointed_position() {
+    let Some(server) = server("a_restore_after_kill_9_resumes_the_table_from_its_checkpointed_position") else { return };
+    let dir = TempDir::new("pg-source-restore");
+    let start_ms = now_ms() + 1_500;
+    let generator = format!("count=3000,events_per_sec=200,cards=20,start_ms={start_ms}");
+    let payments = payments_of(&dir, &generator);
+    let end_ms = payments.iter().map(|p| p.ts_ms).max().expect("payments");
+    let blocked = table("restore_blocked");
+    let alerts = table("restore_alerts");
+    let _drop = DropTables(server.clone(), vec![blocked.clone(), alerts.clone()]);
+    create_blocked_table(&server, &blocked, &[]);
+    let chk = dir.join("chk");
+    let job = |restore: bool| {
+        let mut a = args![
+            "run",
+            "fraud-detection",
+            "-q",
+            "-w",
+            "2",
+            "--source",
+            format!("payments=gen:{generator}"),
+            "--source",
+            format!("authorizations=gen:{generator}"),
+            "--source",
+            format!("blocked_cards=postgres://postgres@{server}/test?table={blocked}&ts=ts_ms&poll=200ms"),
+            "--sink",
+            format!("alerts=postgres://postgres@{server}/test?table={alerts}&create=true"),
+            "--set",
+            "max_per_window=100000",
+            "--checkpoint-dir",
+            chk.display(),
+            "--checkpoint-interval",
+            "200ms",
+            "--rate",
+            "400"
+        ];
+        if restore {
+            a.extend(args!["--restore", "latest"]);
+        }
+        a
+    };
+    let (first_card, second_card) = (5u64, 9u64);
+    let mut running = spawn("to kill", job(false), dir.path());
+    sleep_until_ms(start_ms + 3_000);
+    let first_ts = now_ms() + 1_000;
+    psql(&server, &format!("INSERT INTO \"{blocked}\" VALUES ({first_ts}, {first_card}, true)"));
+    std::thread::sleep(Duration::from_millis(1_500));
+    wait_for_checkpoint(&mut running, &chk, Duration::from_secs(10));
+    running.child.kill().expect("kill -9");
+    let killed = wait_all(vec![running]).pop().expect("one outcome");
+    assert_ne!(killed.code, Some(0), "killed before the end: {killed:?}");
+    assert!(has_checkpoint(&chk), "a checkpoint to restore");
+    let second_ts = now_ms() + 500;
+    psql(&server, &format!("INSERT INTO \"{blocked}\" VALUES ({second_ts}, {second_card}, true)"));
+
+    let mut expected: Vec<(u64, String)> = payments
+        .iter()
+        .filter(|p| (p.card_id == first_card && p.ts_ms >= first_ts) || (p.card_id == second_card && p.ts_ms >= second_ts))
+        .map(|p| (p.card_id, p.txn_id.clone()))
+        .collect();
+    expected.sort();
+    for (card, ts) in [(first_card, first_ts), (second_card, second_ts)] {
+        let (before, after) =
+            payments.iter().filter(|p| p.card_id == card).fold((0, 0), |(b, a), p| if p.ts_ms < ts { (b + 1, a) } else { (b, a + 1) });
+        assert!(before > 20 && after > 20, "card {card} pays before ({before}) and after ({after}) its block");
+    }
+    let running = spawn("restored", job(true), dir.path());
+    let blocked_alerts = || {
+        let rows = alert_rows(&server, &alerts, "WHERE rule = 'blocked-card'");
+        let mut alerts: Vec<(u64, String)> = rows.iter().map(|r| (r[1].parse::<u64>().expect("card_id"), r[2].clone())).collect();
+        alerts.sort();
+        alerts
+    };
+    sleep_until_ms(end_ms + 2_000);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while blocked_alerts().len() < expected.len() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // SAFETY: kill(2) with a child's pid.
+    unsafe { libc::kill(running.child.id() as i32, libc::SIGTERM) };
+    let outcome = wait_all(vec![running]).pop().expect("one outcome");
+    assert_eq!(outcome.code, Some(0), "the restored run stopped with a savepoint: {outcome:?}");
+    assert_same("blocked-card alerts after a kill -9 and a restore", &expected, &blocked_alerts());
+}
+
 /// A server away longer than `reconnect_timeout` fails the job (exit 1) with an error naming it.
 #[test]
 fn a_table_away_past_reconnect_timeout_fails_the_job_naming_the_server() {
