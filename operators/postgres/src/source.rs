@@ -65,7 +65,7 @@ impl SourceConnector for PostgresSource {
     fn usage(&self) -> &'static str {
         "postgres://USER@HOST:PORT/DB?table=NAME&ts=COLUMN or ?query=SELECT...&ts=COLUMN (query percent-encoded where it holds & or %) \
          as a source: rows as JSON objects by column name, in ts order (an integer column); a snapshot, then the source ends, or with \
-         poll=DURATION new rows polled by ts > the largest seen (position in checkpoints), the watermark following the server's clock \
+         poll=DURATION the rows with ts >= the largest seen polled, those seen skipped (position in checkpoints), the watermark following the server's clock \
          minus lag (default 1s); batch=1000; connect_timeout=10s; reconnect_timeout=60s"
     }
     fn open(&self, source: &str, uri: &str) -> Result<Arc<dyn PayloadSource>> {
