@@ -29,10 +29,11 @@
 //! snapshot is read and the split ends (its watermark goes to the end of time).
 //!
 //! **Checkpoints** hold the position: `offset` is `last` (the largest `ts` handed over), `line`
-//! encodes how many rows at `last` were handed over and whether the snapshot finished. A restore
-//! polls `ts >= last` and skips that many rows at `last` in their (content) order; rows inserted
-//! at exactly `last` between the checkpoint and the restore that sort before the ones handed over
-//! could be skipped in their place (during a run the skip is by content and exact).
+//! how many rows at `last` were handed over, a 32-bit digest of their contents (the sum of each
+//! row's FNV-1a) and whether the snapshot finished. During a run the rows at `last` are skipped
+//! by content; a restore polls `ts >= last` and finds which of the rows at `last` are those the
+//! checkpoint counted by the digest: exact when up to two rows were added at exactly `last` while
+//! the job was down (else, logged, it takes the first ones in content order).
 //!
 //! **Connection loss**: the split's task reconnects with exponential backoff and polls again
 //! from its position; after `reconnect_timeout` the split fails the job with an error naming the
@@ -201,26 +202,47 @@ impl Select {
     }
 }
 
-/// Where reading stands: the largest `ts` handed over and the rows handed over at it.
+/// Where reading stands: the largest `ts` handed over, and how many rows at it were handed over
+/// with a digest of their contents (so that a restore can tell them from rows inserted at the
+/// same `ts` later).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Cursor {
     snapshot_done: bool,
     last: Option<i64>,
-    /// Rows handed over at `last`.
+    /// Rows handed over at `last` (at most [`MAX_COUNT`] are counted).
     count_at_last: u64,
+    /// The wrapping sum of [`row_digest`] over those rows.
+    digest_at_last: u32,
+}
+
+/// The largest count of rows at one `ts` a position holds (30 bits).
+const MAX_COUNT: u64 = (1 << 30) - 1;
+
+/// A digest of a row's JSON (FNV-1a, 32 bits): the same in every process and version.
+fn row_digest(json: &str) -> u32 {
+    json.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
 }
 
 impl Cursor {
+    /// `offset`: `last`; `line`: the digest in the high 32 bits, the count in the next 30, then
+    /// whether the snapshot is done and whether `last` is set (0 for a fresh split).
     fn position(&self) -> Position {
+        let line = (u64::from(self.digest_at_last) << 32)
+            | (self.count_at_last.min(MAX_COUNT) << 2)
+            | (u64::from(self.snapshot_done) << 1)
+            | u64::from(self.last.is_some());
         let fresh = !self.snapshot_done && self.last.is_none();
-        let line =
-            if fresh { 0 } else { 1 + ((self.count_at_last << 2) | (u64::from(self.snapshot_done) << 1) | u64::from(self.last.is_some())) };
-        Position { offset: self.last.unwrap_or(0) as u64, line }
+        Position { offset: self.last.unwrap_or(0) as u64, line: if fresh { 0 } else { line } }
     }
 
     fn from_position(position: &Position) -> Cursor {
-        let Some(bits) = position.line.checked_sub(1) else { return Cursor::default() };
-        Cursor { snapshot_done: bits & 2 != 0, last: (bits & 1 != 0).then_some(position.offset as i64), count_at_last: bits >> 2 }
+        let line = position.line;
+        Cursor {
+            snapshot_done: line & 2 != 0,
+            last: (line & 1 != 0).then_some(position.offset as i64),
+            count_at_last: (line >> 2) & MAX_COUNT,
+            digest_at_last: (line >> 32) as u32,
+        }
     }
 
     fn filter(&self) -> Filter {
@@ -233,17 +255,24 @@ impl Cursor {
     }
 
     /// Counts a row handed over.
-    fn handed(&mut self, ts: Option<i64>) {
+    fn handed(&mut self, ts: Option<i64>, json: &str) {
         match (ts, self.last) {
             (None, _) => {}
-            (Some(t), Some(last)) if t == last => self.count_at_last += 1,
+            (Some(t), Some(last)) if t == last => {
+                self.count_at_last += 1;
+                self.digest_at_last = self.digest_at_last.wrapping_add(row_digest(json));
+            }
             (Some(t), _) => {
                 self.last = Some(t);
                 self.count_at_last = 1;
+                self.digest_at_last = row_digest(json);
             }
         }
     }
 }
+
+/// A row as the task hands it on: `ts` (`None`: NULL) and the row as JSON.
+type Row = (Option<i64>, String);
 
 /// The task's side of the cursor: which rows a read returned are new.
 #[derive(Debug)]
@@ -251,49 +280,112 @@ struct Dedup {
     cursor: Cursor,
     /// The JSON of the rows handed over at `last` (during this run).
     at_last: Vec<String>,
-    /// After a restore: rows at `last` handed over before it, known by count only.
-    skip_at_last: u64,
+    /// After a restore, until the first read settles it: the count and digest of the rows at
+    /// `last` handed over before.
+    restored: Option<(u64, u32)>,
+    /// After a restore, in the first read: the rows at `last`, until it is known which of them
+    /// the checkpoint covers.
+    held: Vec<String>,
     /// This read: the rows at `last` of earlier reads not met again yet.
     unmatched: Vec<String>,
 }
 
 impl Dedup {
     fn new(cursor: Cursor) -> Dedup {
-        let skip_at_last = cursor.count_at_last;
-        Dedup { cursor, at_last: Vec::new(), skip_at_last, unmatched: Vec::new() }
+        let restored = (cursor.count_at_last > 0).then_some((cursor.count_at_last, cursor.digest_at_last));
+        Dedup { cursor, at_last: Vec::new(), restored, held: Vec::new(), unmatched: Vec::new() }
     }
 
     fn begin_read(&mut self) {
         self.unmatched = self.at_last.clone();
+        self.held.clear();
     }
 
-    /// Whether a row a read returned (in read order) is to be handed over; records it if so.
-    fn admit(&mut self, ts: Option<i64>, json: &str) -> bool {
-        let Some(t) = ts else { return !self.cursor.snapshot_done };
-        match self.cursor.last {
-            Some(last) if t < last => false,
-            Some(last) if t == last => {
-                if self.skip_at_last > 0 {
-                    self.skip_at_last -= 1;
-                    self.at_last.push(json.to_string());
-                    return false;
-                }
-                if let Some(i) = self.unmatched.iter().position(|j| j == json) {
-                    self.unmatched.swap_remove(i);
-                    return false;
-                }
-                self.at_last.push(json.to_string());
-                self.cursor.handed(ts);
-                true
+    /// Takes a row a read returned (in read order) and puts into `out` the rows to hand over.
+    fn admit(&mut self, ts: Option<i64>, json: &str, out: &mut Vec<Row>) {
+        if let (Some(t), Some(last)) = (ts, self.cursor.last) {
+            if t < last {
+                return;
             }
-            _ => {
-                self.at_last = vec![json.to_string()];
-                self.unmatched.clear();
-                self.skip_at_last = 0;
-                self.cursor.handed(ts);
-                true
+            if t == last {
+                if self.restored.is_some() {
+                    self.held.push(json.to_string());
+                } else if let Some(i) = self.unmatched.iter().position(|j| j == json) {
+                    self.unmatched.swap_remove(i);
+                } else {
+                    self.hand(ts, json, out);
+                }
+                return;
             }
         }
+        // Past the rows at `last` (they come first): what a restore held is settled first.
+        self.settle(out);
+        match ts {
+            None if self.cursor.snapshot_done => {}
+            None => out.push((None, json.to_string())),
+            Some(_) => self.hand(ts, json, out),
+        }
+    }
+
+    /// The read returned all its rows.
+    fn end_read(&mut self, out: &mut Vec<Row>) {
+        self.settle(out);
+    }
+
+    fn hand(&mut self, ts: Option<i64>, json: &str, out: &mut Vec<Row>) {
+        if ts != self.cursor.last {
+            self.at_last.clear();
+            self.unmatched.clear();
+        }
+        self.at_last.push(json.to_string());
+        self.cursor.handed(ts, json);
+        out.push((ts, json.to_string()));
+    }
+
+    /// After a restore: decides which of the rows at `last` the checkpoint's count and digest
+    /// cover, and hands over the others.
+    fn settle(&mut self, out: &mut Vec<Row>) {
+        let Some((count, digest)) = self.restored.take() else { return };
+        let held = std::mem::take(&mut self.held);
+        let covered = covered(&held, count, digest).unwrap_or_else(|| {
+            tracing::warn!(
+                ts = ?self.cursor.last,
+                rows = held.len(),
+                handed_before = count,
+                "postgres source: the rows at the checkpoint's last ts changed while the job was down; taking the first ones in \
+                 content order as those handed over"
+            );
+            (0..held.len()).map(|i| (i as u64) < count).collect()
+        });
+        let last = self.cursor.last;
+        for (row, covered) in held.into_iter().zip(covered) {
+            if covered {
+                self.at_last.push(row);
+            } else {
+                self.hand(last, &row, out);
+            }
+        }
+    }
+}
+
+/// Which of `rows` (the rows at `last` after a restore) are the `count` handed over before it,
+/// whose digests sum to `digest`: all when there are no more; else found by the digest when one
+/// or two rows were added (the usual case); `None` when it cannot tell.
+fn covered(rows: &[String], count: u64, digest: u32) -> Option<Vec<bool>> {
+    let m = rows.len();
+    if count >= m as u64 {
+        return Some(vec![true; m]);
+    }
+    let digests: Vec<u32> = rows.iter().map(|r| row_digest(r)).collect();
+    let added = digests.iter().fold(0u32, |a, d| a.wrapping_add(*d)).wrapping_sub(digest);
+    let without = |skip: &[usize]| Some((0..m).map(|i| !skip.contains(&i)).collect());
+    match m as u64 - count {
+        1 => (0..m).find(|&i| digests[i] == added).and_then(|i| without(&[i])),
+        2 => (0..m)
+            .flat_map(|i| (i + 1..m).map(move |j| (i, j)))
+            .find(|&(i, j)| digests[i].wrapping_add(digests[j]) == added)
+            .and_then(|(i, j)| without(&[i, j])),
+        _ => None,
     }
 }
 
@@ -403,7 +495,7 @@ impl TableReader {
             let Some((ts, json)) = self.pending.pop_front() else { break };
             self.handed += 1;
             decode.message(&mut self.lines, json.as_bytes(), self.handed);
-            self.cursor.handed(ts);
+            self.cursor.handed(ts, &json);
             read += 1;
         }
         read
@@ -580,15 +672,16 @@ impl Poller {
                     None => None,
                     Some(text) => Some(text.parse::<i64>().with_context(|| format!("a ts of {text:?}"))?),
                 };
-                let json = row.get(1).unwrap_or("null");
-                if self.dedup.admit(ts, json) {
-                    rows.push((ts, json.to_string()));
-                }
+                self.dedup.admit(ts, row.get(1).unwrap_or("null"), &mut rows);
+            }
+            let done = fetched < self.table.batch;
+            if done {
+                self.dedup.end_read(&mut rows);
             }
             if !rows.is_empty() && !self.send(Event::Rows(rows)).await {
                 return Ok(false);
             }
-            if fetched < self.table.batch {
+            if done {
                 break;
             }
         }
@@ -605,48 +698,70 @@ mod tests {
 
     #[test]
     fn positions_round_trip() {
+        let cursor = |snapshot_done, last, count_at_last, digest_at_last| Cursor { snapshot_done, last, count_at_last, digest_at_last };
         let cursors = [
             Cursor::default(),
-            Cursor { snapshot_done: true, last: None, count_at_last: 0 },
-            Cursor { snapshot_done: false, last: Some(1_767_225_600_000), count_at_last: 3 },
-            Cursor { snapshot_done: true, last: Some(-5), count_at_last: 1 },
-            Cursor { snapshot_done: true, last: Some(0), count_at_last: 70_000 },
+            cursor(true, None, 0, 0),
+            cursor(false, Some(1_767_225_600_000), 3, u32::MAX),
+            cursor(true, Some(-5), 1, 7),
+            cursor(true, Some(0), MAX_COUNT, 0x8000_0001),
         ];
         for c in cursors {
             assert_eq!(Cursor::from_position(&c.position()), c, "{:?}", c.position());
         }
         assert_eq!(Cursor::default().position(), Position::default(), "a fresh split is at the default position");
-        assert_eq!(Cursor { snapshot_done: true, last: Some(42), count_at_last: 2 }.position().offset, 42, "the offset is last");
+        assert_eq!(cursor(true, Some(42), 2, 9).position().offset, 42, "the offset is last");
+    }
+
+    /// Feeds one read's rows through `d`; returns the JSON of those handed over.
+    fn read(d: &mut Dedup, rows: &[(i64, &str)]) -> Vec<String> {
+        let mut out = Vec::new();
+        d.begin_read();
+        for (t, j) in rows {
+            d.admit(Some(*t), j, &mut out);
+        }
+        d.end_read(&mut out);
+        d.cursor.snapshot_done = true;
+        out.into_iter().map(|(_, j)| j).collect()
     }
 
     #[test]
     fn rows_at_the_last_ts_are_handed_over_once_each() {
         let mut d = Dedup::new(Cursor::default());
-        d.begin_read();
-        let first: Vec<bool> = [(1, "a"), (2, "b"), (2, "c")].iter().map(|(t, j)| d.admit(Some(*t), j)).collect();
-        assert_eq!(first, [true, true, true]);
-        d.cursor.snapshot_done = true;
+        assert_eq!(read(&mut d, &[(1, "a"), (2, "b"), (2, "c")]), ["a", "b", "c"]);
         // The next poll reads ts >= 2: b and c again, then a new row at 2 and one at 3.
-        d.begin_read();
-        let second: Vec<bool> = [(2, "a2"), (2, "b"), (2, "c"), (3, "d")].iter().map(|(t, j)| d.admit(Some(*t), j)).collect();
-        assert_eq!(second, [true, false, false, true]);
-        assert_eq!((d.cursor.last, d.cursor.count_at_last), (Some(3), 1));
+        assert_eq!(read(&mut d, &[(2, "a2"), (2, "b"), (2, "c"), (3, "d")]), ["a2", "d"]);
+        assert_eq!((d.cursor.last, d.cursor.count_at_last, d.cursor.digest_at_last), (Some(3), 1, row_digest("d")));
         // Two equal rows at the last ts: one handed over, the second is new.
-        d.begin_read();
-        assert!(!d.admit(Some(3), "d"));
-        assert!(d.admit(Some(3), "d"));
-        d.begin_read();
-        assert!(!d.admit(Some(3), "d") && !d.admit(Some(3), "d"));
-        assert!(!d.admit(None, "null ts after the snapshot"));
+        assert_eq!(read(&mut d, &[(3, "d"), (3, "d")]), ["d"]);
+        assert!(read(&mut d, &[(3, "d"), (3, "d")]).is_empty());
+        let mut out = Vec::new();
+        d.admit(None, "a NULL ts after the snapshot", &mut out);
+        assert!(out.is_empty());
+    }
+
+    fn restored(rows: &[&str]) -> Dedup {
+        let mut before = Cursor { snapshot_done: true, last: Some(5), ..Cursor::default() };
+        for r in rows {
+            before.handed(Some(5), r);
+        }
+        Dedup::new(Cursor::from_position(&before.position()))
     }
 
     #[test]
-    fn a_restore_skips_the_rows_at_last_by_count() {
-        let mut d = Dedup::new(Cursor { snapshot_done: true, last: Some(5), count_at_last: 2 });
-        d.begin_read();
-        let got: Vec<bool> = [(5, "a"), (5, "b"), (5, "c"), (6, "d")].iter().map(|(t, j)| d.admit(Some(*t), j)).collect();
-        assert_eq!(got, [false, false, true, true]);
-        assert_eq!(d.cursor, Cursor { snapshot_done: true, last: Some(6), count_at_last: 1 });
+    fn a_restore_tells_the_rows_handed_over_from_rows_added_at_the_same_ts() {
+        // One row added, sorting before those handed over: a count alone would skip it.
+        assert_eq!(read(&mut restored(&["b", "c"]), &[(5, "a"), (5, "b"), (5, "c"), (6, "d")]), ["a", "d"]);
+        // Two added, around them.
+        assert_eq!(read(&mut restored(&["b", "d"]), &[(5, "a"), (5, "b"), (5, "c"), (5, "d")]), ["a", "c"]);
+        // None added.
+        assert_eq!(read(&mut restored(&["b", "c"]), &[(5, "b"), (5, "c"), (7, "e")]), ["e"]);
+        // Three added: the first rows in content order are taken as those handed over.
+        assert_eq!(read(&mut restored(&["e"]), &[(5, "a"), (5, "b"), (5, "c"), (5, "e")]), ["b", "c", "e"]);
+        let mut d = restored(&["b", "c"]);
+        read(&mut d, &[(5, "a"), (5, "b"), (5, "c")]);
+        assert_eq!(d.cursor.count_at_last, 3, "the row added is counted with those before");
+        assert!(read(&mut d, &[(5, "a"), (5, "b"), (5, "c")]).is_empty(), "and later polls skip all three by content");
     }
 
     #[test]
