@@ -83,6 +83,12 @@ impl SourceConnector for PostgresSource {
             (None, None) => bail!("{what}: name a table (?table=NAME&ts=COLUMN) or a query (?query=SELECT...)"),
             (Some(_), Some(_)) => bail!("{what}: give table= or query=, not both"),
         };
+        match options.text("format").as_deref() {
+            None | Some("jsonl") => {}
+            Some(other) => bail!(
+                "{what}: format={other:?}: a table's rows are read as JSON objects by column name (format=jsonl, the default), so                  that columns meet the record's fields by name and keep their types"
+            ),
+        }
         let ts = options.text("ts").filter(|t| !t.is_empty());
         let poll = match options.text("poll") {
             None => None,

@@ -191,4 +191,7 @@ fn a_query_a_missing_column_and_a_non_integer_ts_are_checked_at_open() {
     assert!(e.contains("no_such_table") && e.contains("does not exist"), "{e}");
     let e = PostgresSource.open("q", &format!("postgres://postgres@{server}/test?table=x&poll=1s")).expect_err("fails").to_string();
     assert!(e.contains("poll= needs ts="), "{e}");
+    let e = PostgresSource.open("q", &table.uri("&format=csv")).expect_err("fails").to_string();
+    assert!(e.contains("format=\"csv\"") && e.contains("JSON objects by column name"), "{e}");
+    PostgresSource.open("q", &table.uri("&format=jsonl")).expect("jsonl is the format");
 }
