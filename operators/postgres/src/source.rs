@@ -66,8 +66,8 @@ impl SourceConnector for PostgresSource {
     fn usage(&self) -> &'static str {
         "postgres://USER@HOST:PORT/DB?table=NAME&ts=COLUMN or ?query=SELECT...&ts=COLUMN (query percent-encoded where it holds & or %) \
          as a source: rows as JSON objects by column name, in ts order (an integer column); a snapshot, then the source ends, or with \
-         poll=DURATION the rows with ts >= the largest seen polled, those seen skipped (position in checkpoints), the watermark following the server's clock \
-         minus lag (default 1s); batch=1000; connect_timeout=10s; reconnect_timeout=60s"
+         poll=DURATION the rows with ts >= the largest seen polled, those seen skipped (position in checkpoints), the watermark \
+         following the server's clock minus lag (default 1s); batch=1000; connect_timeout=10s; reconnect_timeout=60s"
     }
     fn open(&self, source: &str, uri: &str) -> Result<Arc<dyn PayloadSource>> {
         let what = format!("source {source}");
@@ -86,7 +86,8 @@ impl SourceConnector for PostgresSource {
         match options.text("format").as_deref() {
             None | Some("jsonl") => {}
             Some(other) => bail!(
-                "{what}: format={other:?}: a table's rows are read as JSON objects by column name (format=jsonl, the default), so                  that columns meet the record's fields by name and keep their types"
+                "{what}: format={other:?}: a table's rows are read as JSON objects by column name (format=jsonl, the default), so \
+                 that columns meet the record's fields by name and keep their types"
             ),
         }
         let ts = options.text("ts").filter(|t| !t.is_empty());
@@ -136,7 +137,7 @@ fn percent_decode(text: &str) -> Result<String> {
         if bytes[i] == b'%' {
             let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
             let Some(byte) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) else {
-                bail!("{:?} is not a %XX escape (write % as %25)", &text[i..text.len().min(i + 3)]);
+                bail!("{:?} is not a %XX escape (write % as %25)", String::from_utf8_lossy(&bytes[i..bytes.len().min(i + 3)]));
             };
             out.push(byte);
             i += 3;
@@ -375,14 +376,19 @@ impl Dedup {
 }
 
 /// Which of `rows` (the rows at `last` after a restore) are the `count` handed over before it,
-/// whose digests sum to `digest`: all when there are no more; else found by the digest when one
-/// or two rows were added (the usual case); `None` when it cannot tell.
+/// whose digests sum to `digest`: all when there are no more; the first ones in content order
+/// when their digest fits (rows added after them, or a bounded read without `ts` cut short);
+/// else found by the digest when one or two rows were added; `None` when it cannot tell.
 fn covered(rows: &[String], count: u64, digest: u32) -> Option<Vec<bool>> {
     let m = rows.len();
     if count >= m as u64 {
         return Some(vec![true; m]);
     }
     let digests: Vec<u32> = rows.iter().map(|r| row_digest(r)).collect();
+    let k = count as usize;
+    if digests[..k].iter().fold(0u32, |a, d| a.wrapping_add(*d)) == digest {
+        return Some((0..m).map(|i| i < k).collect());
+    }
     let added = digests.iter().fold(0u32, |a, d| a.wrapping_add(*d)).wrapping_sub(digest);
     let without = |skip: &[usize]| Some((0..m).map(|i| !skip.contains(&i)).collect());
     match m as u64 - count {
@@ -762,7 +768,9 @@ mod tests {
         assert_eq!(read(&mut restored(&["b", "d"]), &[(5, "a"), (5, "b"), (5, "c"), (5, "d")]), ["a", "c"]);
         // None added.
         assert_eq!(read(&mut restored(&["b", "c"]), &[(5, "b"), (5, "c"), (7, "e")]), ["e"]);
-        // Three added: the first rows in content order are taken as those handed over.
+        // Many after them (a bounded read without ts, every row at 0, cut short): the first ones.
+        assert_eq!(read(&mut restored(&["a", "b"]), &[(5, "a"), (5, "b"), (5, "c"), (5, "d"), (5, "e")]), ["c", "d", "e"]);
+        // Three added, one before: the first rows in content order are taken as those handed over.
         assert_eq!(read(&mut restored(&["e"]), &[(5, "a"), (5, "b"), (5, "c"), (5, "e")]), ["b", "c", "e"]);
         let mut d = restored(&["b", "c"]);
         read(&mut d, &[(5, "a"), (5, "b"), (5, "c")]);
@@ -791,5 +799,6 @@ mod tests {
         assert_eq!(percent_decode("100%25").unwrap(), "100%");
         assert!(percent_decode("50%").is_err());
         assert!(percent_decode("%zz").is_err());
+        assert!(percent_decode("%é").is_err(), "a multi-byte character after % is an error, not a panic");
     }
 }
