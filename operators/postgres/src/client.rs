@@ -72,7 +72,8 @@ impl Server {
 }
 
 /// The runtime the sink's clients run on: one thread of its own, so that a large COPY never
-/// delays the engine's I/O (metrics, broker sources) nor blocks a worker.
+/// delays the engine's I/O (metrics, broker sources) nor blocks a worker. Each `postgres://`
+/// source has one too, for its split's polls.
 pub(crate) struct SinkRuntime {
     runtime: Option<Runtime>,
 }
