@@ -4,8 +4,8 @@
 //! join).
 //!
 //! [`register`] adds both to a program's connectors. [`sql`] holds the pure parts of the sink
-//! (the column type rule, identifier quoting, the statements), [`client`] connecting and backing
-//! off, [`sink`] the sink's connector and writers, and [`source`] the source's connector and
+//! (the column type rule, identifier quoting, the statements), `client` connecting and backing
+//! off, `sink` the sink's connector and writers, and `source` the source's connector and
 //! split reader.
 
 mod client;
