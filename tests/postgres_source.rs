@@ -451,6 +451,10 @@ fn example_binary(name: &str) -> std::path::PathBuf {
     let dir = bin.parent().expect("the binary's directory");
     let mut cargo = Command::new(env!("CARGO"));
     cargo.args(["build", "-q", "--example", name]).current_dir(env!("CARGO_MANIFEST_DIR"));
+    // The target directory this test was built in (`--target-dir` or CARGO_TARGET_DIR alike).
+    if let Some(target) = dir.parent() {
+        cargo.arg("--target-dir").arg(target);
+    }
     if dir.ends_with("release") {
         cargo.arg("--release");
     }
