@@ -191,6 +191,53 @@ fn blocked_cards_from_a_table_give_the_alerts_of_the_same_rows_from_a_file() {
     assert_same("alerts in the table, blocked cards polled", &expected, &alert_rows(&server, &alerts, ""));
 }
 
+/// Rows that do not fit the record go to dead letters and the job goes on: read through a query
+/// (its `&` written `%26`, which leaves out row 4) ordered by an `id` column, whose `ts_ms` is a
+/// NUMERIC here, one of them not a whole number, and one row without a card.
+#[test]
+fn rows_that_do_not_fit_go_to_dead_letters_through_a_query() {
+    let Some(server) = server("rows_that_do_not_fit_go_to_dead_letters_through_a_query") else { return };
+    let dir = TempDir::new("pg-source-dead");
+    let name = table("dead");
+    let _drop = DropTables(server.clone(), vec![name.clone()]);
+    psql(&server, &format!("CREATE TABLE \"{name}\" (id INTEGER, ts_ms NUMERIC, card_id BIGINT, blocked BOOLEAN)"));
+    psql(
+        &server,
+        &format!(
+            "INSERT INTO \"{name}\" VALUES (1, {T0}, 5, true), (2, {T0}.5, 6, true), (3, {}, NULL, true), (4, {}, 7, false)",
+            T0 + 1,
+            T0 + 2
+        ),
+    );
+    let query = format!("SELECT id, ts_ms, card_id, blocked FROM \"{name}\" WHERE (id %26 4) = 0").replace(' ', "%20");
+    let dead = dir.join("dead.csv");
+    let out = dir.join("alerts.csv");
+    run(
+        "dead letters",
+        args![
+            "run",
+            "fraud-detection",
+            "-q",
+            "--source",
+            "payments=gen:count=2000",
+            "--source",
+            "authorizations=gen:count=2000",
+            "--source",
+            format!("blocked_cards=postgres://postgres@{server}/test?query={query}&ts=id"),
+            "--sink",
+            format!("alerts={}", file_uri(&out)),
+            "--sink",
+            format!("dead_letters={}", file_uri(&dead))
+        ],
+        dir.path(),
+    )
+    .assert_success();
+    let dead = data_lines(&dead, DEAD_LETTER_HEADER);
+    assert_eq!(dead.len(), 2, "the ts_ms that is not a whole number and the missing card: {dead:?}");
+    assert!(dead.iter().all(|d| d.starts_with("blocked_cards,postgres query row,")), "{dead:?}");
+    assert!(dead.iter().any(|d| d.contains(&format!("{T0}.5"))) && dead.iter().any(|d| d.contains("\"\"card_id\"\":null")), "{dead:?}");
+}
+
 /// One card's payments, by event time, from `generate-payments` with the same options.
 fn payments_of(dir: &TempDir, generator: &str) -> Vec<Payment> {
     let file = dir.join("payments.csv");
