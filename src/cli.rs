@@ -87,14 +87,15 @@ struct RunArgs {
 
     /// Read source NAME from URI: `gen:[KEY=VALUE,...]` (the generator, see the README),
     /// `file:PATH.csv`, `file:PATH.jsonl`, `file:DIR` (every .csv/.jsonl file in it),
-    /// `kafka://HOST:PORT/TOPIC`, `rabbitmq://HOST:PORT/QUEUE`, `nats://HOST:PORT/STREAM`
-    /// (`paystream connectors` lists every form and option). Repeatable.
+    /// `kafka://HOST:PORT/TOPIC`, `rabbitmq://HOST:PORT/QUEUE`, `nats://HOST:PORT/STREAM`,
+    /// `postgres://USER@HOST:PORT/DB?table=NAME&ts=COLUMN` (`paystream connectors` lists every
+    /// form and option). Repeatable.
     #[arg(long = "source", value_name = "NAME=URI", value_parser = parse_key_value)]
     sources: Vec<(String, String)>,
 
     /// Write sink NAME to URI: `file:PATH.csv`, `file:PATH.jsonl`, `stdout:`,
-    /// `kafka://HOST:PORT/TOPIC`, `rabbitmq://HOST:PORT/QUEUE` or `nats://HOST:PORT/STREAM`
-    /// (`paystream connectors` lists every form and option). Dead letters go to the sink `dead_letters` (default:
+    /// `kafka://HOST:PORT/TOPIC`, `rabbitmq://HOST:PORT/QUEUE`, `nats://HOST:PORT/STREAM` or
+    /// `postgres://USER@HOST:PORT/DB?table=NAME` (`paystream connectors` lists every form and option). Dead letters go to the sink `dead_letters` (default:
     /// dead_letters.csv beside the job's first file sink). Repeatable.
     #[arg(long = "sink", value_name = "NAME=URI", value_parser = parse_key_value)]
     sinks: Vec<(String, String)>,

@@ -27,7 +27,7 @@ pub use paystream_operators as operators;
 
 /// The connectors the `paystream` binary has: `file:` and `stdout:`, `gen:` for the payment
 /// event types, `kafka://` (feature `kafka`), `rabbitmq://` (feature `rabbitmq`), `nats://`
-/// (feature `nats`) and the `postgres://` sink (feature `postgres`), all on by default. Add your own with `.source(...)`/`.sink(...)` and pass them to [`cli::main_with`].
+/// (feature `nats`) and `postgres://` (feature `postgres`), all on by default. Add your own with `.source(...)`/`.sink(...)` and pass them to [`cli::main_with`].
 pub fn connectors() -> paystream_engine::Connectors {
     let connectors = paystream_jobs::connectors();
     #[cfg(feature = "kafka")]

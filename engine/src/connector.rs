@@ -175,6 +175,15 @@ pub trait SplitReader: 'static {
     fn backlog(&self) -> Option<u64> {
         None
     }
+    /// An event time before which the split has handed over every record it ever will, when it
+    /// knows one without seeing a later record: a table polled at a known moment (the
+    /// PostgreSQL source: the poll's time minus its `lag`). The split's watermark rises to it
+    /// while no record comes, so a quiet split does not hold the job back; a record that comes
+    /// later with an earlier time is behind the watermark, as any late record. `None` (the
+    /// default): only the records read move the watermark.
+    fn complete_before(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Turns messages into records of the source's type (in its format); implemented by the engine.

@@ -21,7 +21,9 @@
 //! At the end of a bounded partition its watermark becomes +infinity; when all of a worker's
 //! partitions end, it drops its capability, and every window downstream fires, as Flink does at the
 //! end of a bounded input. A partition that yields nothing for the idleness timeout stops holding
-//! the watermark back until it yields again.
+//! the watermark back until it yields again. A partition that knows it has handed over everything
+//! before some time (a polled table: `SplitReader::complete_before`) raises its watermark there
+//! without a record.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -202,6 +204,9 @@ impl<T: Data + CsvRecord> Partition<T> for DecodingPartition<T> {
     }
     fn backlog(&self) -> Option<u64> {
         self.reader.backlog()
+    }
+    fn complete_before(&self) -> Option<u64> {
+        self.reader.complete_before()
     }
 }
 
@@ -702,6 +707,12 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
                         }
                     }
                     late.clear();
+                }
+                // A split that knows it has handed over everything before some time (a polled
+                // table) moves its watermark there without a record, after this read's records
+                // were judged against the watermark before it.
+                if let Some(before) = part.reader.complete_before() {
+                    part.watermark = part.watermark.max(before);
                 }
                 match status {
                     ReadStatus::Done => {

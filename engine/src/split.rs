@@ -64,6 +64,11 @@ pub trait Partition<T>: 'static {
     fn backlog(&self) -> Option<u64> {
         None
     }
+    /// An event time before which the partition has handed over every record it ever will (see
+    /// [`SplitReader::complete_before`](crate::connector::SplitReader::complete_before)).
+    fn complete_before(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Wakes a source worker from another thread (a tokio task that received data).

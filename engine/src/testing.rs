@@ -234,3 +234,115 @@ impl Rng {
         items[self.below(items.len() as u64) as usize].clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use timely::dataflow::channels::pact::Pipeline;
+    use timely::dataflow::operators::generic::Operator;
+
+    use super::test_plan;
+    use crate::metrics::Metrics;
+    use crate::record::DeadLetter;
+    use crate::source::{build_partitioned_source, Partition, Position, ReadStatus};
+    use crate::time::{OutOfOrder, Time};
+    use crate::Result;
+
+    /// A split like a polled table: one record at 100 ms, then nothing for `reads` reads, while
+    /// it declares that everything before 10 s has been handed over; then it ends.
+    struct QuietTable {
+        reads: Arc<AtomicU64>,
+        limit: u64,
+        sent: bool,
+    }
+
+    impl Partition<u64> for QuietTable {
+        fn read(&mut self, _max: usize, out: &mut Vec<(u64, u64)>, _dead: &mut Vec<DeadLetter>) -> ReadStatus {
+            let n = self.reads.fetch_add(1, Ordering::SeqCst) + 1;
+            if !self.sent {
+                self.sent = true;
+                out.push((0, 100));
+                return ReadStatus::More;
+            }
+            if n >= self.limit {
+                ReadStatus::Done
+            } else {
+                ReadStatus::Idle
+            }
+        }
+        fn position(&self) -> Position {
+            Position::default()
+        }
+        fn seek(&mut self, _position: &Position) -> Result<()> {
+            Ok(())
+        }
+        fn complete_before(&self) -> Option<u64> {
+            self.sent.then_some(10_000)
+        }
+    }
+
+    /// The reads of the split when the frontier downstream first passed 10 s while the split
+    /// was still live (`None`: only when it ended).
+    fn watermark_passed_at(declares: bool) -> Option<u64> {
+        let reads = Arc::new(AtomicU64::new(0));
+        let passed: Arc<Mutex<Option<u64>>> = Arc::new(Mutex::new(None));
+        let (r, p) = (reads.clone(), passed.clone());
+        let plan = Arc::new(test_plan());
+        timely::execute(timely::Config::process(1), move |worker| {
+            let split = QuietTable { reads: r.clone(), limit: 200, sent: false };
+            let split: Box<dyn Partition<u64>> = if declares { Box::new(split) } else { Box::new(Undeclared(split)) };
+            let ctx = std::rc::Rc::new(plan.build_context(Arc::new(Metrics::new(1)), false));
+            let (r, p) = (r.clone(), p.clone());
+            worker.dataflow::<Time, _, _>(|scope| {
+                let (records, _dead) = build_partitioned_source(
+                    scope,
+                    &ctx,
+                    "table",
+                    vec![(0, split)],
+                    |ts: &u64| *ts,
+                    |r| format!("{r}"),
+                    OutOfOrder::millis(50),
+                )
+                .expect("the split starts");
+                records.sink(Pipeline, "observe", move |(input, frontier)| {
+                    input.for_each(|_, _| {});
+                    let f = frontier.frontier();
+                    let mut passed = p.lock().unwrap_or_else(|e| e.into_inner());
+                    if passed.is_none() && !f.is_empty() && f.iter().all(|t| t.wm >= 10_000) {
+                        *passed = Some(r.load(Ordering::SeqCst));
+                    }
+                });
+            });
+        })
+        .expect("timely starts")
+        .join()
+        .into_iter()
+        .for_each(|r| r.expect("worker ran"));
+        let at = *passed.lock().unwrap_or_else(|e| e.into_inner());
+        at
+    }
+
+    /// The same split without the declaration.
+    struct Undeclared(QuietTable);
+
+    impl Partition<u64> for Undeclared {
+        fn read(&mut self, max: usize, out: &mut Vec<(u64, u64)>, dead: &mut Vec<DeadLetter>) -> ReadStatus {
+            self.0.read(max, out, dead)
+        }
+        fn position(&self) -> Position {
+            Position::default()
+        }
+        fn seek(&mut self, _position: &Position) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_split_that_declares_what_it_handed_over_moves_the_watermark_while_quiet() {
+        let at = watermark_passed_at(true).expect("the watermark passed 10 s while the split was live");
+        assert!(at < 100, "it passed after {at} of 200 reads");
+        assert_eq!(watermark_passed_at(false), None, "without the declaration, a quiet split holds the watermark until it ends");
+    }
+}

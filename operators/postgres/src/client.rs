@@ -1,5 +1,6 @@
 //! Talking to the server: the connection settings of a URI, connecting within `connect_timeout`,
-//! the runtime the sink's clients run on, and the backoff between reconnections.
+//! the runtime the sink's and the source's clients run on, the backoff between reconnections,
+//! and which errors a reconnection may cure.
 
 use std::future::Future;
 use std::str::FromStr;
@@ -71,7 +72,8 @@ impl Server {
 }
 
 /// The runtime the sink's clients run on: one thread of its own, so that a large COPY never
-/// delays the engine's I/O (metrics, broker sources) nor blocks a worker.
+/// delays the engine's I/O (metrics, broker sources) nor blocks a worker. Each `postgres://`
+/// source has one too, for its split's polls.
 pub(crate) struct SinkRuntime {
     runtime: Option<Runtime>,
 }
@@ -146,5 +148,23 @@ impl Backoff {
         tokio::time::sleep(self.next.min(self.limit.saturating_sub(away))).await;
         self.next = (self.next * 2).min(Duration::from_secs(5));
         Ok(())
+    }
+}
+
+/// Whether a failed statement may succeed on a new connection: connection failures and server
+/// restarts, yes; an error in the data or the SQL (a missing table, a wrong type), no. (The same
+/// rule as the sink's writes.)
+pub(crate) fn retryable(error: &anyhow::Error) -> bool {
+    let Some(e) = error.chain().find_map(|c| c.downcast_ref::<tokio_postgres::Error>()) else {
+        return true; // not the server's answer: a connect failure or a timeout
+    };
+    match e.code() {
+        None => true,
+        Some(code) => {
+            let code = code.code();
+            // 08: connection exception, 57P: operator intervention (shutdown), 53: insufficient
+            // resources, 40: transaction rollback (serialization, deadlock).
+            ["08", "57P", "53", "40"].iter().any(|class| code.starts_with(class))
+        }
     }
 }

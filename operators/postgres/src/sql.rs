@@ -10,7 +10,9 @@
 //! - `TEXT`: everything else,
 //!
 //! and a column falls back to `TEXT` when a value of the first lines written does not parse as
-//! its type (`txn_id` holds `t42`). A later value that does not fit fails the write with
+//! its type (`txn_id` holds `t42`), or when none of them has a value at all (fraud alerts whose
+//! first lines are all window-level ones, with an empty `txn_id`: nothing says the column holds
+//! numbers, and TEXT takes whatever comes later). A later value that does not fit fails the write with
 //! PostgreSQL's error, naming the column: create the table yourself (and leave `create` off)
 //! for other types.
 
@@ -35,8 +37,10 @@ pub fn column_type(name: &str) -> &'static str {
 /// of `sample` (CSV lines) does not parse as the type.
 pub fn column_types<'a>(columns: &[String], sample: impl IntoIterator<Item = &'a String>) -> Vec<&'static str> {
     let mut types: Vec<&'static str> = columns.iter().map(|c| column_type(c)).collect();
+    let mut valued = vec![false; columns.len()];
     for line in sample {
-        for (ty, value) in types.iter_mut().zip(split_csv(line)) {
+        for ((ty, value), valued) in types.iter_mut().zip(split_csv(line)).zip(valued.iter_mut()) {
+            *valued |= !value.is_empty();
             let fits = value.is_empty()
                 || match *ty {
                     "BIGINT" => value.parse::<i64>().is_ok(),
@@ -47,6 +51,11 @@ pub fn column_types<'a>(columns: &[String], sample: impl IntoIterator<Item = &'a
             if !fits {
                 *ty = "TEXT";
             }
+        }
+    }
+    for (ty, valued) in types.iter_mut().zip(valued) {
+        if !valued {
+            *ty = "TEXT";
         }
     }
     types
@@ -240,6 +249,14 @@ mod tests {
         assert_eq!(split_csv(&sample[0]), ["1767225599154", "t0", "0.5", "true", "a, \"b\""]);
         assert_eq!(column_types(&cols, &sample), ["BIGINT", "TEXT", "NUMERIC", "BOOLEAN", "TEXT"]);
         assert_eq!(column_types(&cols, &["1,2,x,maybe,y".to_string()]), ["BIGINT", "BIGINT", "TEXT", "TEXT", "TEXT"]);
+    }
+
+    #[test]
+    fn a_column_without_a_value_in_the_first_lines_is_text() {
+        // Velocity alerts come first and have no txn_id; blocked-card alerts that follow do.
+        let cols = header_columns("rule,card_id,txn_id,ts_ms,detail");
+        let sample = ["velocity,7,,1767225659999,11 payments".to_string(), "velocity,8,,1767225669999,12 payments".to_string()];
+        assert_eq!(column_types(&cols, &sample), ["TEXT", "BIGINT", "TEXT", "BIGINT", "TEXT"]);
     }
 
     #[test]
