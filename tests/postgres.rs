@@ -8,8 +8,9 @@
 //! `PAYSTREAM_POSTGRES_PREPARED` (`.ci/run` starts one on 127.0.0.1:5439) is a server with
 //! `max_prepared_transactions` above 0, for the prepared-transaction protocol.
 //!
-//! `PAYSTREAM_POSTGRES_KILLS` sets how many `kill -9`s the exactly-once tests make (default 5; at
-//! least 8 for the prepared protocol, two at each crash point).
+//! `PAYSTREAM_POSTGRES_KILLS` sets how many `kill -9`s each exactly-once test makes (default 10:
+//! crashes inside the transaction, between the checkpoint and its commit, for the prepared
+//! protocol between prepare and checkpoint, and at random moments, in turn).
 
 #[macro_use]
 mod common;
@@ -413,7 +414,7 @@ fn crash_and_restore(server: &str, name: &str, dir: &TempDir, trial: Trial<'_>) 
 }
 
 fn kills() -> usize {
-    std::env::var("PAYSTREAM_POSTGRES_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(5)
+    std::env::var("PAYSTREAM_POSTGRES_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(10)
 }
 
 #[test]
@@ -444,7 +445,7 @@ fn prepared_transactions_are_exactly_once_after_kill_9_between_prepare_and_commi
         &server,
         &name,
         &dir,
-        Trial { protocol: Protocol::Prepared, options: "", generator, sets: &[], kills: kills().max(8) },
+        Trial { protocol: Protocol::Prepared, options: "", generator, sets: &[], kills: kills() },
     );
     assert_same("table rows after the crashes", &expected, &rows(&server, &name));
 }
