@@ -612,6 +612,7 @@ fn jobs_lists_every_job() {
                 ("sink", "late_payments"),
                 ("--set", "window_ms=10000"),
                 ("--set", "out_of_orderness_ms=2000"),
+                ("--set", "allowed_lateness_ms=0"),
             ],
         ),
         (
