@@ -6,13 +6,16 @@
 //! free, and the answer carries its commands. When the coordinator cannot be reached the agent
 //! keeps its processes running and keeps every exit until a coordinator has acknowledged it.
 //!
+//! Job processes die with their agent (`PR_SET_PDEATHSIG`); an agent that is cut off from the
+//! coordinator but alive keeps them running.
+//!
 //! Each process writes its output to `WORK_DIR/JOB/attempt-N/process-I.log`; the last `error:`
 //! line there is the cause the coordinator records when it fails.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -165,6 +168,18 @@ fn start(
     let out = File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
     let err = out.try_clone()?;
     command.env(SECRET_ENV, secret).current_dir(cwd).stdin(Stdio::null()).stdout(out).stderr(err);
+    // The process dies with the agent (SIGKILL when the agent's main thread, which starts every
+    // process, ends): the coordinator declares a silent agent lost and restarts its jobs
+    // elsewhere, and a process left running would hold the job's checkpoint directory.
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     command.spawn().with_context(|| format!("cannot run {} in {}", config.executable.display(), cwd.display()))
 }
 

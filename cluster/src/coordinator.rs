@@ -47,6 +47,10 @@ pub struct CoordinatorConfig {
 /// before it counts as gone (an agent that restarted and forgot it).
 const UNLISTED_GRACE: Duration = Duration::from_secs(5);
 
+/// Processes are placed only on agents heard from this recently: one that has gone silent (and
+/// is not yet declared lost) would never start them.
+const PLACE_ON_AGENTS_SEEN_WITHIN: Duration = Duration::from_secs(2);
+
 /// How long the coordinator waits for a savepoint a client asked for.
 const SAVEPOINT_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -208,6 +212,7 @@ impl Inner {
             if let Some(agent) = self.agents.get_mut(&name) {
                 agent.lost = true;
                 agent.commands.clear();
+                agent.free_ports.clear();
             }
             let on_it: Vec<(String, usize)> = self
                 .jobs
@@ -246,7 +251,7 @@ impl Inner {
         let mut free: Vec<(String, usize)> = self
             .agents
             .iter()
-            .filter(|(_, a)| !a.lost && !a.host.is_empty())
+            .filter(|(_, a)| !a.lost && !a.host.is_empty() && a.last_seen.elapsed() < PLACE_ON_AGENTS_SEEN_WITHIN)
             .map(|(name, a)| (name.clone(), a.slots.saturating_sub(used.get(name).copied().unwrap_or(0)).min(a.free_ports.len())))
             .filter(|(_, n)| *n > 0)
             .collect();
