@@ -446,6 +446,14 @@ fn cancel_leaves_no_process_and_the_token_is_required() {
         assert!(started.elapsed() < PATIENCE, "processes {pids:?} still run after the cancel");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // More processes than slots: the job waits, says for what, and cancels at once.
+    let waiting = cluster.submit(job_flags(&input, &cluster.dir.join("out3"), &cluster.dir.join("chk3"), 3));
+    let view = cluster.status(&waiting);
+    assert_eq!(view["state"], "scheduling", "{view:#}");
+    assert!(view["waiting_for"].as_str().is_some_and(|w| w.starts_with("3 free slots")), "{view:#}");
+    cluster.cli(args!["cancel", waiting]).assert_success();
+    assert_eq!(cluster.status(&waiting)["state"], "cancelled");
+
     let again = cluster.cli(args!["cancel", id]);
     assert_eq!(again.code, Some(1), "{again:?}");
     let unknown = cluster.cli(args!["status", "job-999"]);

@@ -439,7 +439,17 @@ impl Inner {
             .and_then(|c| c.into_iter().next())
             .map(|p| p.display().to_string());
         let uptime_ms = record.running_since_ms().map(|since| crate::now_ms().saturating_sub(since));
-        JobView { record, uptime_ms, last_checkpoint }
+        let waiting_for = (record.state == JobState::Scheduling && record.placements.is_empty()).then(|| {
+            let used = self.used_slots();
+            let free: usize = self
+                .agents
+                .iter()
+                .filter(|(_, a)| !a.lost)
+                .map(|(name, a)| a.slots.saturating_sub(used.get(name).copied().unwrap_or(0)))
+                .sum();
+            format!("{} free slots; {free} free now", record.spec.processes)
+        });
+        JobView { record, uptime_ms, last_checkpoint, waiting_for }
     }
 }
 
@@ -452,6 +462,9 @@ pub struct JobView {
     uptime_ms: Option<u64>,
     /// The newest complete checkpoint or savepoint in its checkpoint directory.
     last_checkpoint: Option<String>,
+    /// What a job waiting to be placed waits for (slots).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    waiting_for: Option<String>,
 }
 
 /// A failed request: its status and message, answered as `{"error": ...}`.

@@ -387,6 +387,9 @@ fn describe_status(view: &Value) -> String {
         .map(|ms| format!(" (up {})", paystream_cluster::job::humanize(Duration::from_secs(ms / 1000))))
         .unwrap_or_default();
     out.push_str(&format!("  state:           {}{uptime}\n", text(&view["state"])));
+    if let Some(waiting) = view["waiting_for"].as_str() {
+        out.push_str(&format!("  waiting for:     {waiting}\n"));
+    }
     out.push_str(&format!("  restarts:        {}\n", view["restarts"]));
     out.push_str(&format!("  attempt:         {}\n", view["attempt"]));
     out.push_str(&format!("  processes:       {}\n", view["spec"]["processes"]));
