@@ -35,6 +35,7 @@ struct Cluster {
     port: u16,
     token: Option<PathBuf>,
     coordinator: Option<Running>,
+    coordinator_args: Vec<String>,
     agents: Vec<Running>,
     pids: std::cell::RefCell<Vec<u32>>,
 }
@@ -42,6 +43,11 @@ struct Cluster {
 impl Cluster {
     /// A coordinator (restart backoff 500ms, agents lost after 4s of silence) and `agents` agents of `slots` slots each.
     fn start(tag: &str, agents: usize, slots: usize, token: bool) -> Cluster {
+        Cluster::start_with(tag, agents, slots, token, Vec::new())
+    }
+
+    /// As [`Cluster::start`], with more flags for the coordinator.
+    fn start_with(tag: &str, agents: usize, slots: usize, token: bool, coordinator_args: Vec<String>) -> Cluster {
         let dir = TempDir::new(tag);
         let port = free_port();
         let token = token.then(|| {
@@ -54,6 +60,7 @@ impl Cluster {
             port,
             token,
             coordinator: None,
+            coordinator_args,
             agents: Vec::new(),
             pids: Default::default(),
             dir,
@@ -91,6 +98,7 @@ impl Cluster {
             "4s"
         ];
         a.extend(self.token_args());
+        a.extend(self.coordinator_args.iter().cloned());
         self.coordinator = Some(spawn("coordinator", a, self.dir.path()));
     }
 
@@ -489,4 +497,41 @@ fn the_jobs_of_a_lost_agent_restart_on_the_others() {
     assert_eq!(placed, ["agent-0", "agent-0"], "the last attempt ran on the agent that was left: {view:#}");
     assert!(!alive(on_agent_1[0]), "the lost agent's process died with it");
     assert_eq!(outputs(&out), reference, "exactly-once output across the loss of a node");
+}
+
+#[test]
+fn a_job_that_keeps_failing_fails_past_the_restart_limit_with_its_last_error() {
+    let cluster = Cluster::start_with("cluster-limit", 1, 1, false, args!["--restart-attempts", 2, "--restart-window", "10m"]);
+    std::fs::write(cluster.dir.join("a-file"), "not a directory").expect("write");
+    let unwritable = format!("windows={}", file_uri(&cluster.dir.join("a-file/windows.csv")));
+    let id = cluster.submit(args!["--source", "payments=gen:count=5000", "--sink", unwritable]);
+    let started = Instant::now();
+    let view = loop {
+        let view = cluster.status(&id);
+        if view["state"] == "failed" {
+            break view;
+        }
+        assert!(started.elapsed() < PATIENCE, "job {id} never failed:\n{}", cluster.describe(&id, &view));
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(view["restarts"], 2, "two restarts, then the limit: {view:#}");
+    let states: Vec<&str> = view["history"].as_array().expect("history").iter().map(|t| t["to"].as_str().unwrap_or_default()).collect();
+    assert_eq!(
+        states,
+        ["scheduling", "running", "restarting", "scheduling", "running", "restarting", "scheduling", "running", "failed"],
+        "{view:#}"
+    );
+    let last_error = view["last_error"].as_str().unwrap_or_default();
+    assert!(last_error.contains("exit code 1: error: sink") && last_error.contains("a-file"), "the job's own error: {last_error}");
+    let failed = view["history"].as_array().and_then(|h| h.last()).map(|t| t["cause"].to_string()).unwrap_or_default();
+    assert!(failed.contains("--restart-attempts 2"), "{failed}");
+}
+
+#[test]
+fn listening_beyond_loopback_needs_a_token() {
+    let dir = TempDir::new("cluster-open");
+    let outcome =
+        run("open coordinator", args!["coordinator", "--listen", "0.0.0.0:0", "--state-dir", dir.join("state").display()], dir.path());
+    assert_eq!(outcome.code, Some(2), "{outcome:?}");
+    assert!(outcome.stderr.contains("--token-file"), "{}", outcome.stderr);
 }

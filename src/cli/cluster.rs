@@ -164,6 +164,13 @@ pub(super) fn coordinator(args: CoordinatorArgs) -> ExitCode {
         Ok(t) => t,
         Err(e) => return fail(2, e),
     };
+    if !args.listen.ip().is_loopback() && token.is_none() {
+        let error = anyhow!(
+            "--listen {} is reachable from other machines: give --token-file FILE so every request must carry the token",
+            args.listen
+        );
+        return fail(2, error);
+    }
     let config = CoordinatorConfig {
         listen: args.listen,
         state_dir: args.state_dir,
