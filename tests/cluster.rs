@@ -416,6 +416,15 @@ fn stop_with_savepoint_and_resume_at_another_parallelism() {
     let id = cluster.submit(job_flags(&input, &out, &chk, 2));
     cluster.running_pids(&id);
     wait_for_a_checkpoint(&cluster, &id, &chk);
+    // A savepoint on the way leaves the job running.
+    let taken = cluster.cli(args!["savepoint", id, "--output", "json"]);
+    taken.assert_success();
+    let answer: Value = serde_json::from_str(&taken.stdout).expect("savepoint JSON");
+    let first = PathBuf::from(answer["savepoint"].as_str().expect("a savepoint path"));
+    assert!(first.join("MANIFEST").is_file(), "{taken:?}");
+    let view = cluster.status(&id);
+    assert!(view["state"] == "running" && view["savepoints"][0] == first.display().to_string().as_str(), "{view:#}");
+
     let stopped = cluster.cli(args!["stop", id]);
     stopped.assert_success();
     let savepoint = PathBuf::from(stopped.stdout.trim());
