@@ -544,3 +544,49 @@ fn listening_beyond_loopback_needs_a_token() {
     assert_eq!(outcome.code, Some(2), "{outcome:?}");
     assert!(outcome.stderr.contains("--token-file"), "{}", outcome.stderr);
 }
+
+/// The benchmark of issue 16: from `submit` to the job running and to its first complete
+/// checkpoint (records processed and committed), and from `kill -9` of a job process to the job
+/// running again and to the new attempt's first checkpoint. Prints the times; asserts nothing
+/// about them. `cargo test --release --test cluster cluster_latencies -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn cluster_latencies() {
+    let cluster = Cluster::start("cluster-bench", 2, 1, false);
+    let (input, _) = input_and_reference(cluster.dir.path());
+    let (out, chk) = (cluster.dir.join("out"), cluster.dir.join("chk"));
+    let submitted = Instant::now();
+    let id = cluster.submit(job_flags(&input, &out, &chk, 2));
+    let pids = cluster.running_pids(&id);
+    let to_running = submitted.elapsed();
+    wait_for_a_checkpoint(&cluster, &id, &chk);
+    let to_checkpoint = submitted.elapsed();
+
+    let before: Vec<String> =
+        std::fs::read_dir(&chk).expect("chk").flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    Command::new("kill").args(["-9", &pids[1].to_string()]).status().expect("kill");
+    let killed = Instant::now();
+    let running_again = loop {
+        let view = cluster.status(&id);
+        if view["state"] == "running" && view["attempt"] == 2 {
+            break killed.elapsed();
+        }
+        assert!(killed.elapsed() < PATIENCE, "not running again: {view:#}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let new_checkpoint = loop {
+        let fresh = std::fs::read_dir(&chk)
+            .expect("chk")
+            .flatten()
+            .any(|e| e.path().join("MANIFEST").is_file() && !before.contains(&e.file_name().to_string_lossy().into_owned()));
+        if fresh {
+            break killed.elapsed();
+        }
+        assert!(killed.elapsed() < PATIENCE, "no new checkpoint");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    eprintln!(
+        "submit -> running {to_running:?}, -> first checkpoint {to_checkpoint:?}; kill -9 -> running again {running_again:?} \
+         (backoff 500ms), -> a new checkpoint {new_checkpoint:?}"
+    );
+}

@@ -75,6 +75,7 @@ pub(super) struct CoordinatorArgs {
     /// --restart-backoff-max.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     restart_backoff: Duration,
+    /// The longest wait before a restart.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     restart_backoff_max: Duration,
     /// An agent silent this long is lost, and its processes with it (the jobs restart elsewhere).
