@@ -375,6 +375,26 @@ fn a_killed_job_process_is_restarted_from_the_last_checkpoint() {
     assert_eq!(jobs[0]["id"], id.as_str());
     assert_eq!(jobs[0]["state"], "finished");
     assert_eq!(jobs[0]["restarts"], 1);
+
+    let (status, body) = raw_get(&cluster.url, "/metrics", None);
+    assert_eq!(status, 200, "{body}");
+    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).expect("Prometheus text");
+    let sample = |metric: &str, key: &str, value: &str| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == metric && s.labels.get(key) == Some(value))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(x) | prometheus_parse::Value::Gauge(x) | prometheus_parse::Value::Untyped(x) => x,
+                _ => f64::NAN,
+            })
+            .unwrap_or_else(|| panic!("no {metric}{{{key}={value:?}}} in:\n{body}"))
+    };
+    assert_eq!(sample("paystream_cluster_job_restarts_total", "id", &id), 1.0);
+    assert_eq!(sample("paystream_cluster_jobs", "state", "finished"), 1.0);
+    assert_eq!(sample("paystream_cluster_jobs", "state", "running"), 0.0);
+    assert_eq!(sample("paystream_cluster_agents", "state", "alive"), 2.0);
+    assert_eq!(sample("paystream_cluster_slots", "kind", "used"), 0.0);
 }
 
 #[test]
@@ -447,6 +467,8 @@ fn cancel_leaves_no_process_and_the_token_is_required() {
     let (input, _) = input_and_reference(cluster.dir.path());
     let (status, body) = raw_get(&cluster.url, "/api/jobs", None);
     assert_eq!(status, 401, "no token: refused: {body}");
+    assert_eq!(raw_get(&cluster.url, "/metrics", None).0, 401, "the metrics too");
+    assert_eq!(raw_get(&cluster.url, "/metrics", cluster.token.as_deref()).0, 200, "with the token");
     let anonymous = run("list without the token", args!["list", "--cluster", cluster.url], cluster.dir.path());
     assert_eq!(anonymous.code, Some(1));
     assert!(anonymous.stderr.starts_with("error:") && anonymous.stderr.contains("token"), "{}", anonymous.stderr);

@@ -6,6 +6,9 @@
 //! 200 ms) declares silent agents lost, starts restarting jobs whose backoff has passed, and places
 //! jobs waiting for slots.
 //!
+//! `GET /metrics` shows the jobs by state, each job's restarts and uptime, and the agents and
+//! slots, in Prometheus text.
+//!
 //! On start the coordinator reloads every record from `--state-dir`. Processes keep running while
 //! it is down; their agents report them (and any that ended meanwhile) with their next heartbeats.
 //! An agent that does not return within `--agent-timeout` is declared lost, as while running.
@@ -98,6 +101,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/api/jobs/{id}/savepoint", post(savepoint))
         .route("/api/agents", get(agents))
         .route("/api/agents/{name}/heartbeat", post(heartbeat))
+        .route("/metrics", get(metrics))
         .layer(axum::middleware::from_fn_with_state(shared.clone(), authenticate))
         .with_state(shared)
 }
@@ -428,6 +432,49 @@ impl Inner {
         answer
     }
 
+    /// The cluster's metrics in Prometheus text (the families are listed in the README).
+    fn metrics(&self) -> String {
+        use prometheus_client::metrics::counter::Counter;
+        use prometheus_client::metrics::family::Family;
+        use prometheus_client::metrics::gauge::Gauge;
+        type Labels = Vec<(String, String)>;
+        let label = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        let jobs = Family::<Labels, Gauge>::default();
+        for state in JobState::ALL {
+            let n = self.jobs.values().filter(|r| r.state == state).count();
+            jobs.get_or_create(&label("state", state.name())).set(n as i64);
+        }
+        let restarts = Family::<Labels, Counter>::default();
+        let uptime = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        let now_ms = crate::now_ms();
+        for record in self.jobs.values() {
+            let labels = vec![("id".to_string(), record.id.clone()), ("job".to_string(), record.spec.job.clone())];
+            restarts.get_or_create(&labels).inc_by(u64::from(record.restarts));
+            if let Some(since) = record.running_since_ms() {
+                uptime.get_or_create(&labels).set(now_ms.saturating_sub(since) as f64 / 1000.0);
+            }
+        }
+        let agents = Family::<Labels, Gauge>::default();
+        let lost = self.agents.values().filter(|a| a.lost).count();
+        agents.get_or_create(&label("state", "alive")).set((self.agents.len() - lost) as i64);
+        agents.get_or_create(&label("state", "lost")).set(lost as i64);
+        let slots = Family::<Labels, Gauge>::default();
+        let total: usize = self.agents.values().filter(|a| !a.lost).map(|a| a.slots).sum();
+        slots.get_or_create(&label("kind", "total")).set(total as i64);
+        slots.get_or_create(&label("kind", "used")).set(self.used_slots().values().sum::<usize>() as i64);
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register("paystream_cluster_jobs", "Jobs of the coordinator by state.", jobs);
+        registry.register("paystream_cluster_job_restarts", "Restarts of each job.", restarts);
+        registry.register("paystream_cluster_job_uptime_seconds", "Since each running job last became running.", uptime);
+        registry.register("paystream_cluster_agents", "Agents known to the coordinator, alive or lost.", agents);
+        registry.register("paystream_cluster_slots", "Slots of the alive agents: total, and used by processes.", slots);
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry) {
+            tracing::warn!("cannot encode the metrics: {e}");
+        }
+        out
+    }
+
     fn view(&self, record: &JobRecord) -> JobView {
         let mut record = record.clone();
         record.secret.clear();
@@ -629,6 +676,12 @@ async fn agents(State(shared): State<Arc<Shared>>) -> Json<Vec<AgentView>> {
             })
             .collect(),
     )
+}
+
+/// `GET /metrics`: the cluster in Prometheus text, read from the records at each scrape.
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    let text = shared.lock().metrics();
+    ([(axum::http::header::CONTENT_TYPE, prometheus_client::encoding::prometheus_text::CONTENT_TYPE)], text).into_response()
 }
 
 async fn heartbeat(State(shared): State<Arc<Shared>>, Path(name): Path<String>, Json(beat): Json<Heartbeat>) -> Json<HeartbeatAnswer> {

@@ -40,6 +40,19 @@ pub enum JobState {
 }
 
 impl JobState {
+    /// Every state, in the order of the lifecycle.
+    pub const ALL: [JobState; 9] = [
+        JobState::Created,
+        JobState::Scheduling,
+        JobState::Running,
+        JobState::Restarting,
+        JobState::Finishing,
+        JobState::Finished,
+        JobState::Cancelling,
+        JobState::Cancelled,
+        JobState::Failed,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             JobState::Created => "created",
