@@ -395,6 +395,14 @@ fn a_killed_job_process_is_restarted_from_the_last_checkpoint() {
     assert_eq!(sample("paystream_cluster_jobs", "state", "running"), 0.0);
     assert_eq!(sample("paystream_cluster_agents", "state", "alive"), 2.0);
     assert_eq!(sample("paystream_cluster_slots", "kind", "used"), 0.0);
+
+    let (status, page) = raw_get(&cluster.url, "/", None);
+    assert_eq!(status, 200);
+    assert!(
+        page.contains(&format!("<td>{id}</td><td>{JOB}</td><td class=\"state\">finished</td><td>1</td>")),
+        "the dashboard lists the job:\n{page}"
+    );
+    assert!(page.contains("<td>agent-1</td>"), "and the agents:\n{page}");
 }
 
 #[test]

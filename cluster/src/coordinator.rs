@@ -6,7 +6,7 @@
 //! 200 ms) declares silent agents lost, starts restarting jobs whose backoff has passed, and places
 //! jobs waiting for slots.
 //!
-//! `GET /metrics` shows the jobs by state, each job's restarts and uptime, and the agents and
+//! `GET /` is a dashboard page; `GET /metrics` shows the jobs by state, each job's restarts and uptime, and the agents and
 //! slots, in Prometheus text.
 //!
 //! On start the coordinator reloads every record from `--state-dir`. Processes keep running while
@@ -102,6 +102,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/api/agents", get(agents))
         .route("/api/agents/{name}/heartbeat", post(heartbeat))
         .route("/metrics", get(metrics))
+        .route("/", get(dashboard))
         .layer(axum::middleware::from_fn_with_state(shared.clone(), authenticate))
         .with_state(shared)
 }
@@ -432,6 +433,49 @@ impl Inner {
         answer
     }
 
+    /// The dashboard: the jobs (newest first, with their last transition) and the agents.
+    fn dashboard(&self) -> String {
+        let mut page = String::from(
+            "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"2\">\
+             <title>paystream cluster</title><style>body{font-family:sans-serif;margin:2em}\
+             table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}</style>\
+             </head><body><h1>paystream cluster</h1><h2>Jobs</h2><table><tr><th>id</th><th>job</th><th>state</th>\
+             <th>restarts</th><th>processes</th><th>uptime</th><th>last transition</th></tr>",
+        );
+        let mut records: Vec<&JobRecord> = self.jobs.values().collect();
+        records.sort_by_key(|r| std::cmp::Reverse(job_number(&r.id)));
+        let now_ms = crate::now_ms();
+        for r in records {
+            let uptime =
+                r.running_since_ms().map(|since| humanize(Duration::from_secs(now_ms.saturating_sub(since) / 1000))).unwrap_or_default();
+            let last = r.history.last().map(|t| format!("{} -> {}: {}", t.from, t.to, t.cause)).unwrap_or_default();
+            page.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td class=\"state\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                html(&r.id),
+                html(&r.spec.job),
+                r.state,
+                r.restarts,
+                r.spec.processes,
+                uptime,
+                html(&last)
+            ));
+        }
+        page.push_str("</table><h2>Agents</h2><table><tr><th>name</th><th>host</th><th>slots used</th><th>state</th></tr>");
+        let used = self.used_slots();
+        for (name, a) in &self.agents {
+            let state = if a.lost { "lost" } else { "alive" };
+            let used = used.get(name).copied().unwrap_or(0);
+            page.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td>{used} of {}</td><td>{state}</td></tr>",
+                html(name),
+                html(&a.host),
+                a.slots
+            ));
+        }
+        page.push_str("</table><p>The JSON API: <code>/api/jobs</code>, <code>/api/agents</code>; metrics: <code>/metrics</code>.</p></body></html>\n");
+        page
+    }
+
     /// The cluster's metrics in Prometheus text (the families are listed in the README).
     fn metrics(&self) -> String {
         use prometheus_client::metrics::counter::Counter;
@@ -676,6 +720,16 @@ async fn agents(State(shared): State<Arc<Shared>>) -> Json<Vec<AgentView>> {
             })
             .collect(),
     )
+}
+
+/// `GET /`: the dashboard, one server-rendered page (no script) that reloads itself every 2 s.
+async fn dashboard(State(shared): State<Arc<Shared>>) -> axum::response::Html<String> {
+    axum::response::Html(shared.lock().dashboard())
+}
+
+/// Text made safe inside HTML.
+fn html(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 /// `GET /metrics`: the cluster in Prometheus text, read from the records at each scrape.
