@@ -620,3 +620,32 @@ fn cluster_latencies() {
          (backoff 500ms), -> a new checkpoint {new_checkpoint:?}"
     );
 }
+
+#[test]
+fn a_job_runs_with_the_binary_it_was_submitted_with() {
+    use std::os::unix::fs::PermissionsExt;
+    let cluster = Cluster::start("cluster-binary", 1, 2, false);
+    let (input, reference) = input_and_reference(cluster.dir.path());
+    // The user's binary: here a script that notes its arguments and runs paystream.
+    let marker = cluster.dir.join("ran-with");
+    let binary = cluster.dir.join("my-paystream");
+    let script = format!("#!/bin/sh\necho \"$@\" >> '{}'\nexec '{}' \"$@\"\n", marker.display(), env!("CARGO_BIN_EXE_paystream"));
+    std::fs::write(&binary, &script).expect("write the binary");
+    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+
+    let (out, chk) = (cluster.dir.join("out"), cluster.dir.join("chk"));
+    let mut flags = job_flags(&input, &out, &chk, 2);
+    flags.extend(args!["--binary", binary.display()]);
+    let id = cluster.submit(flags);
+    let view = cluster.wait_for_state(&id, "finished");
+    assert_eq!(outputs(&out), reference, "the job ran to the same output");
+    let runs = read(&marker);
+    assert_eq!(
+        runs.lines().filter(|l| l.starts_with(&format!("run {JOB} "))).count(),
+        2,
+        "both processes ran the uploaded binary:\n{runs}"
+    );
+    let sha256 = view["spec"]["binary"].as_str().expect("the binary's SHA-256 in the spec");
+    let cached = cluster.dir.join("agent-0").join("binaries").join(sha256);
+    assert_eq!(read(&cached), script, "the agent keeps the binary under its SHA-256");
+}

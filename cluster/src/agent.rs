@@ -41,7 +41,7 @@ pub struct AgentConfig {
     /// The address job processes listen on for their peers.
     pub host: String,
     pub heartbeat: Duration,
-    /// The binary the processes run (this one).
+    /// The binary the processes run unless a job brings its own (this one).
     pub executable: PathBuf,
 }
 
@@ -54,6 +54,32 @@ struct Process {
 }
 
 /// Runs the agent until `stop` is set.
+/// The path of uploaded binary `sha256` in the agent's cache (`WORK_DIR/binaries/`), fetched from
+/// the coordinator and checked against its name the first time.
+fn binary(config: &AgentConfig, runtime: &tokio::runtime::Runtime, sha256: &str) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    if !crate::is_sha256(sha256) {
+        anyhow::bail!("{sha256:?} is not the SHA-256 of a binary");
+    }
+    let dir = config.work_dir.join("binaries");
+    let path = dir.join(sha256);
+    if path.is_file() {
+        return Ok(path);
+    }
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let bytes = runtime.block_on(config.coordinator.get_bytes(&format!("/api/binaries/{sha256}"), Duration::from_secs(600)))?;
+    let got = crate::sha256_hex(&bytes);
+    if got != sha256 {
+        anyhow::bail!("binary {sha256} arrived with SHA-256 {got}: refused");
+    }
+    let temporary = dir.join(format!(".{sha256}.part"));
+    fs::write(&temporary, &bytes).with_context(|| format!("cannot write {}", temporary.display()))?;
+    fs::set_permissions(&temporary, fs::Permissions::from_mode(0o755))?;
+    fs::rename(&temporary, &path).with_context(|| format!("cannot rename {}", temporary.display()))?;
+    tracing::info!("fetched binary {sha256} ({} bytes)", bytes.len());
+    Ok(path)
+}
+
 pub fn run(config: AgentConfig, stop: &AtomicBool) -> Result<()> {
     fs::create_dir_all(&config.work_dir).with_context(|| format!("cannot create --work-dir {}", config.work_dir.display()))?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the agent's I/O runtime")?;
@@ -81,7 +107,7 @@ pub fn run(config: AgentConfig, stop: &AtomicBool) -> Result<()> {
                     }
                 }
                 for command in answer.commands {
-                    obey(&config, &mut processes, command);
+                    obey(&config, &runtime, &mut processes, command);
                 }
             }
             Err(e) => {
@@ -113,15 +139,19 @@ fn reap(processes: &mut BTreeMap<ProcessKey, Process>) {
     }
 }
 
-fn obey(config: &AgentConfig, processes: &mut BTreeMap<ProcessKey, Process>, command: AgentCommand) {
+fn obey(config: &AgentConfig, runtime: &tokio::runtime::Runtime, processes: &mut BTreeMap<ProcessKey, Process>, command: AgentCommand) {
     match command {
-        AgentCommand::Start { key, args, hosts, secret, cwd } => {
+        AgentCommand::Start { key, args, hosts, secret, cwd, binary: uploaded } => {
             if processes.contains_key(&key) {
                 return;
             }
             let dir = config.work_dir.join(&key.job).join(format!("attempt-{}", key.attempt));
             let log = dir.join(format!("process-{}.log", key.process));
-            match start(config, &dir, &log, &args, &hosts, &secret, &cwd, key.process) {
+            let executable = match &uploaded {
+                Some(sha256) => binary(config, runtime, sha256),
+                None => Ok(config.executable.clone()),
+            };
+            match executable.and_then(|executable| start(&executable, &dir, &log, &args, &hosts, &secret, &cwd, key.process)) {
                 Ok(child) => {
                     tracing::info!(job = %key.job, "started process {} of {} attempt {} as pid {}", key.process, key.job, key.attempt, child.id());
                     processes.insert(key, Process { pid: child.id(), child: Some(child), log, exit: None });
@@ -147,7 +177,7 @@ fn obey(config: &AgentConfig, processes: &mut BTreeMap<ProcessKey, Process>, com
 
 #[allow(clippy::too_many_arguments)]
 fn start(
-    config: &AgentConfig,
+    executable: &Path,
     dir: &Path,
     log: &Path,
     args: &[String],
@@ -157,7 +187,7 @@ fn start(
     process: usize,
 ) -> Result<Child> {
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let mut command = Command::new(&config.executable);
+    let mut command = Command::new(executable);
     command.args(args);
     if hosts.len() > 1 {
         let hosts_file = dir.join(format!("hosts-{process}.txt"));
@@ -180,7 +210,7 @@ fn start(
             Ok(())
         });
     }
-    command.spawn().with_context(|| format!("cannot run {} in {}", config.executable.display(), cwd.display()))
+    command.spawn().with_context(|| format!("cannot run {} in {}", executable.display(), cwd.display()))
 }
 
 /// The last `error:` line of a process's log (read from its last 64 KiB).

@@ -26,6 +26,17 @@ pub struct SubmitRequest {
     pub from_savepoint: Option<PathBuf>,
     /// The directory relative paths of the flags are read from: where `submit` ran.
     pub cwd: PathBuf,
+    /// The SHA-256 of an uploaded binary (`POST /api/binaries`) to run the job with; none: the
+    /// agents' own binary.
+    #[serde(default)]
+    pub binary: Option<String>,
+}
+
+/// `POST /api/binaries`: the uploaded binary's name.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BinaryAnswer {
+    pub sha256: String,
+    pub size: u64,
 }
 
 /// `POST /api/jobs/{id}/stop` and `/savepoint`: the savepoint taken.
@@ -125,6 +136,10 @@ pub enum AgentCommand {
         /// The job's cluster secret, handed over in `PAYSTREAM_CLUSTER_SECRET`.
         secret: String,
         cwd: PathBuf,
+        /// The SHA-256 of the uploaded binary to run (fetched from `GET /api/binaries/{sha256}`);
+        /// none: the agent's own.
+        #[serde(default)]
+        binary: Option<String>,
     },
     /// Kill the process (SIGKILL).
     Kill {

@@ -64,7 +64,28 @@ impl Client {
         body: Option<&B>,
         timeout: Duration,
     ) -> Result<T> {
-        let exchange = self.exchange(method, path, body);
+        let payload = match body {
+            Some(b) => Some((serde_json::to_vec(b)?, "application/json")),
+            None => None,
+        };
+        let bytes = self.send(method, path, payload, timeout).await?;
+        serde_json::from_slice(&bytes).with_context(|| format!("the coordinator at {} answered {path} with unexpected JSON", self.url))
+    }
+
+    /// POSTs raw bytes (a job binary) and reads the JSON answer.
+    pub async fn post_bytes<T: DeserializeOwned>(&self, path: &str, bytes: Vec<u8>, timeout: Duration) -> Result<T> {
+        let answer = self.send(Method::POST, path, Some((bytes, "application/octet-stream")), timeout).await?;
+        serde_json::from_slice(&answer).with_context(|| format!("the coordinator at {} answered {path} with unexpected JSON", self.url))
+    }
+
+    /// GETs raw bytes (a job binary).
+    pub async fn get_bytes(&self, path: &str, timeout: Duration) -> Result<Bytes> {
+        self.send(Method::GET, path, None, timeout).await
+    }
+
+    /// One exchange within `timeout`: the answer's body, or an [`ApiError`] for a non-2xx status.
+    async fn send(&self, method: Method, path: &str, payload: Option<(Vec<u8>, &str)>, timeout: Duration) -> Result<Bytes> {
+        let exchange = self.exchange(method, path, payload);
         let (status, bytes) = tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| anyhow!("the coordinator at {} did not answer {path} within {timeout:?}", self.url))??;
@@ -74,10 +95,10 @@ impl Client {
                 .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).trim().to_string());
             return Err(ApiError { status, message }.into());
         }
-        serde_json::from_slice(&bytes).with_context(|| format!("the coordinator at {} answered {path} with unexpected JSON", self.url))
+        Ok(bytes)
     }
 
-    async fn exchange<B: Serialize>(&self, method: Method, path: &str, body: Option<&B>) -> Result<(StatusCode, Bytes)> {
+    async fn exchange(&self, method: Method, path: &str, payload: Option<(Vec<u8>, &str)>) -> Result<(StatusCode, Bytes)> {
         let stream = tokio::net::TcpStream::connect(&self.authority)
             .await
             .with_context(|| format!("cannot reach the coordinator at {}", self.url))?;
@@ -87,18 +108,18 @@ impl Client {
         tokio::spawn(async move {
             let _ = connection.await;
         });
-        let payload = match body {
-            Some(b) => serde_json::to_vec(b)?,
+        let mut request = Request::builder().method(method).uri(path).header(hyper::header::HOST, &self.authority);
+        let body = match payload {
+            Some((bytes, content_type)) => {
+                request = request.header(hyper::header::CONTENT_TYPE, content_type);
+                bytes
+            }
             None => Vec::new(),
         };
-        let mut request = Request::builder().method(method).uri(path).header(hyper::header::HOST, &self.authority);
-        if body.is_some() {
-            request = request.header(hyper::header::CONTENT_TYPE, "application/json");
-        }
         if let Some(token) = &self.token {
             request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
         }
-        let request = request.body(Full::new(Bytes::from(payload)))?;
+        let request = request.body(Full::new(Bytes::from(body)))?;
         let response = sender.send_request(request).await.with_context(|| format!("request {path} to {} failed", self.url))?;
         let status = response.status();
         let bytes =

@@ -76,7 +76,9 @@ pub async fn serve(config: CoordinatorConfig, ready: impl FnOnce(SocketAddr)) ->
         store,
     };
     inner.reload()?;
-    let shared = Arc::new(Shared { inner: Mutex::new(inner), token: config.token.clone() });
+    let binaries = config.state_dir.join("binaries");
+    std::fs::create_dir_all(&binaries).with_context(|| format!("cannot create {}", binaries.display()))?;
+    let shared = Arc::new(Shared { inner: Mutex::new(inner), token: config.token.clone(), binaries });
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {} (--listen)", config.listen))?;
     let bound = listener.local_addr()?;
@@ -99,6 +101,8 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/api/jobs/{id}/cancel", post(cancel))
         .route("/api/jobs/{id}/stop", post(stop))
         .route("/api/jobs/{id}/savepoint", post(savepoint))
+        .route("/api/binaries", post(upload_binary))
+        .route("/api/binaries/{sha256}", get(download_binary))
         .route("/api/agents", get(agents))
         .route("/api/agents/{name}/heartbeat", post(heartbeat))
         .route("/metrics", get(metrics))
@@ -110,6 +114,8 @@ fn router(shared: Arc<Shared>) -> Router {
 struct Shared {
     inner: Mutex<Inner>,
     token: Option<String>,
+    /// Uploaded job binaries, each named by its SHA-256.
+    binaries: PathBuf,
 }
 
 impl Shared {
@@ -319,6 +325,7 @@ impl Inner {
                     hosts: hosts.clone(),
                     secret: record.secret.clone(),
                     cwd: record.spec.cwd.clone(),
+                    binary: record.spec.binary.clone(),
                 },
             ));
         }
@@ -608,6 +615,11 @@ async fn submit(State(shared): State<Arc<Shared>>, Json(spec): Json<SubmitReques
             return Err(bad(format!("{what} must be an absolute path")));
         }
     }
+    if let Some(binary) = &spec.binary {
+        if !crate::is_sha256(binary) || !shared.binaries.join(binary).is_file() {
+            return Err(bad(format!("no uploaded binary {binary}: POST it to /api/binaries first (`submit --binary PATH` does)")));
+        }
+    }
     let secret = crate::random_hex(32).map_err(|e| ApiFailure(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
     let mut inner = shared.lock();
     let id = format!("job-{}", inner.next_id);
@@ -720,6 +732,55 @@ async fn agents(State(shared): State<Arc<Shared>>) -> Json<Vec<AgentView>> {
             })
             .collect(),
     )
+}
+
+/// The largest binary `POST /api/binaries` takes.
+const MAX_BINARY_BYTES: u64 = 1 << 30;
+
+/// `POST /api/binaries`: stores a job binary under its SHA-256, written beside and renamed (an
+/// upload cut off midway leaves nothing under a binary's name).
+async fn upload_binary(State(shared): State<Arc<Shared>>, body: axum::body::Body) -> Result<Json<crate::api::BinaryAnswer>, ApiFailure> {
+    use http_body_util::BodyExt;
+    use sha2::Digest;
+    use std::io::Write;
+    let failed = |e: String| ApiFailure(StatusCode::INTERNAL_SERVER_ERROR, e);
+    let temporary = shared.binaries.join(format!(".upload-{}", crate::random_hex(8).map_err(|e| failed(format!("{e:#}")))?));
+    let mut file = std::fs::File::create(&temporary).map_err(|e| failed(format!("cannot create {}: {e}", temporary.display())))?;
+    let (mut hasher, mut size) = (sha2::Sha256::new(), 0u64);
+    let mut body = body;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(|e| ApiFailure(StatusCode::BAD_REQUEST, format!("the upload broke off: {e}")))?.into_data() else {
+            continue;
+        };
+        size += data.len() as u64;
+        if size > MAX_BINARY_BYTES {
+            std::fs::remove_file(&temporary).ok();
+            return Err(ApiFailure(StatusCode::PAYLOAD_TOO_LARGE, format!("a binary may have at most {MAX_BINARY_BYTES} bytes")));
+        }
+        hasher.update(&data);
+        file.write_all(&data).map_err(|e| failed(format!("cannot write {}: {e}", temporary.display())))?;
+    }
+    file.sync_all().map_err(|e| failed(format!("cannot write {}: {e}", temporary.display())))?;
+    let sha256: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let path = shared.binaries.join(&sha256);
+    std::fs::rename(&temporary, &path).map_err(|e| failed(format!("cannot rename {}: {e}", temporary.display())))?;
+    tracing::info!(sha256 = %sha256, size, "stored binary {sha256} ({size} bytes)");
+    Ok(Json(crate::api::BinaryAnswer { sha256, size }))
+}
+
+/// `GET /api/binaries/{sha256}`: an uploaded binary, for the agents.
+async fn download_binary(State(shared): State<Arc<Shared>>, Path(sha256): Path<String>) -> Result<Vec<u8>, ApiFailure> {
+    if !crate::is_sha256(&sha256) {
+        return Err(ApiFailure(StatusCode::BAD_REQUEST, format!("{sha256:?} is not a SHA-256 in lower-case hex")));
+    }
+    let path = shared.binaries.join(&sha256);
+    let read = tokio::task::spawn_blocking(move || std::fs::read(path)).await;
+    match read {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => Err(ApiFailure(StatusCode::NOT_FOUND, format!("no binary {sha256}"))),
+        Ok(Err(e)) => Err(ApiFailure(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read binary {sha256}: {e}"))),
+        Err(e) => Err(ApiFailure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    }
 }
 
 /// `GET /`: the dashboard, one server-rendered page (no script) that reloads itself every 2 s.

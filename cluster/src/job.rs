@@ -430,6 +430,7 @@ mod tests {
             checkpoint_dir: checkpoints.then(|| PathBuf::from("/tmp/chk")),
             from_savepoint: None,
             cwd: PathBuf::from("/"),
+            binary: None,
         };
         let mut r = JobRecord::new("job-1".into(), spec, String::new(), 0);
         for process in 0..2 {

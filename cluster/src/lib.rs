@@ -63,3 +63,14 @@ pub fn run_coordinator(config: coordinator::CoordinatorConfig, ready: impl FnOnc
         .context("cannot start the coordinator's runtime")?;
     runtime.block_on(coordinator::serve(config, ready))
 }
+
+/// The SHA-256 of `bytes` in lower-case hex: the name of an uploaded job binary.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether `name` is a SHA-256 in lower-case hex (and so a safe file name).
+pub fn is_sha256(name: &str) -> bool {
+    name.len() == 64 && name.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}

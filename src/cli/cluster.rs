@@ -145,6 +145,10 @@ pub(super) struct SubmitArgs {
     /// As `run --rate`: pace each process's sources at this many events per second.
     #[arg(long, value_name = "EVENTS_PER_SEC", value_parser = super::parse_rate)]
     rate: Option<f64>,
+    /// Run the job with this binary (one built on `paystream::cli::main`, with your jobs),
+    /// uploaded to the coordinator and fetched by the agents; without it, the agents' own.
+    #[arg(long, value_name = "PATH")]
+    binary: Option<PathBuf>,
     /// Start from this savepoint (or checkpoint), at any parallelism.
     #[arg(long, value_name = "PATH")]
     from_savepoint: Option<PathBuf>,
@@ -237,7 +241,19 @@ pub(super) fn submit(jobs: &[JobSpec], args: SubmitArgs) -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(2, e),
     };
+    let upload = match &args.binary {
+        Some(path) => match std::fs::read(path) {
+            Ok(bytes) => Some(bytes),
+            Err(e) => return fail(2, anyhow!("cannot read --binary {}: {e}", path.display())),
+        },
+        None => None,
+    };
     call(&args.cluster, |client| async move {
+        let mut request = request;
+        if let Some(bytes) = upload {
+            let stored: paystream_cluster::api::BinaryAnswer = client.post_bytes("/api/binaries", bytes, Duration::from_secs(600)).await?;
+            request.binary = Some(stored.sha256);
+        }
         let view: Value = client.post("/api/jobs", &request, Duration::from_secs(30)).await?;
         Ok(match args.cluster.output {
             Output::Json => format!("{view}"),
@@ -247,7 +263,8 @@ pub(super) fn submit(jobs: &[JobSpec], args: SubmitArgs) -> ExitCode {
 }
 
 fn submit_request(jobs: &[JobSpec], args: &SubmitArgs) -> Result<SubmitRequest> {
-    if !jobs.iter().any(|j| j.name == args.job) {
+    // A binary of the user's own has jobs this one does not know: its processes check the name.
+    if args.binary.is_none() && !jobs.iter().any(|j| j.name == args.job) {
         let names: Vec<&str> = jobs.iter().map(|j| j.name).collect();
         bail!("no job named {:?}; the jobs are: {} (see `paystream jobs`)", args.job, names.join(", "));
     }
@@ -285,6 +302,7 @@ fn submit_request(jobs: &[JobSpec], args: &SubmitArgs) -> Result<SubmitRequest> 
         checkpoint_dir: args.checkpoint_dir.as_deref().map(absolute),
         from_savepoint: args.from_savepoint.as_deref().map(absolute),
         cwd: cwd.clone(),
+        binary: None,
     })
 }
 
