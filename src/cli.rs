@@ -1,4 +1,5 @@
-//! The `paystream` command line: `paystream jobs` and `paystream run`.
+//! The `paystream` command line: `paystream jobs` and `paystream run`, and the cluster's
+//! services and clients (`coordinator`, `agent`, `submit`, `list`, ...; see [`cluster`]).
 //!
 //! Exit codes: 0 success, 1 the job failed while running, 2 a bad flag, config, URI or parameter
 //! (nothing ran).
@@ -39,10 +40,26 @@ enum Command {
     Run(Box<RunArgs>),
     /// Take a savepoint of a running job (a checkpoint that is never deleted automatically).
     ///
-    /// The job must run with --checkpoint-dir DIR: it listens on DIR/control.sock for the request.
-    /// The savepoint appears as DIR/savepoint-EPOCH (printed), and
-    /// `paystream run JOB --restore DIR/savepoint-EPOCH` resumes from it.
+    /// `paystream savepoint JOB_ID` asks the coordinator (for a job started with `submit`);
+    /// `paystream savepoint --checkpoint-dir DIR` asks a job started with `run --checkpoint-dir
+    /// DIR` directly, through DIR/control.sock. The savepoint appears as DIR/savepoint-EPOCH
+    /// (printed), and `paystream run JOB --restore DIR/savepoint-EPOCH` (or `submit
+    /// --from-savepoint`) resumes from it.
     Savepoint(SavepointArgs),
+    /// Run the coordinator: the JSON HTTP API that takes jobs, and their scheduler and restarts.
+    Coordinator(Box<cluster::CoordinatorArgs>),
+    /// Run an agent: offer this node's slots to the coordinator and run job processes.
+    Agent(Box<cluster::AgentArgs>),
+    /// Submit a job to the coordinator; prints its id.
+    Submit(Box<cluster::SubmitArgs>),
+    /// List the coordinator's jobs.
+    List(cluster::ClusterArgs),
+    /// Show a job's state, uptime, restarts, checkpoint, processes and history of transitions.
+    Status(cluster::JobIdArgs),
+    /// Cancel a job: kill its processes (its output is abandoned).
+    Cancel(cluster::JobIdArgs),
+    /// Stop a job after a savepoint; prints the savepoint's path.
+    Stop(cluster::JobIdArgs),
     /// Measure a job: run it several times and print wall time, events/s, CPU time and peak RSS.
     ///
     /// Takes every `run` flag. Build with --release for meaningful numbers (the table says which
@@ -65,15 +82,20 @@ struct BenchArgs {
 
 #[derive(clap::Args, Debug)]
 struct SavepointArgs {
-    /// The running job's checkpoint directory.
+    /// A job of the coordinator (see `paystream list`).
+    #[arg(value_name = "JOB_ID", conflicts_with = "checkpoint_dir")]
+    job_id: Option<String>,
+    /// The running job's checkpoint directory (a job started with `paystream run`).
     #[arg(long, value_name = "DIR")]
-    checkpoint_dir: PathBuf,
+    checkpoint_dir: Option<PathBuf>,
     /// Stop the job once the savepoint is written (stop-with-savepoint).
     #[arg(long, alias = "stop-with-savepoint")]
     stop: bool,
     /// How long to wait for the savepoint.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     timeout: std::time::Duration,
+    #[command(flatten)]
+    cluster: cluster::ClusterArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -205,6 +227,7 @@ fn parse_rate(text: &str) -> std::result::Result<f64, String> {
     }
 }
 
+mod cluster;
 mod duration;
 use duration::parse_duration;
 
@@ -315,6 +338,8 @@ pub fn main_with(jobs: Vec<JobSpec>, connectors: Connectors) -> ExitCode {
     let log = match &cli.command {
         Command::Run(args) => args.log.clone(),
         Command::Bench(args) => args.run.log.clone(),
+        Command::Coordinator(args) => args.log.clone(),
+        Command::Agent(args) => args.log.clone(),
         _ => crate::logging::LogArgs::default(),
     };
     crate::logging::init(&log);
@@ -330,16 +355,36 @@ pub fn main_with(jobs: Vec<JobSpec>, connectors: Connectors) -> ExitCode {
         }
         Command::Run(args) => run(&jobs, &connectors, *args),
         Command::Bench(args) => bench(&jobs, &connectors, *args),
-        Command::Savepoint(args) => match paystream_engine::control::request_savepoint(&args.checkpoint_dir, args.stop, args.timeout) {
-            Ok(path) => {
-                println!("{}", path.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::from(1)
-            }
-        },
+        Command::Savepoint(args) => savepoint(args),
+        Command::Coordinator(args) => cluster::coordinator(*args),
+        Command::Agent(args) => cluster::agent(*args),
+        Command::Submit(args) => cluster::submit(&jobs, *args),
+        Command::List(args) => cluster::list(args),
+        Command::Status(args) => cluster::status(args),
+        Command::Cancel(args) => cluster::cancel(args),
+        Command::Stop(args) => cluster::stop(args),
+    }
+}
+
+/// `paystream savepoint`: through the coordinator (`JOB_ID`) or the job's control socket
+/// (`--checkpoint-dir`).
+fn savepoint(args: SavepointArgs) -> ExitCode {
+    if let Some(job_id) = &args.job_id {
+        return cluster::savepoint(job_id, &args.cluster, args.stop);
+    }
+    let Some(dir) = &args.checkpoint_dir else {
+        eprintln!("error: give a JOB_ID (a job of the coordinator) or --checkpoint-dir DIR (a job started with `paystream run`)");
+        return ExitCode::from(2);
+    };
+    match paystream_engine::control::request_savepoint(dir, args.stop, args.timeout) {
+        Ok(path) => {
+            println!("{}", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
     }
 }
 
