@@ -5,6 +5,7 @@
 //! the prelude.
 
 pub mod aggregate;
+pub mod broadcast;
 pub mod connectors;
 pub mod join;
 pub mod process;
@@ -15,6 +16,7 @@ pub use aggregate::{
     Aggregate, Average, Count, CountAndSum, CountDistinct, CountSum, Fold, Max, Min, Percentile, Percentiles, QuantileSketch, Quantiles,
     Sum,
 };
+pub use broadcast::{BroadcastConnected, BroadcastExt, KeyedBroadcastProcessFunction};
 pub use join::{JoinExt, Joined, Side, WindowJoined};
 pub use process::{Context, ProcessExt, ProcessFunction};
 pub use window::{Session, Sliding, Tumbling, WindowExt, WindowResult, WindowedStream, Windows};
