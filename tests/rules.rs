@@ -1,7 +1,8 @@
 //! End-to-end tests of `fraud-detection`'s dynamic rules (the `rules` source, broadcast to every
 //! worker): each rule kind on hand-built input with near misses, and rules added, changed and
 //! removed mid-stream, taking effect at exactly their event time. Every expected alert is written
-//! out here by hand; each run happens at 1, 2 and 3 workers, which must write the same bytes.
+//! out here by hand; each run happens at 1, 2 and 3 workers and as two processes, which must write
+//! the same bytes.
 //!
 //! Tie rule under test: a rule change at time `t` applies to a payment at `t`.
 
@@ -95,27 +96,46 @@ fn alert(rule: &str, card: u64, txn: &str, at: u64, detail: &str) -> Alert {
     (rule.into(), card, txn.into(), T0 + at, detail.into())
 }
 
-/// Runs `fraud-detection` on `input` at 1, 2 and 3 workers at once; checks that all three wrote
-/// the same bytes and returns the alerts, sorted.
+/// Runs `fraud-detection` on `input` at 1, 2 and 3 workers and as two processes (where the rule
+/// changes cross processes), all at once; checks that all four wrote the same bytes and returns
+/// the alerts, sorted.
 fn run_at_1_2_3_workers(dir: &TempDir, label: &str, input: &Input) -> Vec<Alert> {
     let sources = input.write(dir.path());
     let mut runs = Vec::new();
     let mut outputs = Vec::new();
-    for workers in [1, 2, 3] {
-        let out = dir.join(&format!("{label}-w{workers}")).join("alerts.csv");
+    let command = |out: &Path| {
         let mut a = args!["run", "fraud-detection"];
         a.extend(sources.iter().cloned());
-        a.extend(args!["--sink", format!("alerts={}", file_uri(&out)), "--workers", workers, "-q"]);
+        a.extend(args!["--sink", format!("alerts={}", file_uri(out)), "-q"]);
+        a
+    };
+    for workers in [1, 2, 3] {
+        let out = dir.join(&format!("{label}-w{workers}")).join("alerts.csv");
+        let mut a = command(&out);
+        a.extend(args!["--workers", workers]);
         runs.push(spawn(&format!("{label} on {workers} workers"), a, dir.path()));
-        outputs.push(out);
+        outputs.push((format!("{workers} workers"), out));
     }
+    // Two free ports, both bound at once so they differ, released before the processes start.
+    let listeners: Vec<std::net::TcpListener> = (0..2).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port")).collect();
+    let hosts_text: String = listeners.iter().map(|l| format!("127.0.0.1:{}\n", l.local_addr().expect("address").port())).collect();
+    drop(listeners);
+    let hosts = dir.join(&format!("{label}-hosts.txt"));
+    std::fs::write(&hosts, hosts_text).expect("hosts file");
+    let out = dir.join(&format!("{label}-p2")).join("alerts.csv");
+    for process in 0..2 {
+        let mut a = command(&out);
+        a.extend(args!["--processes", 2, "--process", process, "--hosts", hosts.display()]);
+        runs.push(spawn(&format!("{label} as process {process} of 2"), a, dir.path()));
+    }
+    outputs.push(("two processes".to_string(), out));
     for outcome in wait_all(runs) {
         outcome.assert_success();
     }
-    for (out, workers) in outputs.iter().zip([1, 2, 3]).skip(1) {
-        assert!(read_bytes(out) == read_bytes(&outputs[0]), "{label}: {workers} workers wrote another file than 1 worker");
+    for (run, out) in &outputs[1..] {
+        assert!(read_bytes(out) == read_bytes(&outputs[0].1), "{label}: {run} wrote another file than 1 worker");
     }
-    let mut alerts: Vec<Alert> = data_lines(&outputs[0], ALERT_HEADER).iter().map(|l| parse_alert(l)).collect();
+    let mut alerts: Vec<Alert> = data_lines(&outputs[0].1, ALERT_HEADER).iter().map(|l| parse_alert(l)).collect();
     alerts.sort();
     alerts
 }
