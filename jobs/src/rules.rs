@@ -252,16 +252,26 @@ pub struct RuleUpdate {
 }
 
 /// The rule set with its history: each rule's versions by the time they took effect, so that a
-/// rule can be looked up as of any time. Rule changes are few; versions are kept for the job's life.
+/// rule can be looked up as of any time, and the rules in force after the latest change. Rule
+/// changes are few; versions are kept for the job's life.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct RuleTable {
     versions: BTreeMap<String, Vec<(u64, Option<Rule>)>>,
+    /// The rules in force after the latest change, by id, and how far back they look.
+    latest: Vec<(String, Rule)>,
+    latest_history_ms: Option<u64>,
 }
 
 impl RuleTable {
     /// Applies a change at `ts_ms` (changes come in event-time order).
     pub fn apply(&mut self, ts_ms: u64, update: RuleUpdate) {
         self.versions.entry(update.rule_id).or_default().push((ts_ms, update.rule));
+        self.latest = self
+            .versions
+            .iter()
+            .filter_map(|(id, versions)| versions.last().and_then(|(_, rule)| rule.clone()).map(|rule| (id.clone(), rule)))
+            .collect();
+        self.latest_history_ms = self.latest.iter().filter_map(|(_, rule)| rule.history_ms()).max();
     }
 
     /// The rules in force at `ts_ms`, by rule id.
@@ -272,9 +282,11 @@ impl RuleTable {
         })
     }
 
-    /// How far back the rules in force at `ts_ms` look at a card's payments.
-    fn history_ms(&self, ts_ms: u64) -> Option<u64> {
-        self.as_of(ts_ms).filter_map(|(_, rule)| rule.history_ms()).max()
+    /// The rules in force after the latest change, by rule id: those in force at the time of a
+    /// record a broadcast step hands over on time (every change up to its time is applied, none
+    /// after it yet), without a search through the versions.
+    pub fn latest(&self) -> impl Iterator<Item = (&str, &Rule)> {
+        self.latest.iter().map(|(id, rule)| (id.as_str(), rule))
     }
 }
 
@@ -317,14 +329,16 @@ impl KeyedBroadcastProcessFunction<u64, Payment, RuleUpdate> for PaymentRules {
     }
 
     fn on_record(&self, ctx: &mut Context<'_, Alert>, _card: &u64, card: &mut CardHistory, rules: &RuleTable, ts: u64, p: Payment) {
-        let keep_ms = rules.history_ms(ts);
+        // On time (late payments are dropped before this step), so the latest rules are those in
+        // force at `ts`.
+        let keep_ms = rules.latest_history_ms;
         let within = |seen: &Seen, window_ms: u64| seen.ts_ms.saturating_add(window_ms) >= ts;
         match keep_ms {
             Some(keep) => card.recent.retain(|seen| within(seen, keep)),
             None => card.recent.clear(),
         }
         let seq = card.next_seq;
-        for (id, rule) in rules.as_of(ts) {
+        for (id, rule) in rules.latest() {
             match *rule {
                 Rule::VelocityCount { window_ms, max_count } => {
                     let count = 1 + card.recent.iter().filter(|s| within(s, window_ms)).count() as u64;
@@ -382,7 +396,7 @@ impl KeyedBroadcastProcessFunction<u64, Payment, RuleUpdate> for PaymentRules {
     }
 
     fn on_timer(&self, ctx: &mut Context<'_, Alert>, _card: &u64, card: &mut CardHistory, rules: &RuleTable, timer: u64) {
-        match rules.history_ms(timer) {
+        match rules.latest_history_ms {
             Some(keep) => card.recent.retain(|seen| seen.ts_ms.saturating_add(keep) >= timer),
             None => card.recent.clear(),
         }
@@ -484,5 +498,9 @@ mod tests {
         assert_eq!(at(10), vec![Rule::GeoVelocity { window_ms: 5 }]);
         assert_eq!(at(29), vec![Rule::GeoVelocity { window_ms: 7 }]);
         assert_eq!(at(30), vec![]);
+        assert_eq!(table.latest().count(), 0);
+        table.apply(40, RuleUpdate { rule_id: "q".into(), rule: Some(Rule::VelocityCount { window_ms: 9, max_count: 1 }) });
+        assert_eq!(table.latest().map(|(id, _)| id).collect::<Vec<_>>(), vec!["q"]);
+        assert_eq!(table.latest_history_ms, Some(9));
     }
 }
