@@ -327,23 +327,29 @@ impl JobRun {
     /// [`JobRun::fraud`] with rules from a file that adds, changes and removes rules while the
     /// payments (4 s of event time from `T0`) stream by; see [`check_rule_changes`].
     fn fraud_rules() -> JobRun {
-        let path = std::env::temp_dir().join(format!("paystream-recovery-rules-{}.jsonl", std::process::id()));
-        let rule = |id: &str, kind: &str, parameters: &str, at: u64, active: bool| {
-            format!(r#"{{"rule_id":"{id}","kind":"{kind}","parameters":{parameters},"ts_ms":{},"active":{active}}}"#, T0 + at)
-        };
-        let mut lines = paystream::jobs::rules::DEFAULT_RULES.to_string();
-        for line in [
-            rule("vc", "velocity-count", r#"{"window_ms":1000,"max_count":6}"#, 1_000, true),
-            rule("vc", "velocity-count", r#"{"window_ms":1000,"max_count":8}"#, 2_000, true),
-            rule("unauthorized", "unauthorized", "{}", 2_000, false),
-            rule("al", "amount-limit", r#"{"merchant_min":1,"merchant_max":50,"max_cents":40000}"#, 2_500, true),
-            rule("geo-velocity", "geo-velocity", "{}", 3_000, false),
-            rule("unauth-2", "unauthorized", "{}", 3_000, true),
-        ] {
-            lines.push_str(&line);
-            lines.push('\n');
-        }
-        std::fs::write(&path, lines).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        // Written once per test process (tests run in parallel threads and read it while others
+        // start), under the target directory rather than /tmp.
+        static PATH: OnceLock<PathBuf> = OnceLock::new();
+        let path = PATH.get_or_init(|| {
+            let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("recovery-rules-{}.jsonl", std::process::id()));
+            let rule = |id: &str, kind: &str, parameters: &str, at: u64, active: bool| {
+                format!(r#"{{"rule_id":"{id}","kind":"{kind}","parameters":{parameters},"ts_ms":{},"active":{active}}}"#, T0 + at)
+            };
+            let mut lines = paystream::jobs::rules::DEFAULT_RULES.to_string();
+            for line in [
+                rule("vc", "velocity-count", r#"{"window_ms":1000,"max_count":6}"#, 1_000, true),
+                rule("vc", "velocity-count", r#"{"window_ms":1000,"max_count":8}"#, 2_000, true),
+                rule("unauthorized", "unauthorized", "{}", 2_000, false),
+                rule("al", "amount-limit", r#"{"merchant_min":1,"merchant_max":50,"max_cents":40000}"#, 2_500, true),
+                rule("geo-velocity", "geo-velocity", "{}", 3_000, false),
+                rule("unauth-2", "unauthorized", "{}", 3_000, true),
+            ] {
+                lines.push_str(&line);
+                lines.push('\n');
+            }
+            std::fs::write(&path, lines).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+            path
+        });
         let mut job = JobRun::fraud();
         job.sources.push(format!("rules=file:{}", path.display()));
         job
