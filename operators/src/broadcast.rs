@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 use std::marker::PhantomData;
 
 use paystream_engine::checkpoint::{decode, encode};
-use paystream_engine::keygroup::{worker_for_key_group, KEY_GROUPS};
+use paystream_engine::keygroup::{key_group, worker_for_key_group, KEY_GROUPS};
 use paystream_engine::time::passed;
 use paystream_engine::{Connected, Data, Key, KeyedLogic, KeyedStream, Stream};
 use serde::de::DeserializeOwned;
@@ -147,6 +147,106 @@ impl<'scope, K: Key, V: Data, B: Data> BroadcastConnected<'scope, K, V, B> {
         let (broadcast, late) = self.broadcast.divert(&format!("{name}:broadcast-lateness"), |message_time, ts, _| ts < message_time);
         let _ = late.count_as(&format!("{name}:broadcast-late"), &format!("late_dropped:{name}:broadcast"));
         keyed.connect_broadcast_logic(broadcast, name, BroadcastLogic::new(function))
+    }
+}
+
+/// Logic over a stream that is not keyed, reading a state the broadcast side updates (Flink's
+/// `BroadcastProcessFunction`): no per-key state. Same event-time semantics and tie rule as
+/// [`KeyedBroadcastProcessFunction`].
+///
+/// ```
+/// use paystream_engine::testing::run_collect;
+/// use paystream_operators::{BroadcastProcessFunction, BroadcastStreamExt, Context};
+///
+/// /// Passes the amounts above a threshold that the broadcast side sets.
+/// struct AboveThreshold;
+///
+/// impl BroadcastProcessFunction<i64, i64> for AboveThreshold {
+///     type Broadcast = i64;
+///     type Out = i64;
+///     fn on_broadcast(&self, threshold: &mut i64, _ts_ms: u64, new_threshold: i64) {
+///         *threshold = new_threshold;
+///     }
+///     fn on_record(&self, ctx: &mut Context<'_, i64>, threshold: &i64, ts_ms: u64, amount: i64) {
+///         if amount > *threshold {
+///             ctx.emit(ts_ms, amount);
+///         }
+///     }
+/// }
+///
+/// // Ok(threshold) or Err(amount).
+/// let input: Vec<(u64, Result<i64, i64>)> = vec![(0, Ok(100)), (5, Err(150)), (10, Ok(200)), (10, Err(150)), (12, Err(250))];
+/// let out = run_collect(input, |s| {
+///     let thresholds = s.clone().flat_map("thresholds", |r| r.ok());
+///     s.flat_map("amounts", |r| r.err()).connect_broadcast(thresholds).process("above-threshold", AboveThreshold)
+/// });
+/// assert_eq!(out, vec![(5, 150), (12, 250)]);
+/// ```
+pub trait BroadcastProcessFunction<V, B>: 'static {
+    /// The state every worker holds a copy of, changed only by the broadcast side; saved in
+    /// checkpoints.
+    type Broadcast: Default + Clone + Serialize + DeserializeOwned + 'static;
+    /// What it emits.
+    type Out: Data;
+
+    /// Applies one broadcast record at its event time, in event-time order (see
+    /// [`KeyedBroadcastProcessFunction::on_broadcast`]).
+    fn on_broadcast(&self, broadcast: &mut Self::Broadcast, ts_ms: u64, record: B);
+
+    /// Handles one record, with every broadcast record up to and including `ts_ms` applied.
+    /// Records are handed over in event-time order; timers registered here never fire.
+    fn on_record(&self, ctx: &mut Context<'_, Self::Out>, broadcast: &Self::Broadcast, ts_ms: u64, record: V);
+}
+
+/// `stream.connect_broadcast(other)` for a stream that is not keyed.
+pub trait BroadcastStreamExt<'scope, V> {
+    /// Connects this stream with `broadcast`, which every worker receives in full.
+    fn connect_broadcast<B: Data>(self, broadcast: Stream<'scope, B>) -> BroadcastConnectedStream<'scope, V, B>;
+}
+
+impl<'scope, V: Data> BroadcastStreamExt<'scope, V> for Stream<'scope, V> {
+    fn connect_broadcast<B: Data>(self, broadcast: Stream<'scope, B>) -> BroadcastConnectedStream<'scope, V, B> {
+        BroadcastConnectedStream { stream: self, broadcast }
+    }
+}
+
+/// A stream connected with a broadcast stream, waiting for its function.
+pub struct BroadcastConnectedStream<'scope, V, B> {
+    stream: Stream<'scope, V>,
+    broadcast: Stream<'scope, B>,
+}
+
+impl<'scope, V: Data, B: Data> BroadcastConnectedStream<'scope, V, B> {
+    /// Runs `function` over the records and the broadcast records. The records are spread over
+    /// the workers by a hash of their bytes (one exchange, one encoding per record: the price of
+    /// reusing the keyed step, its ordering and its checkpoints); late ones are dropped and
+    /// counted (`late_dropped:STEP`).
+    pub fn process<F: BroadcastProcessFunction<V, B>>(self, name: &str, function: F) -> Stream<'scope, F::Out> {
+        self.stream
+            .key_by(&format!("{name}:spread"), |record| key_group(&encode(record).unwrap_or_default()))
+            .connect_broadcast(self.broadcast)
+            .process(name, NotKeyed { function, _types: PhantomData })
+    }
+}
+
+/// A [`BroadcastProcessFunction`] run as a keyed one, with no state per key.
+struct NotKeyed<F, V, B> {
+    function: F,
+    _types: PhantomData<fn(V, B)>,
+}
+
+impl<V: 'static, B: 'static, F: BroadcastProcessFunction<V, B>> KeyedBroadcastProcessFunction<u64, V, B> for NotKeyed<F, V, B> {
+    type State = ();
+    type Broadcast = F::Broadcast;
+    type Out = F::Out;
+
+    fn on_broadcast(&self, broadcast: &mut F::Broadcast, ts_ms: u64, record: B) {
+        self.function.on_broadcast(broadcast, ts_ms, record)
+    }
+
+    fn on_record(&self, ctx: &mut Context<'_, F::Out>, _spread: &u64, _state: &mut (), broadcast: &F::Broadcast, ts_ms: u64, record: V) {
+        self.function.on_record(ctx, broadcast, ts_ms, record);
+        ctx.clear_state();
     }
 }
 
@@ -321,6 +421,61 @@ mod tests {
             if value > *threshold {
                 ctx.emit(ts, (*key, value));
             }
+        }
+    }
+
+    /// Passes values above the threshold (the non-keyed form).
+    struct Above;
+
+    impl BroadcastProcessFunction<i64, i64> for Above {
+        type Broadcast = i64;
+        type Out = i64;
+        fn on_broadcast(&self, threshold: &mut i64, _ts: u64, new: i64) {
+            *threshold = new;
+        }
+        fn on_record(&self, ctx: &mut Context<'_, i64>, threshold: &i64, ts: u64, value: i64) {
+            if value > *threshold {
+                ctx.emit(ts, value);
+            }
+        }
+    }
+
+    /// Thresholds from one partition, values from two: the same output at 1, 2 and 3 workers,
+    /// each threshold applying from its own time on (at it included).
+    #[test]
+    fn not_keyed_output_is_the_same_at_any_worker_count() {
+        use paystream_engine::testing::run_partitions;
+        use paystream_engine::OutOfOrder;
+        let thresholds: Vec<(u64, Result<i64, i64>)> = vec![(0, Ok(10)), (100, Ok(50)), (200, Ok(5))];
+        let values = |first: u64| (first..300).step_by(2).map(|ts| (ts, Err((ts % 60) as i64))).collect::<Vec<_>>();
+        let partitions = vec![thresholds, values(0), values(1)];
+        let mut expected: Vec<(u64, i64)> = (0..300u64)
+            .map(|ts| (ts, (ts % 60) as i64))
+            .filter(|(ts, v)| {
+                *v > if *ts < 100 {
+                    10
+                } else if *ts < 200 {
+                    50
+                } else {
+                    5
+                }
+            })
+            .collect();
+        expected.sort();
+        for workers in [1, 2, 3] {
+            let (out, counters) = run_partitions(
+                workers,
+                partitions.clone(),
+                |(ts, _)| *ts,
+                OutOfOrder::ordered(),
+                |s| {
+                    let s = s.map("strip", |(_, r)| r);
+                    let thresholds = s.clone().flat_map("thresholds", |r| r.ok());
+                    s.flat_map("values", |r| r.err()).connect_broadcast(thresholds).process("above", Above)
+                },
+            );
+            assert_eq!(out, expected, "{workers} workers");
+            assert_eq!(counters.get("late_dropped:above").copied().unwrap_or(0), 0);
         }
     }
 

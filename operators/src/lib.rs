@@ -16,7 +16,9 @@ pub use aggregate::{
     Aggregate, Average, Count, CountAndSum, CountDistinct, CountSum, Fold, Max, Min, Percentile, Percentiles, QuantileSketch, Quantiles,
     Sum,
 };
-pub use broadcast::{BroadcastConnected, BroadcastExt, KeyedBroadcastProcessFunction};
+pub use broadcast::{
+    BroadcastConnected, BroadcastConnectedStream, BroadcastExt, BroadcastProcessFunction, BroadcastStreamExt, KeyedBroadcastProcessFunction,
+};
 pub use join::{JoinExt, Joined, Side, WindowJoined};
 pub use process::{Context, ProcessExt, ProcessFunction};
 pub use window::{Session, Sliding, Tumbling, WindowExt, WindowResult, WindowedStream, Windows};
