@@ -47,6 +47,9 @@ const FRAUD_EVENTS: u64 = 40_000;
 /// Payments for the `merchant-exposure` crash test (and a tenth as many adjustments).
 const EXPOSURE_EVENTS: u64 = 60_000;
 
+/// The generator's first event time (its `start_ms`).
+const T0: u64 = 1_767_225_600_000;
+
 /// The signal of `std::process::abort`, which fault injection calls.
 const SIGABRT: i32 = 6;
 
@@ -319,6 +322,37 @@ impl JobRun {
             side_sinks: vec!["dead_letters"],
             changelogs: Vec::new(),
         }
+    }
+
+    /// [`JobRun::fraud`] with rules from a file that adds, changes and removes rules while the
+    /// payments (4 s of event time from `T0`) stream by; see [`check_rule_changes`].
+    fn fraud_rules() -> JobRun {
+        // Written once per test process (tests run in parallel threads and read it while others
+        // start), under the target directory rather than /tmp.
+        static PATH: OnceLock<PathBuf> = OnceLock::new();
+        let path = PATH.get_or_init(|| {
+            let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("recovery-rules-{}.jsonl", std::process::id()));
+            let rule = |id: &str, kind: &str, parameters: &str, at: u64, active: bool| {
+                format!(r#"{{"rule_id":"{id}","kind":"{kind}","parameters":{parameters},"ts_ms":{},"active":{active}}}"#, T0 + at)
+            };
+            let mut lines = paystream::jobs::rules::DEFAULT_RULES.to_string();
+            for line in [
+                rule("vc", "velocity-count", r#"{"window_ms":1000,"max_count":6}"#, 1_000, true),
+                rule("vc", "velocity-count", r#"{"window_ms":1000,"max_count":8}"#, 2_000, true),
+                rule("unauthorized", "unauthorized", "{}", 2_000, false),
+                rule("al", "amount-limit", r#"{"merchant_min":1,"merchant_max":50,"max_cents":40000}"#, 2_500, true),
+                rule("geo-velocity", "geo-velocity", "{}", 3_000, false),
+                rule("unauth-2", "unauthorized", "{}", 3_000, true),
+            ] {
+                lines.push_str(&line);
+                lines.push('\n');
+            }
+            std::fs::write(&path, lines).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+            path
+        });
+        let mut job = JobRun::fraud();
+        job.sources.push(format!("rules=file:{}", path.display()));
+        job
     }
 
     /// `merchant-exposure` (updating views on differential dataflow) over generated payments and
@@ -726,6 +760,68 @@ fn fraud_detection_survives_kill_9() {
         2,
         &[inject("part:before-write:15", Some(Crash::Inject("manifest:before-write:2")))],
     );
+}
+
+/// Rules added, changed and removed mid-stream (broadcast state in the checkpoints): the alerts
+/// after `kill -9` and restore equal those of a run that never crashed.
+#[test]
+fn fraud_detection_with_rule_changes_survives_kill_9() {
+    let job = JobRun::fraud_rules();
+    check_rule_changes(&job.reference()["alerts"]);
+    let inject = |first, second| Scenario { first: Crash::Inject(first), second };
+    kill_9_suite("fraud_detection_with_rule_changes_survives_kill_9", &job, 3, 2, &[inject("part:before-write:9", None)]);
+}
+
+/// The same, restored at another worker count: every worker of the restore gets the whole rule
+/// set, and the pending rule changes, from the key groups it takes over.
+#[test]
+fn fraud_rules_restore_at_another_worker_count() {
+    let job = JobRun::fraud_rules();
+    let reference = job.reference();
+    let dir = TempDir::new("rules-parallelism");
+    for (before, after) in [(2, 3), (3, 1)] {
+        let case = dir.join(&format!("w{before}-to-w{after}"));
+        let (out, chk) = (case.join("out"), case.join("chk"));
+        std::fs::create_dir_all(&case).expect("case directory");
+        let label = format!("fraud rules, workers {before} then {after}");
+        let workers = |n: usize| vec!["--workers".to_string(), n.to_string()];
+        kill_at_checkpoint(&label, &job.checkpointed(&out, &chk, &workers(before)), &case, &chk, 3);
+        run(&format!("{label}: restore"), &job.restoring(&out, &chk, &workers(after)), &case).assert_success();
+        assert_same_output(&label, &reference, &job.outputs(&out));
+    }
+}
+
+/// The reference run of [`JobRun::fraud_rules`] follows its rule changes: each rule's alerts
+/// fall exactly within the times it was in force, and each rule raised some.
+fn check_rule_changes(alerts: &[String]) {
+    let mut times: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+    for line in alerts.iter().filter(|l| !l.starts_with("rule,")) {
+        let f: Vec<&str> = line.splitn(5, ',').collect();
+        let ts: u64 = f[3].parse().unwrap_or_else(|e| panic!("alert {line:?}: {e}"));
+        // Generated payments start up to their disorder before T0.
+        times.entry(f[0]).or_default().push(ts as i64 - T0 as i64);
+    }
+    // (rule, in force from, until), in ms after T0.
+    let spans = [
+        ("vc", 1_000, i64::MAX),
+        ("unauthorized", i64::MIN, 2_000),
+        ("al", 2_500, i64::MAX),
+        ("geo-velocity", i64::MIN, 3_000),
+        ("unauth-2", 3_000, i64::MAX),
+    ];
+    for (rule, from, until) in spans {
+        let ts = times.get(rule).unwrap_or_else(|| panic!("no {rule} alerts: {:?}", times.keys().collect::<Vec<_>>()));
+        assert!(ts.iter().all(|t| (from..until).contains(t)), "{rule} alerts outside [{from}, {until}): {ts:?}");
+        if from > 0 {
+            assert!(ts.iter().any(|t| *t < from + 200), "{rule}: no alert soon after it came in force at {from}: {ts:?}");
+        }
+        if until < i64::MAX {
+            assert!(ts.iter().any(|t| *t >= until - 200), "{rule}: no alert shortly before it was removed at {until}: {ts:?}");
+        }
+    }
+    // The change of vc's limit at 2 s: alerts on both sides of it.
+    let vc = &times["vc"];
+    assert!(vc.iter().any(|t| *t < 2_000) && vc.iter().any(|t| *t >= 2_000), "vc alerts before and after its change: {vc:?}");
 }
 
 /// Updating views (differential dataflow) restore from checkpoints, also at another worker count:

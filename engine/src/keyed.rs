@@ -78,6 +78,11 @@ pub trait KeyedLogic<K, V>: 'static {
         0
     }
 
+    /// Tells the logic which worker it runs on, of how many, before any restore or record. Logic
+    /// with state not tied to a key (broadcast state) uses it to write that state into the key
+    /// groups this worker owns, so that every worker of a restore, at any worker count, gets it.
+    fn on_start(&mut self, _worker: usize, _peers: usize) {}
+
     /// The logic's state for a checkpoint, as `(key group, bytes)` pairs (see
     /// [`crate::keygroup`]); state not tied to a key may be repeated in every group. The default
     /// is for stateless logic: a stateful logic that keeps it loses its state on restore.
@@ -196,6 +201,7 @@ where
     let who = Participant::State { step: name.to_string(), worker };
     let step = name.to_string();
     let mut epoch = ctx.first_epoch();
+    logic.on_start(worker, peers);
     let restored = if ctx.dry_run { Ok(()) } else { restore_state(ctx, name, worker, peers, &mut logic) };
     if let Err(e) = restored {
         ctx.report_error(format!("{e:#}"));

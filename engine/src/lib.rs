@@ -71,7 +71,7 @@ pub use keyed::{KeyedLogic, Split};
 pub use keygroup::KeyMap;
 pub use record::{CsvField, CsvRecord, DeadLetter};
 pub use source::{GenOptions, Generate};
-pub use stream::{KeyedStream, SourceStage, Stream};
+pub use stream::{Connected, KeyedStream, SourceStage, Stream};
 pub use time::{millis, minutes, secs, Duration, OutOfOrder};
 
 /// The error type used across paystream: a message with context, printed as one line.

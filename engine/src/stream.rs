@@ -359,6 +359,37 @@ impl<'scope, K: Key, T: Data> KeyedStream<'scope, K, T> {
         Stream { inner, ctx }
     }
 
+    /// Runs keyed logic over this stream connected with `broadcast`, a stream every worker
+    /// receives in full (Flink's broadcast state pattern): the logic sees this stream's records
+    /// with their keys (`Some(key)`, [`Connected::Keyed`]) on the worker that owns each key, and
+    /// every record of `broadcast` (key `None`, [`Connected::Broadcast`]) on every worker. The
+    /// watermark given to the logic is the least of both inputs', so a keyed record at `t` can
+    /// wait until every broadcast record at or before `t` is in. The copies travel in the same
+    /// exchange as the keyed records, one per worker, as timely's `broadcast` makes them.
+    pub fn connect_broadcast_logic<B: Data, L: crate::keyed::KeyedLogic<Option<K>, Connected<T, B>>>(
+        self,
+        broadcast: Stream<'scope, B>,
+        name: &str,
+        logic: L,
+    ) -> Stream<'scope, L::Out> {
+        use timely::dataflow::operators::vec::Map;
+        let ctx = self.ctx().clone();
+        ctx.register_step(name);
+        ctx.add_participant(ParticipantKind::State(name.to_string()));
+        let pairs = self.into_pairs();
+        let peers = pairs.inner.scope().peers();
+        let keyed = pairs.inner.map(|(ts, (key, value))| (ts, Routed { key: Some(key), worker: 0, record: Connected::Keyed(value) }));
+        let copies = broadcast.inner.flat_map(move |(ts, record)| {
+            (0..peers as u64).map(move |worker| (ts, Routed { key: None, worker, record: Connected::Broadcast(record.clone()) }))
+        });
+        let pact = Exchange::new(move |(_, routed): &(u64, Routed<K, T, B>)| match &routed.key {
+            Some(key) => worker_for_key_group(key_group(key), peers),
+            None => routed.worker,
+        });
+        let inner = crate::keyed::build_keyed(keyed.concat(copies), pact, name, logic, &ctx, RoutedSplit);
+        Stream { inner, ctx }
+    }
+
     /// This process's counters.
     pub fn metrics(&self) -> std::sync::Arc<Metrics> {
         self.ctx().metrics.clone()
@@ -373,5 +404,42 @@ impl<'scope, K: Key, T: Data> KeyedStream<'scope, K, T> {
     /// Registers a step name (see [`Stream::register_step`]).
     pub fn register_step(&self, name: &str) {
         self.ctx().register_step(name)
+    }
+}
+
+/// A record of a keyed stream connected with a broadcast stream
+/// ([`KeyedStream::connect_broadcast_logic`]): from the keyed side or from the broadcast side.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Connected<V, B> {
+    /// A record of the keyed stream.
+    Keyed(V),
+    /// A record of the broadcast stream (every worker gets each one).
+    Broadcast(B),
+}
+
+/// A connected record on its way to the keyed step: its key (`None` for a broadcast copy) and,
+/// for a broadcast copy, the worker it is for.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct Routed<K, V, B> {
+    key: Option<K>,
+    worker: u64,
+    record: Connected<V, B>,
+}
+
+/// Sees a [`Routed`] record as its optional key and its [`Connected`] value.
+struct RoutedSplit;
+
+impl<K: Clone + 'static, V: 'static, B: 'static> crate::keyed::Split<Routed<K, V, B>, Option<K>, Connected<V, B>> for RoutedSplit {
+    fn key<'a>(&self, routed: &'a Routed<K, V, B>) -> std::borrow::Cow<'a, Option<K>> {
+        std::borrow::Cow::Borrowed(&routed.key)
+    }
+    fn value<'a>(&self, routed: &'a Routed<K, V, B>) -> &'a Connected<V, B> {
+        &routed.record
+    }
+    fn take_value(&self, routed: Routed<K, V, B>) -> Connected<V, B> {
+        routed.record
+    }
+    fn split(&self, routed: Routed<K, V, B>) -> (Option<K>, Connected<V, B>) {
+        (routed.key, routed.record)
     }
 }

@@ -1,33 +1,48 @@
-//! `fraud-detection`: five rules over payments, authorizations and the blocked-cards table, each
-//! emitting alerts `rule,card_id,txn_id,ts_ms,detail` to the sink `alerts`.
+//! `fraud-detection`: fraud rules over payments, authorizations and the blocked-cards table, each
+//! emitting alerts `rule,card_id,txn_id,ts_ms,detail` to the sink `alerts`, where `rule` is the
+//! rule's id.
 //!
-//! | rule | fires when | built on |
+//! The rules come from the source `rules` ([`crate::rules`]): rules are added, changed and removed
+//! while the job runs, each change at its own event time. Without a `rules` source the job runs
+//! [`crate::rules::DEFAULT_RULES`], today's five rules, with the job's parameters:
+//!
+//! | rule (kind) | fires when | built on |
 //! |---|---|---|
-//! | `velocity` | a card makes more than `max_per_window` payments in a 60 s window sliding by 10 s (one alert per window; `txn_id` empty, `ts_ms` the window's last ms) | sliding window |
-//! | `blocked-card` | a payment uses a card that is blocked as of the payment's time | temporal join with `blocked_cards` |
-//! | `geo-velocity` | a payment comes from another country than a payment on the same card at most `geo_window_ms` earlier | process function |
-//! | `card-testing` | a payment of at least `large_cents` follows at least `small_count` payments under `small_cents` on the same card within `testing_window_ms` | process function with timers |
-//! | `unauthorized` | a payment gets no authorization within `auth_window_ms` | interval join, unmatched side |
+//! | `velocity` (`velocity-window`) | a card makes more than `max_per_window` payments in a 60 s window sliding by 10 s (one alert per window; `txn_id` empty, `ts_ms` the window's last ms) | sliding window, switched by the rule |
+//! | `blocked-card` | a payment uses a card that is blocked as of the payment's time | temporal join with `blocked_cards`, switched by the rule |
+//! | `geo-velocity` | a payment comes from another country than a payment on the same card at most `geo_window_ms` earlier | broadcast process function |
+//! | `card-testing` | a payment of at least `large_cents` follows at least `small_count` payments under `small_cents` on the same card within `testing_window_ms` | broadcast process function with timers |
+//! | `unauthorized` | a payment gets no authorization within `auth_window_ms` | interval join, unmatched side, switched by the rule |
+//!
+//! The kinds evaluated per payment (`velocity-count`, `velocity-amount`, `geo-velocity`,
+//! `card-testing`, `amount-limit`) take their parameters from the rule; the three built on windows
+//! and joins keep their job parameters, and a rule of their kind switches their alerts on and off
+//! at its event time.
 //!
 //! A card's payments are seen in event-time order; payments with equal times in the order of their
 //! encoded bytes (see `paystream_operators::process`).
 
 use paystream_engine::{csv_record, millis, secs, JobBuilder, JobSpec, OutOfOrder, ParamSpec, Params, Result, SinkSpec, SourceSpec};
-use paystream_operators::{Context, Count, JoinExt, ProcessExt, ProcessFunction, Sliding, WindowExt};
+use paystream_operators::{BroadcastExt, Count, JoinExt, Sliding, WindowExt};
 use serde::{Deserialize, Serialize};
 
 use crate::payment::{Authorization, BlockedCard, Payment};
-use crate::text::ShortText;
+use crate::rules::{alert, AlertGate, PaymentRules, Rule, RuleChange, RuleDefaults, RuleUpdate};
 
 /// The job's specification, for the registry.
 pub const SPEC: JobSpec = JobSpec {
     name: "fraud-detection",
     about:
-        "Fraud rules (velocity, blocked card, geo-velocity, card testing, unauthorized) over payments, authorizations and blocked cards.",
+        "Fraud rules (velocity, blocked card, geo-velocity, card testing, unauthorized, amount limits), changed at run time through the rules source, over payments, authorizations and blocked cards.",
     sources: &[
         SourceSpec { name: "payments", record: "Payment", about: "the payments to check" },
         SourceSpec { name: "authorizations", record: "Authorization", about: "issuers' authorizations, by txn_id" },
         SourceSpec { name: "blocked_cards", record: "BlockedCard", about: "changes to the blocked-cards table" },
+        SourceSpec {
+            name: "rules",
+            record: "RuleChange",
+            about: "rule changes (JSON lines rule_id,kind,parameters,ts_ms,active); gen: (the default) is the five rules shipped with the job",
+        },
     ],
     sinks: &[SinkSpec { name: "alerts", about: "one row per alert: rule,card_id,txn_id,ts_ms,detail" }],
     params: &[
@@ -50,6 +65,11 @@ pub const SPEC: JobSpec = JobSpec {
             name: "out_of_orderness_ms",
             default: "2000",
             about: "how far behind the latest payment or table change one may arrive and still count, ms",
+        },
+        ParamSpec {
+            name: "rules_out_of_orderness_ms",
+            default: "0",
+            about: "the same for rule changes; payments wait this much longer for the rules, ms",
         },
         ParamSpec {
             name: "auth_out_of_orderness_ms",
@@ -77,72 +97,6 @@ csv_record! {
     }
 }
 
-fn alert(rule: &str, p: &Payment, detail: String) -> Alert {
-    Alert { rule: rule.to_string(), card_id: p.card_id, txn_id: p.txn_id.to_string(), ts_ms: p.ts_ms, detail }
-}
-
-/// Geo-velocity: the card's recent payments (time, country), newest last.
-struct GeoVelocity {
-    window_ms: u64,
-}
-
-impl ProcessFunction<u64, Payment> for GeoVelocity {
-    type State = Vec<(u64, ShortText)>;
-    type Out = Alert;
-
-    fn on_record(&self, ctx: &mut Context<'_, Alert>, _card: &u64, recent: &mut Vec<(u64, ShortText)>, ts: u64, p: Payment) {
-        recent.retain(|(t, _)| t.saturating_add(self.window_ms) >= ts);
-        if let Some((t, country)) = recent.iter().find(|(_, c)| *c != p.country) {
-            let detail = format!("{country} then {} within {} ms", p.country, ts - t);
-            ctx.emit(ts, alert("geo-velocity", &p, detail));
-        }
-        recent.push((ts, p.country));
-        ctx.register_timer(ts.saturating_add(self.window_ms).saturating_add(1));
-    }
-
-    fn on_timer(&self, ctx: &mut Context<'_, Alert>, _card: &u64, recent: &mut Vec<(u64, ShortText)>, timer: u64) {
-        recent.retain(|(t, _)| t.saturating_add(self.window_ms) >= timer);
-        if recent.is_empty() {
-            ctx.clear_state();
-        }
-    }
-}
-
-/// Card testing: the times of the card's recent small payments.
-struct CardTesting {
-    small_cents: i64,
-    small_count: usize,
-    large_cents: i64,
-    window_ms: u64,
-}
-
-impl ProcessFunction<u64, Payment> for CardTesting {
-    type State = Vec<u64>;
-    type Out = Alert;
-
-    fn on_record(&self, ctx: &mut Context<'_, Alert>, _card: &u64, probes: &mut Vec<u64>, ts: u64, p: Payment) {
-        probes.retain(|t| t.saturating_add(self.window_ms) >= ts);
-        if p.amount_cents < self.small_cents {
-            probes.push(ts);
-            ctx.register_timer(ts.saturating_add(self.window_ms).saturating_add(1));
-        } else if p.amount_cents >= self.large_cents && probes.len() >= self.small_count {
-            let detail = format!("{} payments under {} cents, then {} cents", probes.len(), self.small_cents, p.amount_cents);
-            ctx.emit(ts, alert("card-testing", &p, detail));
-            probes.clear();
-        }
-        if probes.is_empty() {
-            ctx.clear_state();
-        }
-    }
-
-    fn on_timer(&self, ctx: &mut Context<'_, Alert>, _card: &u64, probes: &mut Vec<u64>, timer: u64) {
-        probes.retain(|t| t.saturating_add(self.window_ms) >= timer);
-        if probes.is_empty() {
-            ctx.clear_state();
-        }
-    }
-}
-
 /// A velocity window's count, carried to the alert.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Velocity {
@@ -155,20 +109,30 @@ struct Velocity {
 fn build(job: &mut JobBuilder<'_>, params: &Params) -> Result<()> {
     let bound = OutOfOrder::millis(params.get("out_of_orderness_ms")?);
     let max_per_window: u64 = params.get("max_per_window")?;
-    let geo = GeoVelocity { window_ms: params.get("geo_window_ms")? };
-    let testing = CardTesting {
+    let defaults = RuleDefaults {
+        geo_window_ms: params.get("geo_window_ms")?,
         small_cents: params.get("small_cents")?,
         small_count: params.get("small_count")?,
         large_cents: params.get("large_cents")?,
-        window_ms: params.get("testing_window_ms")?,
+        testing_window_ms: params.get("testing_window_ms")?,
     };
     let auth_window: i64 = params.get("auth_window_ms")?;
 
-    // Each payment goes to all five rules; its texts are held inline, so the four copies do not allocate.
+    // Each payment goes to the velocity window, both joins and the per-payment rules; its texts
+    // are held inline, so the copies do not allocate.
     let payments = job.source::<Payment>("payments")?.assign_timestamps(|p| p.ts_ms, bound)?;
     let auth_bound = OutOfOrder::millis(params.get("auth_out_of_orderness_ms")?);
     let auths = job.source::<Authorization>("authorizations")?.assign_timestamps(|a| a.ts_ms, auth_bound)?;
     let blocked = job.source::<BlockedCard>("blocked_cards")?.assign_timestamps(|b| b.ts_ms, bound)?;
+    let rules_bound = OutOfOrder::millis(params.get("rules_out_of_orderness_ms")?);
+    let changes = job.source::<RuleChange>("rules")?.assign_timestamps(|r| r.ts_ms, rules_bound)?;
+    // Invalid changes are counted (`rules_rejected`, in the run summary), never applied.
+    let check = defaults.clone();
+    let (valid, invalid) = changes.divert("rules:check", move |_, _, change| Rule::from_change(change, &check).is_err());
+    let _ = invalid.count_as("rules:rejected", "rules_rejected");
+    let rules = valid.flat_map("rules:parse", move |change| {
+        Rule::from_change(&change, &defaults).ok().map(|rule| RuleUpdate { rule_id: change.rule_id, rule })
+    });
 
     let velocity = payments
         .clone()
@@ -195,8 +159,11 @@ fn build(job: &mut JobBuilder<'_>, params: &Params) -> Result<()> {
         .join("blocked-card")
         .flat_map("blocked:alert", |j| j.right.map(|b| alert("blocked-card", &j.left, format!("card blocked since {}", b.ts_ms))));
 
-    let geo_alerts = payments.clone().key_by("geo:by-card", |p| p.card_id).process("geo-velocity", geo);
-    let testing_alerts = payments.clone().key_by("testing:by-card", |p| p.card_id).process("card-testing", testing);
+    let per_payment = payments
+        .clone()
+        .key_by("rules:payments-by-card", |p| p.card_id)
+        .connect_broadcast(rules.clone())
+        .process("payment-rules", PaymentRules);
 
     // The join holds a payment's time and card (its `txn_id` moved into the key) and nothing of an
     // authorization but its time.
@@ -217,5 +184,13 @@ fn build(job: &mut JobBuilder<'_>, params: &Params) -> Result<()> {
             })
         });
 
-    velocity.union(blocked_alerts).union(geo_alerts).union(testing_alerts).union(unauthorized).sink("alerts")
+    // The alerts of the window and the joins pass while a rule of their kind is in force at their time.
+    let switched = velocity
+        .union(blocked_alerts)
+        .union(unauthorized)
+        .key_by("switched:by-card", |a| a.card_id)
+        .connect_broadcast(rules)
+        .keep_late_records()
+        .process("switched", AlertGate);
+    switched.union(per_payment).sink("alerts")
 }

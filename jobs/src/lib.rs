@@ -19,6 +19,7 @@ pub mod generator;
 pub mod nexmark;
 pub mod payment;
 pub mod registry;
+pub mod rules;
 pub mod text;
 pub mod throughput;
 pub mod velocity;

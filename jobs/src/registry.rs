@@ -39,5 +39,6 @@ pub fn connectors() -> Connectors {
     let c = with_generator::<Adjustment>(c);
     let c = with_generator::<Person>(c);
     let c = with_generator::<Auction>(c);
+    let c = with_generator::<crate::rules::RuleChange>(c);
     with_generator::<Bid>(c)
 }

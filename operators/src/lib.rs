@@ -5,6 +5,7 @@
 //! the prelude.
 
 pub mod aggregate;
+pub mod broadcast;
 pub mod connectors;
 pub mod join;
 pub mod process;
@@ -14,6 +15,9 @@ pub mod window;
 pub use aggregate::{
     Aggregate, Average, Count, CountAndSum, CountDistinct, CountSum, Fold, Max, Min, Percentile, Percentiles, QuantileSketch, Quantiles,
     Sum,
+};
+pub use broadcast::{
+    BroadcastConnected, BroadcastConnectedStream, BroadcastExt, BroadcastProcessFunction, BroadcastStreamExt, KeyedBroadcastProcessFunction,
 };
 pub use join::{JoinExt, Joined, Side, WindowJoined};
 pub use process::{Context, ProcessExt, ProcessFunction};

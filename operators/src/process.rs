@@ -108,8 +108,8 @@ const SPARE_LISTS: usize = 64;
 /// ids; the maps are never iterated into output, so their order does not matter.
 type KeyMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
-struct ProcessLogic<K, V, F: ProcessFunction<K, V>> {
-    function: F,
+pub(crate) struct ProcessLogic<K, V, F: ProcessFunction<K, V>> {
+    pub(crate) function: F,
     ttl: Option<u64>,
     states: KeyMap<K, F::State>,
     last_seen: KeyMap<K, u64>,
@@ -130,7 +130,7 @@ struct ProcessLogic<K, V, F: ProcessFunction<K, V>> {
 }
 
 impl<K: Key, V: Data, F: ProcessFunction<K, V>> ProcessLogic<K, V, F> {
-    fn new(function: F, ttl: Option<u64>) -> Self {
+    pub(crate) fn new(function: F, ttl: Option<u64>) -> Self {
         ProcessLogic {
             function,
             ttl,
@@ -174,7 +174,7 @@ impl<K: Key, V: Data, F: ProcessFunction<K, V>> ProcessLogic<K, V, F> {
 }
 
 /// Orders records of the same event time by their bytes, so ties never depend on arrival.
-fn tie_break<V: Serialize>(a: &V, b: &V) -> std::cmp::Ordering {
+pub(crate) fn tie_break<V: Serialize>(a: &V, b: &V) -> std::cmp::Ordering {
     encode(a).unwrap_or_default().cmp(&encode(b).unwrap_or_default())
 }
 
