@@ -417,32 +417,30 @@ fn kills() -> usize {
     std::env::var("PAYSTREAM_POSTGRES_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(10)
 }
 
-#[test]
-fn windows_into_a_table_are_exactly_once_after_kill_9_and_restores_at_other_worker_counts() {
-    let Some(server) = server("windows_into_a_table_are_exactly_once_after_kill_9_and_restores_at_other_worker_counts") else { return };
-    let dir = TempDir::new("postgres-kill");
+/// Appended windows after `kill -9`s: the table equals the uncrashed run's windows.
+fn appended_windows_after_kills(server: &str, tag: &str, protocol: Protocol, options: &str) {
+    let dir = TempDir::new(&format!("postgres-{tag}"));
     // 200 s of event time read in 10 s (--rate 4000): a window closes about every half second,
     // so most epochs have rows, and crashes meet commits with rows in them.
     let generator = "count=40000,events_per_sec=200";
     let expected = reference_windows(&dir, generator);
-    let name = table("kill");
-    let _drop = DropTable(&server, name.clone());
-    let trial = Trial { protocol: Protocol::WriteAhead, options: "&commit=write-ahead", generator, sets: &[], kills: kills() };
-    crash_and_restore(&server, &name, &dir, trial);
-    assert_same("table rows after the crashes", &expected, &rows(&server, &name));
+    let name = table(tag);
+    let _drop = DropTable(server, name.clone());
+    crash_and_restore(server, &name, &dir, Trial { protocol, options, generator, sets: &[], kills: kills() });
+    assert_same("table rows after the crashes", &expected, &rows(server, &name));
+}
+
+#[test]
+fn windows_into_a_table_are_exactly_once_after_kill_9_and_restores_at_other_worker_counts() {
+    let Some(server) = server("windows_into_a_table_are_exactly_once_after_kill_9_and_restores_at_other_worker_counts") else { return };
+    appended_windows_after_kills(&server, "kill", Protocol::WriteAhead, "&commit=write-ahead");
 }
 
 #[test]
 fn prepared_transactions_are_exactly_once_after_kill_9_between_prepare_and_commit() {
     let Some(server) = prepared_server("prepared_transactions_are_exactly_once_after_kill_9_between_prepare_and_commit") else { return };
-    let dir = TempDir::new("postgres-kill-prepared");
-    let generator = "count=40000,events_per_sec=200";
-    let expected = reference_windows(&dir, generator);
-    let name = table("prepared");
-    let _drop = DropTable(&server, name.clone());
     // commit=auto takes the prepared protocol on this server.
-    crash_and_restore(&server, &name, &dir, Trial { protocol: Protocol::Prepared, options: "", generator, sets: &[], kills: kills() });
-    assert_same("table rows after the crashes", &expected, &rows(&server, &name));
+    appended_windows_after_kills(&server, "prepared", Protocol::Prepared, "");
 }
 
 /// Late payments within the allowed lateness update windows that fired already: a second row

@@ -151,10 +151,25 @@ impl Backoff {
     }
 }
 
+/// An error that a new connection cannot cure: the job fails at once.
+#[derive(Debug)]
+pub(crate) struct Fatal(pub String);
+
+impl std::fmt::Display for Fatal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Fatal {}
+
 /// Whether a failed statement may succeed on a new connection: connection failures and server
-/// restarts, yes; an error in the data or the SQL (a missing table, a wrong type), no. (The same
-/// rule as the sink's writes.)
+/// restarts, yes; an error in the data or the SQL (a missing table, a wrong type) or a [`Fatal`]
+/// one, no: it fails the job at once with the server's message.
 pub(crate) fn retryable(error: &anyhow::Error) -> bool {
+    if error.chain().any(|c| c.is::<Fatal>()) {
+        return false;
+    }
     let Some(e) = error.chain().find_map(|c| c.downcast_ref::<tokio_postgres::Error>()) else {
         return true; // not the server's answer: a connect failure or a timeout
     };

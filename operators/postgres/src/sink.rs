@@ -50,7 +50,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_postgres::Client;
 
-use crate::client::{Backoff, Server, SinkRuntime};
+use crate::client::{retryable, Backoff, Fatal, Server, SinkRuntime};
 use crate::sql;
 
 /// How many bytes of lines one COPY message carries.
@@ -225,18 +225,6 @@ impl PostgresTarget {
         Ok(Shape { table: self.table.clone(), columns, create: self.create, key: self.key.clone() })
     }
 }
-
-/// An error that a new connection cannot cure: the job fails at once.
-#[derive(Debug)]
-struct Fatal(String);
-
-impl std::fmt::Display for Fatal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Fatal {}
 
 /// The ids of the sink's prepared transactions still open on the server, by their prefix.
 async fn prepared_transactions(client: &Client, prefix: &str) -> Result<Vec<String>> {
@@ -581,27 +569,6 @@ impl SinkWriter for PostgresWriter {
         self.lane.task.abort();
         if let Some(commits) = &self.commits {
             commits.task.abort();
-        }
-    }
-}
-
-/// Whether a failed write may succeed on a new connection: connection failures and server
-/// restarts, yes; an error in the data or the SQL (a value of the wrong type, a missing table),
-/// no: it fails the job at once with the server's message.
-fn retryable(error: &anyhow::Error) -> bool {
-    if error.chain().any(|c| c.is::<Fatal>()) {
-        return false;
-    }
-    let Some(e) = error.chain().find_map(|c| c.downcast_ref::<tokio_postgres::Error>()) else {
-        return true; // not the server's answer: a connect failure or a timeout
-    };
-    match e.code() {
-        None => true,
-        Some(code) => {
-            let code = code.code();
-            // 08: connection exception, 57P: operator intervention (shutdown), 53: insufficient
-            // resources, 40: transaction rollback (serialization, deadlock).
-            ["08", "57P", "53", "40"].iter().any(|class| code.starts_with(class))
         }
     }
 }
