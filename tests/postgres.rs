@@ -441,12 +441,7 @@ fn prepared_transactions_are_exactly_once_after_kill_9_between_prepare_and_commi
     let name = table("prepared");
     let _drop = DropTable(&server, name.clone());
     // commit=auto takes the prepared protocol on this server.
-    crash_and_restore(
-        &server,
-        &name,
-        &dir,
-        Trial { protocol: Protocol::Prepared, options: "", generator, sets: &[], kills: kills() },
-    );
+    crash_and_restore(&server, &name, &dir, Trial { protocol: Protocol::Prepared, options: "", generator, sets: &[], kills: kills() });
     assert_same("table rows after the crashes", &expected, &rows(&server, &name));
 }
 
