@@ -287,7 +287,7 @@ impl Observed {
     /// Takes the figures of a new scrape: rates against the last, and a point of history. A scrape
     /// that read no endpoint at all keeps the last figures (with its errors).
     pub fn record(&mut self, mut m: JobMetrics) {
-        let read_none = m.scrape_errors.len() == m.endpoints.len();
+        let read_none = !m.scrape_errors.is_empty() && m.scrape_errors.len() == m.endpoints.len();
         if read_none {
             if let Some(latest) = self.latest.as_mut().filter(|l| l.attempt == m.attempt) {
                 latest.scrape_errors = m.scrape_errors;
