@@ -399,7 +399,7 @@ fn a_killed_job_process_is_restarted_from_the_last_checkpoint() {
     let (status, page) = raw_get(&cluster.url, "/", None);
     assert_eq!(status, 200);
     assert!(
-        page.contains(&format!("<td>{id}</td><td>{JOB}</td><td class=\"state\">finished</td><td>1</td>")),
+        page.contains(&format!("<td><a href=\"/jobs/{id}\">{id}</a></td><td>{JOB}</td><td class=\"state\">finished</td><td>1</td>")),
         "the dashboard lists the job:\n{page}"
     );
     assert!(page.contains("<td>agent-1</td>"), "and the agents:\n{page}");
