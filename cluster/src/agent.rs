@@ -90,7 +90,8 @@ pub fn run(config: AgentConfig, stop: &AtomicBool) -> Result<()> {
         let beat = Heartbeat {
             host: config.host.clone(),
             slots: config.slots,
-            free_ports: free_ports(&config.host, config.slots),
+            // Two a slot: a process listens for its peers and serves its metrics.
+            free_ports: free_ports(&config.host, 2 * config.slots),
             processes: processes.iter().map(|(key, p)| ProcessReport { key: key.clone(), pid: p.pid, exit: p.exit.clone() }).collect(),
         };
         let path = format!("/api/agents/{}/heartbeat", config.name);

@@ -6,7 +6,7 @@
 //! 200 ms) declares silent agents lost, starts restarting jobs whose backoff has passed, and places
 //! jobs waiting for slots.
 //!
-//! `GET /` is a dashboard page; `GET /metrics` shows the jobs by state, each job's restarts and uptime, and the agents and
+//! `GET /` is a dashboard page, `GET /jobs/{id}` a job's page (see [`crate::dashboard`]); `GET /metrics` shows the jobs by state, each job's restarts and uptime, and the agents and
 //! slots, in Prometheus text.
 //!
 //! On start the coordinator reloads every record from `--state-dir`. Processes keep running while
@@ -32,6 +32,7 @@ use crate::api::{
     AgentCommand, AgentView, ErrorAnswer, Heartbeat, HeartbeatAnswer, JobSummary, ProcessExit, ProcessKey, SavepointAnswer, SubmitRequest,
 };
 use crate::job::{humanize, JobRecord, JobState, Placement, RestartStrategy};
+use crate::scrape::{JobMetrics, Observed, Sample, Target};
 use crate::store::{job_number, Store};
 
 /// The coordinator's settings (its command-line flags).
@@ -78,7 +79,7 @@ pub async fn serve(config: CoordinatorConfig, ready: impl FnOnce(SocketAddr)) ->
     inner.reload()?;
     let binaries = config.state_dir.join("binaries");
     std::fs::create_dir_all(&binaries).with_context(|| format!("cannot create {}", binaries.display()))?;
-    let shared = Arc::new(Shared { inner: Mutex::new(inner), token: config.token.clone(), binaries });
+    let shared = Arc::new(Shared { inner: Mutex::new(inner), token: config.token.clone(), binaries, observed: Mutex::default() });
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {} (--listen)", config.listen))?;
     let bound = listener.local_addr()?;
@@ -90,6 +91,21 @@ pub async fn serve(config: CoordinatorConfig, ready: impl FnOnce(SocketAddr)) ->
             ticker.lock().tick();
         }
     });
+    // Reads the running job processes' metrics endpoints, outside the records' lock.
+    let scraper = shared.clone();
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(crate::scrape::SCRAPE_INTERVAL);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            let targets = scraper.lock().scrape_targets();
+            let figures = crate::scrape::scrape(targets).await;
+            let mut observed = scraper.observed();
+            for (id, m) in figures {
+                observed.entry(id).or_default().record(m);
+            }
+        }
+    });
     ready(bound);
     axum::serve(listener, router(shared)).await.context("the coordinator's HTTP server failed")
 }
@@ -98,6 +114,8 @@ fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/api/jobs", post(submit).get(list))
         .route("/api/jobs/{id}", get(status))
+        .route("/api/jobs/{id}/history", get(history))
+        .route("/jobs/{id}", get(job_page))
         .route("/api/jobs/{id}/cancel", post(cancel))
         .route("/api/jobs/{id}/stop", post(stop))
         .route("/api/jobs/{id}/savepoint", post(savepoint))
@@ -116,12 +134,24 @@ struct Shared {
     token: Option<String>,
     /// Uploaded job binaries, each named by its SHA-256.
     binaries: PathBuf,
+    /// The jobs' metrics as last read from their processes, and their recent history; a lock of
+    /// its own, so a scrape never waits for the records.
+    observed: Mutex<BTreeMap<String, Observed>>,
 }
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock left the records as they were at the last save at worst.
         self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn observed(&self) -> MutexGuard<'_, BTreeMap<String, Observed>> {
+        self.observed.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The job's latest metrics, when its processes were read.
+    fn job_metrics(&self, id: &str) -> Option<JobMetrics> {
+        self.observed().get(id).and_then(|o| o.latest.clone())
     }
 }
 
@@ -212,6 +242,20 @@ impl Inner {
         self.save(id);
     }
 
+    /// The metrics endpoints of the processes running now (started, not ended).
+    fn scrape_targets(&self) -> Vec<Target> {
+        self.jobs
+            .values()
+            .filter(|r| !r.state.is_final())
+            .flat_map(|r| {
+                r.placements.iter().filter(|p| p.pid.is_some() && p.exit.is_none()).filter_map(|p| {
+                    let address = p.metrics_address.clone()?;
+                    Some(Target { job: r.id.clone(), attempt: r.attempt, process: p.process, address })
+                })
+            })
+            .collect()
+    }
+
     fn tick(&mut self) {
         let now_ms = crate::now_ms();
         // Silent agents are lost, and every process they ran.
@@ -263,7 +307,7 @@ impl Inner {
             .agents
             .iter()
             .filter(|(_, a)| !a.lost && !a.host.is_empty() && a.last_seen.elapsed() < PLACE_ON_AGENTS_SEEN_WITHIN)
-            .map(|(name, a)| (name.clone(), a.slots.saturating_sub(used.get(name).copied().unwrap_or(0)).min(a.free_ports.len())))
+            .map(|(name, a)| (name.clone(), a.slots.saturating_sub(used.get(name).copied().unwrap_or(0)).min(a.free_ports.len() / 2)))
             .filter(|(_, n)| *n > 0)
             .collect();
         let Some(record) = self.jobs.get(id) else { return };
@@ -278,14 +322,19 @@ impl Inner {
             chosen.push(free[0].0.clone());
             free[0].1 -= 1;
         }
+        // Each process gets two of its agent's free ports: one for its peers, one for its metrics
+        // endpoint (unless the job's flags name one: then the coordinator does not scrape it).
+        let own_metrics = record.spec.run_args.iter().any(|a| a == "--metrics-addr" || a.starts_with("--metrics-addr="));
         let mut placements = Vec::with_capacity(needed);
         for (process, name) in chosen.iter().enumerate() {
             let Some(agent) = self.agents.get_mut(name) else { return };
             let Some(port) = agent.free_ports.pop() else { return };
+            let metrics_port = if own_metrics { None } else { agent.free_ports.pop() };
             placements.push(Placement {
                 process,
                 agent: name.clone(),
                 address: format!("{}:{port}", agent.host),
+                metrics_address: metrics_port.map(|p| format!("{}:{p}", agent.host)),
                 pid: None,
                 exit: None,
                 delivered_at: None,
@@ -316,6 +365,9 @@ impl Inner {
             }
             if let Some(restore) = &restore {
                 args.extend(["--restore".to_string(), restore.clone()]);
+            }
+            if let Some(metrics) = &placement.metrics_address {
+                args.extend(["--metrics-addr".to_string(), metrics.clone()]);
             }
             commands.push((
                 placement.agent.clone(),
@@ -356,7 +408,8 @@ impl Inner {
             .filter(|r| !r.state.is_final())
             .flat_map(|r| r.placements.iter())
             .filter(|p| p.agent == name && p.exit.is_none())
-            .filter_map(|p| p.address.rsplit_once(':').and_then(|(_, port)| port.parse().ok()))
+            .flat_map(|p| std::iter::once(&p.address).chain(&p.metrics_address))
+            .filter_map(|address| address.rsplit_once(':').and_then(|(_, port)| port.parse().ok()))
             .collect();
         let agent = self.agents.entry(name.to_string()).or_insert_with(|| {
             tracing::info!(agent = name, slots = beat.slots, "agent {name} registered with {} slots at {}", beat.slots, beat.host);
@@ -457,7 +510,8 @@ impl Inner {
                 r.running_since_ms().map(|since| humanize(Duration::from_secs(now_ms.saturating_sub(since) / 1000))).unwrap_or_default();
             let last = r.history.last().map(|t| format!("{} -> {}: {}", t.from, t.to, t.cause)).unwrap_or_default();
             page.push_str(&format!(
-                "<tr><td>{}</td><td>{}</td><td class=\"state\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td><a href=\"/jobs/{}\">{}</a></td><td>{}</td><td class=\"state\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                html(&r.id),
                 html(&r.id),
                 html(&r.spec.job),
                 r.state,
@@ -505,6 +559,18 @@ impl Inner {
                 uptime.get_or_create(&labels).set(now_ms.saturating_sub(since) as f64 / 1000.0);
             }
         }
+        // Where each running process serves its own metrics, for a Prometheus that scrapes the jobs.
+        let endpoints = Family::<Labels, Gauge>::default();
+        for target in self.scrape_targets() {
+            let job = self.jobs.get(&target.job).map(|r| r.spec.job.clone()).unwrap_or_default();
+            let labels = vec![
+                ("id".to_string(), target.job.clone()),
+                ("job".to_string(), job),
+                ("process".to_string(), target.process.to_string()),
+                ("url".to_string(), format!("http://{}/metrics", target.address)),
+            ];
+            endpoints.get_or_create(&labels).set(1);
+        }
         let agents = Family::<Labels, Gauge>::default();
         let lost = self.agents.values().filter(|a| a.lost).count();
         agents.get_or_create(&label("state", "alive")).set((self.agents.len() - lost) as i64);
@@ -517,6 +583,11 @@ impl Inner {
         registry.register("paystream_cluster_jobs", "Jobs of the coordinator by state.", jobs);
         registry.register("paystream_cluster_job_restarts", "Restarts of each job.", restarts);
         registry.register("paystream_cluster_job_uptime_seconds", "Since each running job last became running.", uptime);
+        registry.register(
+            "paystream_cluster_job_process_endpoint",
+            "1 for each running job process, labelled with the URL of its own metrics endpoint.",
+            endpoints,
+        );
         registry.register("paystream_cluster_agents", "Agents known to the coordinator, alive or lost.", agents);
         registry.register("paystream_cluster_slots", "Slots of the alive agents: total, and used by processes.", slots);
         let mut out = String::new();
@@ -547,7 +618,7 @@ impl Inner {
                 .sum();
             format!("{} free slots; {free} free now", record.spec.processes)
         });
-        JobView { record, uptime_ms, last_checkpoint, waiting_for }
+        JobView { record, uptime_ms, last_checkpoint, waiting_for, metrics: None }
     }
 }
 
@@ -563,6 +634,9 @@ pub struct JobView {
     /// What a job waiting to be placed waits for (slots).
     #[serde(skip_serializing_if = "Option::is_none")]
     waiting_for: Option<String>,
+    /// Its processes' figures as the coordinator last read them (`GET /api/jobs/{id}` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics: Option<JobMetrics>,
 }
 
 /// A failed request: its status and message, answered as `{"error": ...}`.
@@ -651,9 +725,21 @@ async fn list(State(shared): State<Arc<Shared>>) -> Json<Vec<JobSummary>> {
 }
 
 async fn status(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Result<Json<JobView>, ApiFailure> {
-    let inner = shared.lock();
-    let record = inner.jobs.get(&id).ok_or_else(|| unknown_job(&id))?;
-    Ok(Json(inner.view(record)))
+    let mut view = {
+        let inner = shared.lock();
+        let record = inner.jobs.get(&id).ok_or_else(|| unknown_job(&id))?;
+        inner.view(record)
+    };
+    view.metrics = shared.job_metrics(&id);
+    Ok(Json(view))
+}
+
+/// `GET /api/jobs/{id}/history`: the job's samples of the last minutes, oldest first.
+async fn history(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Result<Json<Vec<Sample>>, ApiFailure> {
+    if !shared.lock().jobs.contains_key(&id) {
+        return Err(unknown_job(&id));
+    }
+    Ok(Json(shared.observed().get(&id).map(|o| o.history.iter().cloned().collect()).unwrap_or_default()))
 }
 
 async fn cancel(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Result<Json<JobView>, ApiFailure> {
@@ -783,13 +869,28 @@ async fn download_binary(State(shared): State<Arc<Shared>>, Path(sha256): Path<S
     }
 }
 
-/// `GET /`: the dashboard, one server-rendered page (no script) that reloads itself every 2 s.
+/// `GET /`: the dashboard's list of jobs and agents, one server-rendered page (no script) that
+/// reloads itself every 2 s; each job links to its page, `/jobs/{id}`.
 async fn dashboard(State(shared): State<Arc<Shared>>) -> axum::response::Html<String> {
     axum::response::Html(shared.lock().dashboard())
 }
 
+/// `GET /jobs/{id}`: the job's page (see [`crate::dashboard`]).
+async fn job_page(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Result<axum::response::Html<String>, ApiFailure> {
+    let mut view = {
+        let inner = shared.lock();
+        let record = inner.jobs.get(&id).ok_or_else(|| unknown_job(&id))?;
+        inner.view(record)
+    };
+    view.metrics = shared.job_metrics(&id);
+    let history: Vec<Sample> = shared.observed().get(&id).map(|o| o.history.iter().cloned().collect()).unwrap_or_default();
+    let json = |value: serde_json::Result<String>| value.map_err(|e| ApiFailure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()));
+    let (view, history) = (json(serde_json::to_string(&view))?, json(serde_json::to_string(&history))?);
+    Ok(axum::response::Html(crate::dashboard::job_page(&id, &view, &history)))
+}
+
 /// Text made safe inside HTML.
-fn html(text: &str) -> String {
+pub(crate) fn html(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 

@@ -110,6 +110,10 @@ pub struct Placement {
     pub agent: String,
     /// `host:port` the process listens on for its peers.
     pub address: String,
+    /// `host:port` of the process's metrics endpoint (`--metrics-addr`), which the coordinator
+    /// scrapes; none when the job's own flags already name one.
+    #[serde(default)]
+    pub metrics_address: Option<String>,
     /// Once its agent reported it started.
     #[serde(default)]
     pub pid: Option<u32>,
@@ -438,6 +442,7 @@ mod tests {
                 process,
                 agent: format!("a{process}"),
                 address: format!("127.0.0.1:{}", 7100 + process),
+                metrics_address: None,
                 pid: None,
                 exit: None,
                 delivered_at: None,

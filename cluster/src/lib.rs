@@ -5,6 +5,7 @@
 //! - [`api`]: the JSON bodies of the HTTP API (requests, answers, agent heartbeats).
 //! - [`job`]: a job's record and its state machine, with the restart strategy.
 //! - [`coordinator`]: the service (`paystream coordinator`): HTTP routes, scheduling, persistence.
+//! - [`scrape`]: the coordinator's reads of its job processes' metrics endpoints, and their history.
 //! - [`agent`]: the node service (`paystream agent`): heartbeats, starting and killing processes.
 //! - [`client`]: a small HTTP/1 JSON client over hyper.
 //!
@@ -16,7 +17,9 @@ pub mod agent;
 pub mod api;
 pub mod client;
 pub mod coordinator;
+mod dashboard;
 pub mod job;
+pub mod scrape;
 mod store;
 
 pub use anyhow::Result;

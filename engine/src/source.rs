@@ -429,6 +429,11 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
     let mut epoch = ctx.first_epoch();
     let mut next_tick = checkpoints.as_ref().map(|c| Instant::now() + c.interval);
     let flow = ctx.flow.clone();
+    // Backpressure: how often this source paused because its sinks had not taken in what it sent
+    // (registered at the first pause, so runs without backpressure show no such counter).
+    let backpressure_name = format!("backpressure_waits:{name}");
+    let worker_index = scope.index();
+    let mut backpressure_waits: Option<crate::metrics::WorkerCounter> = None;
     let source_number = ctx.sources_built.get();
     ctx.sources_built.set(source_number + 1);
     // The ingestion instant of the latest record that raised a watermark, for latency.
@@ -575,6 +580,7 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
                 } else {
                     // Wait for the sinks to take in what was sent: a sink's frontier moving
                     // wakes this source (and a timer, should the wake-up be missed).
+                    backpressure_waits.get_or_insert_with(|| metrics.worker_counter(&backpressure_name, worker_index)).add(1);
                     flow.wait(&activator);
                     activator.activate_after(std::time::Duration::from_millis(5));
                     return;

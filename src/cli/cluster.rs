@@ -435,7 +435,11 @@ fn describe_status(view: &Value) -> String {
             true => "running".to_string(),
             false => format!("ended: {}", exit_text(&p["exit"])),
         };
-        out.push_str(&format!("  process {} on {} at {}, {pid}, {how}\n", p["process"], text(&p["agent"]), text(&p["address"])));
+        let metrics = p["metrics_address"].as_str().map(|a| format!(", metrics http://{a}/metrics")).unwrap_or_default();
+        out.push_str(&format!("  process {} on {} at {}, {pid}, {how}{metrics}\n", p["process"], text(&p["agent"]), text(&p["address"])));
+    }
+    if let Ok(m) = serde_json::from_value::<paystream_cluster::scrape::JobMetrics>(view["metrics"].clone()) {
+        out.push_str(&describe_metrics(&m));
     }
     out.push_str("  history:\n");
     for t in view["history"].as_array().into_iter().flatten() {
@@ -448,6 +452,38 @@ fn describe_status(view: &Value) -> String {
         ));
     }
     out.trim_end().to_string()
+}
+
+/// The figures the coordinator last read from the job's processes.
+fn describe_metrics(m: &paystream_cluster::scrape::JobMetrics) -> String {
+    let ms = |v: Option<f64>| v.map(|v| format!("{v:.1} ms")).unwrap_or_else(|| "-".into());
+    let age = paystream_cluster::now_ms().saturating_sub(m.at_ms);
+    let mut out = format!("  metrics (attempt {}, read {:.1} s ago):\n", m.attempt, age as f64 / 1000.0);
+    out.push_str(&format!("    events read:     {} ({:.0}/s)\n", m.events_read, m.events_per_second));
+    out.push_str(&format!("    watermark lag:   {}\n", ms(m.watermark_lag_ms.map(|l| l as f64))));
+    out.push_str(&format!("    backpressure:    {} source pauses ({:.1}/s)\n", m.backpressure_waits, m.backpressure_waits_per_second));
+    out.push_str(&format!("    latency:         p50 {}, p99 {}\n", ms(m.latency_p50_ms), ms(m.latency_p99_ms)));
+    if let Some(c) = &m.checkpoints {
+        let epoch = c.last_completed_epoch.map(|e| e.to_string()).unwrap_or_else(|| "-".into());
+        let size = c.last_size_bytes.map(|b| format!("{b} bytes")).unwrap_or_else(|| "-".into());
+        out.push_str(&format!(
+            "    checkpoints:     {} completed, {} failed; last epoch {epoch}, {}, {size}\n",
+            c.completed,
+            c.failures,
+            ms(c.last_duration_ms)
+        ));
+    }
+    out.push_str(&format!("    {:<24} {:>14} {:>10} {:>14} {:>10}\n", "STEP", "RECORDS IN", "IN/S", "RECORDS OUT", "OUT/S"));
+    for s in &m.steps {
+        out.push_str(&format!(
+            "    {:<24} {:>14} {:>10.0} {:>14} {:>10.0}\n",
+            s.step, s.records_in, s.records_in_per_second, s.records_out, s.records_out_per_second
+        ));
+    }
+    for e in &m.scrape_errors {
+        out.push_str(&format!("    unread: {e}\n"));
+    }
+    out
 }
 
 fn exit_text(exit: &Value) -> String {
