@@ -802,7 +802,8 @@ impl TxnClient {
             self.producer.commit_transaction(self.timeout).map_err(|e| anyhow!("{what}: cannot commit epoch {epoch}: {e} {late}"))
         });
         if result.is_err() {
-            let _ = self.producer.abort_transaction(ABORT_TIMEOUT);
+            // Best effort: a restore fences this transactional id, which aborts it anyway.
+            let _ = self.producer.abort_transaction(ABORT_TIMEOUT.min(self.timeout));
             return result;
         }
         // Delivery reports of the transaction are in: later epochs' lines lie past them.

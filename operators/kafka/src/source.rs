@@ -365,6 +365,25 @@ impl SplitReader for PartitionReader {
     }
 }
 
+impl Drop for PartitionReader {
+    /// Closes the consumer on a thread of its own. rdkafka closes a consumer that has a group on
+    /// drop and waits, without a limit, until its group work is done (here: the asynchronous
+    /// offset commit of the last completed checkpoint); while the broker is away that took 45 s
+    /// (the commit request's timeout), on the worker thread that finished the partition, which
+    /// stalled the whole job: its sinks could not fail or commit, and `reconnect_timeout` did not
+    /// hold. A closing consumer still running when the process exits loses only that
+    /// best-effort commit.
+    fn drop(&mut self) {
+        self.queue.take();
+        if let Some(consumer) = self.consumer.take() {
+            let closing = std::thread::Builder::new().name("kafka-close".into()).spawn(move || drop(consumer));
+            if let Err(e) = closing {
+                tracing::debug!("kafka topic {} partition {}: closing its consumer here: {e}", self.topic, self.partition);
+            }
+        }
+    }
+}
+
 /// librdkafka's consumer queue of a consumer, to ask its length.
 struct ConsumerQueue(*mut rdkafka::bindings::rd_kafka_queue_t);
 
