@@ -21,7 +21,8 @@
 //! At the end of a bounded partition its watermark becomes +infinity; when all of a worker's
 //! partitions end, it drops its capability, and every window downstream fires, as Flink does at the
 //! end of a bounded input. A partition that yields nothing for the idleness timeout stops holding
-//! the watermark back until it yields again. A partition that knows it has handed over everything
+//! the watermark back until it yields again (when all of a worker's partitions are quiet, the one
+//! that yielded last holds it). A partition that knows it has handed over everything
 //! before some time (a polled table: `SplitReader::complete_before`) raises its watermark there
 //! without a record.
 
@@ -780,8 +781,7 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
             since_advance += read as usize;
             if since_advance >= advance_every || caught_up || (read as usize) < asked {
                 since_advance = 0;
-                let live = parts.iter().filter(|p| !p.done && !p.idle).map(|p| p.watermark).min();
-                if let Some(watermark) = live {
+                if let Some(watermark) = holding_watermark(&parts) {
                     if watermark > held {
                         records_cap.downgrade(&Time::new(epoch, watermark));
                         dead_cap.downgrade(&Time::new(epoch, watermark));
@@ -819,6 +819,18 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
         }
     });
     Ok((records, dead))
+}
+
+/// The watermark a worker's live splits allow: the least over those not idle. When every live
+/// split is idle, the one that yielded data last holds it, as if the others had gone quiet
+/// first (which they did): the split quiet longest must not hold the watermark back, and the
+/// one that just went quiet must not be skipped past, or its next records would be late. (Had
+/// the idleness checks run at each instant, as Flink's do every 200 ms, the same split would be
+/// the last one active; checked in the same activation, they would all go idle at once and the
+/// watermark would stay where the quietest split held it.)
+fn holding_watermark<T>(parts: &[PartitionState<T>]) -> Option<u64> {
+    let live = parts.iter().filter(|p| !p.done);
+    live.clone().filter(|p| !p.idle).map(|p| p.watermark).min().or_else(|| live.max_by_key(|p| p.last_data).map(|p| p.watermark))
 }
 
 /// A finished source's last part: it stands for every later epoch (the coordinator links it).
