@@ -13,6 +13,7 @@
 //!   serde_json and leaves every other line to it.
 //! * `scan`: the word-at-a-time byte scanning both fast paths are built on.
 //! * `macros`: [`csv_record!`](crate::csv_record), which writes both fast paths for a struct.
+//! * [`Rfc3339Millis`] (`rfc3339`): a field holding an event time written as RFC 3339 text.
 //! * [`DeadLetter`] (`dead_letter`): a record that could not be read.
 
 mod dead_letter;
@@ -21,12 +22,14 @@ mod fields;
 mod fixtures;
 mod json;
 mod macros;
+mod rfc3339;
 mod scan;
 mod split;
 
 pub use dead_letter::DeadLetter;
 pub use fields::{parse_column, CsvField};
 pub use json::{json_field, json_key, json_value, plain_json_string, PlainJsonValue};
+pub use rfc3339::Rfc3339Millis;
 pub use split::{from_csv_line_general, plain_field, push_csv_field, split_csv_line};
 
 /// A record that can be read from and written to a CSV line.
