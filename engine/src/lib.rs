@@ -91,4 +91,5 @@ impl<T: Data + Eq + std::hash::Hash + Ord> Key for T {}
 #[doc(hidden)]
 pub mod __private {
     pub use serde;
+    pub use serde_json;
 }

@@ -143,6 +143,24 @@ macro_rules! __csv_record_with_serde {
                 };
                 (bytes.get(at) == Some(&b'}') && at + 1 == bytes.len()).then_some(record)
             }
+            fn json_field_at_fault(line: &str) -> Option<&'static str> {
+                use $crate::__private::serde_json;
+                const SERDE_ATTRIBUTES: bool = false
+                    $( || $crate::__attribute_may_be_serde!($($meta)*) )*
+                    $( $( || $crate::__attribute_may_be_serde!($($fmeta)*) )* )*;
+                if SERDE_ATTRIBUTES {
+                    return None;
+                }
+                let object = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(line).ok()?;
+                $(
+                    if let Some(value) = object.get(stringify!($field)) {
+                        if <$ty as $crate::__private::serde::Deserialize>::deserialize(value).is_err() {
+                            return Some(stringify!($field));
+                        }
+                    }
+                )*
+                None
+            }
             fn write_csv(&self, out: &mut String) {
                 let mut first = true;
                 $(

@@ -70,6 +70,15 @@ pub trait CsvRecord: Sized {
         None
     }
 
+    /// The field at fault in a JSON line that serde_json refused, when one field's value is
+    /// what it could not read (a string where a number belongs, a malformed time), so that a
+    /// dead letter can name it; `None` otherwise (a missing field, a line that is not an
+    /// object) and by default. [`csv_record!`](crate::csv_record) records without serde
+    /// attributes answer it, reading each field's value again on its own: only bad lines pay.
+    fn json_field_at_fault(_line: &str) -> Option<&'static str> {
+        None
+    }
+
     /// The header line, without the line break.
     fn csv_header() -> String {
         Self::csv_columns().join(",")
