@@ -43,6 +43,7 @@ pub fn connectors() -> paystream_engine::Connectors {
 
 /// Everything a job needs, in one import.
 pub mod prelude {
+    pub use paystream_engine::record::Rfc3339Millis;
     pub use paystream_engine::{
         millis, minutes, secs, CsvField, CsvRecord, Data, Duration, JobBuilder, JobSpec, Key, KeyedStream, OutOfOrder, ParamSpec, Params,
         Result, SinkSpec, SourceSpec, Stream,
