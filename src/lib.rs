@@ -43,10 +43,9 @@ pub fn connectors() -> paystream_engine::Connectors {
 
 /// Everything a job needs, in one import.
 pub mod prelude {
-    pub use paystream_engine::record::Rfc3339Millis;
     pub use paystream_engine::{
         millis, minutes, secs, CsvField, CsvRecord, Data, Duration, JobBuilder, JobSpec, Key, KeyedStream, OutOfOrder, ParamSpec, Params,
-        Result, SinkSpec, SourceSpec, Stream,
+        Result, Rfc3339Millis, SinkSpec, SourceSpec, Stream,
     };
     pub use paystream_jobs::{text::ShortText, Authorization, Payment, Status};
     pub use paystream_operators::{
