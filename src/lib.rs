@@ -45,7 +45,7 @@ pub fn connectors() -> paystream_engine::Connectors {
 pub mod prelude {
     pub use paystream_engine::{
         millis, minutes, secs, CsvField, CsvRecord, Data, Duration, JobBuilder, JobSpec, Key, KeyedStream, OutOfOrder, ParamSpec, Params,
-        Result, SinkSpec, SourceSpec, Stream,
+        Result, Rfc3339Millis, SinkSpec, SourceSpec, Stream,
     };
     pub use paystream_jobs::{text::ShortText, Authorization, Payment, Status};
     pub use paystream_operators::{

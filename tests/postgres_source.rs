@@ -506,43 +506,6 @@ fn a_table_away_past_reconnect_timeout_fails_the_job_naming_the_server() {
     );
 }
 
-/// Builds example `name` (a no-op when it is up to date) in the profile of this test's binary
-/// and returns its path.
-#[cfg(feature = "nats")]
-fn example_binary(name: &str) -> std::path::PathBuf {
-    let bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_paystream"));
-    let dir = bin.parent().expect("the binary's directory");
-    let mut cargo = Command::new(env!("CARGO"));
-    cargo.args(["build", "-q", "--example", name]).current_dir(env!("CARGO_MANIFEST_DIR"));
-    // The target directory this test was built in (`--target-dir` or CARGO_TARGET_DIR alike).
-    if let Some(target) = dir.parent() {
-        cargo.arg("--target-dir").arg(target);
-    }
-    if dir.ends_with("release") {
-        cargo.arg("--release");
-    }
-    let status = cargo.status().expect("cargo runs");
-    assert!(status.success(), "cargo build --example {name} failed");
-    dir.join("examples").join(name)
-}
-
-/// Runs `program ARGS` in `cwd` to completion (or the common timeout).
-#[cfg(feature = "nats")]
-fn run_program(label: &str, program: &std::path::Path, args: Vec<String>, cwd: &std::path::Path) -> Outcome {
-    use std::process::Stdio;
-    let mut child = Command::new(program)
-        .args(args)
-        .current_dir(cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{label}: cannot start {}: {e}", program.display()));
-    let stdout = drain(child.stdout.take().expect("piped stdout"));
-    let stderr = drain(child.stderr.take().expect("piped stderr"));
-    wait_all(vec![Running { label: label.to_string(), child, stdout, stderr }]).pop().expect("one outcome")
-}
-
 /// `examples/nats_to_postgres.rs` against the real NATS (127.0.0.1:4222) and PostgreSQL: the
 /// windows it upserts from payments on a stream, checkpointed, are those it computes from the
 /// same payments generated straight into a file.

@@ -317,7 +317,10 @@ impl LineDecoder {
                     out.push_record(record);
                     return 1;
                 }
-                serde_json::from_str::<T>(line).map_err(|e| format!("invalid JSON record: {e}"))
+                serde_json::from_str::<T>(line).map_err(|e| match T::json_field_at_fault(line) {
+                    Some(field) => format!("invalid JSON record: field {field}: {e}"),
+                    None => format!("invalid JSON record: {e}"),
+                })
             }
         };
         match parsed {
@@ -493,7 +496,7 @@ mod tests {
         assert_eq!(rows, vec![Row { id: 1, name: "a".into() }, Row { id: 3, name: "c".into() }]);
         assert_eq!(dead.len(), 1);
         assert_eq!(dead[0].line, 3);
-        assert!(dead[0].reason.starts_with("invalid JSON record: invalid type"), "{}", dead[0].reason);
+        assert!(dead[0].reason.starts_with("invalid JSON record: field id: invalid type"), "{}", dead[0].reason);
         assert_eq!(positions.last(), Some(&(input.len() as u64, 4)));
     }
 
@@ -566,14 +569,150 @@ mod tests {
         let (rows, dead, _) = read_all(input.as_bytes(), 1 << 16, 100, Format::JsonLines);
         let (mut expected_rows, mut expected_reasons) = (Vec::new(), Vec::new());
         for (index, line) in lines.iter().enumerate() {
-            match serde_json::from_str::<Row>(line) {
-                Ok(row) => expected_rows.push(row),
-                Err(e) => expected_reasons.push((index as u64 + 1, format!("invalid JSON record: {e}"), line.to_string())),
+            // The field named is the one whose value is not of its type, if any.
+            let object = serde_json::from_str::<serde_json::Value>(line).ok();
+            let object = object.as_ref().and_then(|value| value.as_object());
+            let field = object.and_then(|o| match (o.get("id"), o.get("name")) {
+                (Some(id), _) if !id.is_u64() => Some("id"),
+                (_, Some(name)) if !name.is_string() => Some("name"),
+                _ => None,
+            });
+            match (serde_json::from_str::<Row>(line), field) {
+                (Ok(row), _) => expected_rows.push(row),
+                (Err(e), Some(field)) => {
+                    expected_reasons.push((index as u64 + 1, format!("invalid JSON record: field {field}: {e}"), line.to_string()))
+                }
+                (Err(e), None) => expected_reasons.push((index as u64 + 1, format!("invalid JSON record: {e}"), line.to_string())),
             }
         }
         assert_eq!(rows, expected_rows);
         let reasons: Vec<(u64, String, String)> = dead.into_iter().map(|d| (d.line, d.reason, d.raw)).collect();
         assert_eq!(reasons, expected_reasons);
         assert_eq!((rows.len(), reasons.len()), (15, 21), "{rows:?} {reasons:?}");
+        let named = reasons.iter().filter(|(_, reason, _)| reason.starts_with("invalid JSON record: field ")).count();
+        assert_eq!(named, 10, "{reasons:#?}");
+    }
+
+    crate::__csv_record_with_serde! {
+        "serde",
+        #[derive(Clone, Debug, PartialEq)]
+        struct Login {
+            at: crate::record::Rfc3339Millis,
+            user: String,
+            attempts: u32,
+        }
+    }
+
+    fn login(text: &str, user: &str, attempts: u32) -> Login {
+        Login { at: text.parse().unwrap(), user: user.into(), attempts }
+    }
+
+    /// The records of `input` read in `format`, and its dead letters as (line, reason).
+    fn logins(input: &str, format: Format) -> (Vec<Login>, Vec<(u64, String)>) {
+        let mut reader = std::io::BufReader::with_capacity(16, input.as_bytes());
+        let mut decoder = LineDecoder::new("logins", "in".into(), format);
+        let (mut records, mut dead) = (Vec::new(), Vec::new());
+        while decoder.read(&mut reader, 3, &mut records, &mut dead) != ReadStatus::Done {}
+        (records, dead.into_iter().map(|d| (d.line, d.reason)).collect())
+    }
+
+    const EXPECTED_FORM: &str = "expected the form 2026-01-01T00:00:00.250Z or 2026-01-01T01:00:00+01:00";
+
+    /// RFC 3339 times in CSV, at any offset, quoted or not; a malformed one goes to dead letters
+    /// with the column, the field, what is wrong and the form expected.
+    #[test]
+    fn csv_lines_read_rfc3339_times_and_dead_letter_bad_ones() {
+        let input = "at,user,attempts\n\
+            2026-01-01T00:00:00.250Z,ana,1\n\
+            2026-01-01T01:00:00+01:00,bo,2\n\
+            \"2025-12-31T19:00:00.5-05:00\",\"c,d\",3\n\
+            2026-13-01T00:00:00Z,eve,4\n\
+            1767225600000,fay,5\n\
+            2026-01-01 00:00:00Z,gus,6\n\
+            2024-02-29t12:00:00z,hal,7\n";
+        let (records, dead) = logins(input, Format::Csv);
+        assert_eq!(
+            records,
+            vec![
+                login("2026-01-01T00:00:00.250Z", "ana", 1),
+                login("2026-01-01T00:00:00Z", "bo", 2),
+                login("2026-01-01T00:00:00.500Z", "c,d", 3),
+                login("2024-02-29T12:00:00Z", "hal", 7),
+            ]
+        );
+        assert_eq!(records[0].at.millis(), 1_767_225_600_250);
+        assert_eq!(
+            dead,
+            vec![
+                (5, format!("column 1 (at): not an RFC 3339 time: month 13 is out of range; {EXPECTED_FORM} in \"2026-13-01T00:00:00Z\"")),
+                (
+                    6,
+                    format!(
+                        "column 1 (at): not an RFC 3339 time: expected '-' after the year at character 5, found \"225600\"; \
+                         {EXPECTED_FORM} in \"1767225600000\""
+                    )
+                ),
+                (
+                    7,
+                    format!(
+                        "column 1 (at): not an RFC 3339 time: expected 'T' between the date and the time at character 11, \
+                         found \" 00:00\"; {EXPECTED_FORM} in \"2026-01-01 00:00:00Z\""
+                    )
+                ),
+            ]
+        );
+        // Written back in UTC with milliseconds, and read again as the same records.
+        let mut written = String::new();
+        for record in &records {
+            record.write_csv(&mut written);
+            written.push('\n');
+        }
+        assert!(written.starts_with("2026-01-01T00:00:00.250Z,ana,1\n2026-01-01T00:00:00.000Z,bo,2\n"), "{written}");
+        assert_eq!(logins(&written, Format::Csv), (records, vec![]));
+    }
+
+    /// RFC 3339 times in JSON lines, read in place or by serde_json (an escaped string); a
+    /// malformed one goes to dead letters naming the field, what is wrong and the form expected.
+    #[test]
+    fn json_lines_read_rfc3339_times_and_dead_letter_bad_ones() {
+        let input = [
+            r#"{"at":"2026-01-01T00:00:00.250Z","user":"ana","attempts":1}"#,
+            r#"{"attempts":2,"user":"bo","at":"2026-01-01T01:00:00+01:00"}"#,
+            r#"{"at":"2026-01-01T00:00:00\u005a","user":"cy","attempts":3}"#,
+            r#"{"at":"2026-13-01T00:00:00Z","user":"eve","attempts":4}"#,
+            r#"{"at":1767225600000,"user":"fay","attempts":5}"#,
+            r#"{"at":"2026-01-01T00:00:00","user":"gus","attempts":6}"#,
+            r#"{"at":"2026-01-01T00:00:00Z","user":"hal","attempts":-1}"#,
+        ]
+        .join("\n");
+        let (records, dead) = logins(&input, Format::JsonLines);
+        assert_eq!(
+            records,
+            vec![
+                login("2026-01-01T00:00:00.250Z", "ana", 1),
+                login("2026-01-01T00:00:00Z", "bo", 2),
+                login("2026-01-01T00:00:00Z", "cy", 3)
+            ]
+        );
+        let reasons: Vec<(u64, &str)> = dead.iter().map(|(line, reason)| (*line, reason.as_str())).collect();
+        assert_eq!(reasons.len(), 4, "{reasons:#?}");
+        let month = format!(
+            "invalid JSON record: field at: not an RFC 3339 time: month 13 is out of range; {EXPECTED_FORM}, \
+             found \"2026-13-01T00:00:00Z\" at line 1 column 28"
+        );
+        assert_eq!(reasons[0], (4, month.as_str()));
+        let number = "invalid JSON record: field at: invalid type: integer `1767225600000`, expected an RFC 3339 time as a string";
+        assert!(reasons[1].0 == 5 && reasons[1].1.starts_with(number), "{reasons:#?}");
+        let offset = "invalid JSON record: field at: not an RFC 3339 time: expected the offset (Z, +hh:mm or -hh:mm) at character 20";
+        assert!(reasons[2].0 == 6 && reasons[2].1.starts_with(offset), "{reasons:#?}");
+        assert!(
+            reasons[3].0 == 7 && reasons[3].1.starts_with("invalid JSON record: field attempts: invalid value: integer `-1`"),
+            "{reasons:#?}"
+        );
+        // Written by serde_json in UTC with milliseconds, and read again as the same records.
+        let written: Vec<String> = records.iter().map(|r| serde_json::to_string(r).unwrap()).collect();
+        assert_eq!(written[1], r#"{"at":"2026-01-01T00:00:00.000Z","user":"bo","attempts":2}"#);
+        assert!(written.iter().all(|line| Login::from_plain_json_line(line).is_some()));
+        assert_eq!(logins(&written.join("\n"), Format::JsonLines), (records, vec![]));
     }
 }

@@ -69,7 +69,7 @@ pub use format::Format;
 pub use job::{JobBuilder, JobSpec, ParamSpec, Params, SinkSpec, SourceSpec};
 pub use keyed::{KeyedLogic, Split};
 pub use keygroup::KeyMap;
-pub use record::{CsvField, CsvRecord, DeadLetter};
+pub use record::{CsvField, CsvRecord, DeadLetter, Rfc3339Millis};
 pub use source::{GenOptions, Generate};
 pub use stream::{Connected, KeyedStream, SourceStage, Stream};
 pub use time::{millis, minutes, secs, Duration, OutOfOrder};
@@ -91,4 +91,5 @@ impl<T: Data + Eq + std::hash::Hash + Ord> Key for T {}
 #[doc(hidden)]
 pub mod __private {
     pub use serde;
+    pub use serde_json;
 }

@@ -156,6 +156,40 @@ pub fn run(label: &str, args: Vec<String>, cwd: &Path) -> Outcome {
     wait_all(vec![spawn(label, args, cwd)]).pop().expect("one outcome")
 }
 
+/// Builds example `name` (a no-op when it is up to date) in the profile of this test's binary
+/// and returns its path.
+pub fn example_binary(name: &str) -> PathBuf {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_paystream"));
+    let dir = bin.parent().expect("the binary's directory");
+    let mut cargo = Command::new(env!("CARGO"));
+    cargo.args(["build", "-q", "--example", name]).current_dir(env!("CARGO_MANIFEST_DIR"));
+    // The target directory this test was built in (`--target-dir` or CARGO_TARGET_DIR alike).
+    if let Some(target) = dir.parent() {
+        cargo.arg("--target-dir").arg(target);
+    }
+    if dir.ends_with("release") {
+        cargo.arg("--release");
+    }
+    let status = cargo.status().expect("cargo runs");
+    assert!(status.success(), "cargo build --example {name} failed");
+    dir.join("examples").join(name)
+}
+
+/// Runs `program ARGS` (an example's binary, say) in `cwd` to completion (or the timeout).
+pub fn run_program(label: &str, program: &Path, args: Vec<String>, cwd: &Path) -> Outcome {
+    let mut child = Command::new(program)
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{label}: cannot start {}: {e}", program.display()));
+    let stdout = drain(child.stdout.take().expect("piped stdout"));
+    let stderr = drain(child.stderr.take().expect("piped stderr"));
+    wait_all(vec![Running { label: label.to_string(), child, stdout, stderr }]).pop().expect("one outcome")
+}
+
 pub fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
 }

@@ -143,6 +143,25 @@ macro_rules! __csv_record_with_serde {
                 };
                 (bytes.get(at) == Some(&b'}') && at + 1 == bytes.len()).then_some(record)
             }
+            #[allow(unused_variables)]
+            fn json_field_at_fault(line: &str) -> Option<&'static str> {
+                use $crate::__private::serde_json;
+                const SERDE_ATTRIBUTES: bool = false
+                    $( || $crate::__attribute_may_be_serde!($($meta)*) )*
+                    $( $( || $crate::__attribute_may_be_serde!($($fmeta)*) )* )*;
+                if SERDE_ATTRIBUTES {
+                    return None;
+                }
+                let object = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(line).ok()?;
+                $(
+                    if let Some(value) = object.get(stringify!($field)) {
+                        if <$ty as $crate::__private::serde::Deserialize>::deserialize(value).is_err() {
+                            return Some(stringify!($field));
+                        }
+                    }
+                )*
+                None
+            }
             fn write_csv(&self, out: &mut String) {
                 let mut first = true;
                 $(
@@ -274,6 +293,12 @@ mod tests {
         assert_eq!(Renamed::from_plain_json_line(r#"{"a":1,"c":2}"#), None);
         assert_eq!(Renamed::from_plain_json_line(r#"{"b":1,"c":2}"#), None);
         assert_eq!(Plain::from_plain_json_line(r#"{"b":1,"c":"x"}"#), Some(Plain { b: 1, c: "x".into() }));
+        // Nor do they name a field at fault: a renamed field's value is not under its own name.
+        assert_eq!(Renamed::json_field_at_fault(r#"{"b":"x","c":2}"#), None);
+        assert_eq!(Plain::json_field_at_fault(r#"{"b":"x","c":"y"}"#), Some("b"));
+        assert_eq!(Plain::json_field_at_fault(r#"{"b":1,"c":2}"#), Some("c"));
+        assert_eq!(Plain::json_field_at_fault(r#"{"b":1}"#), None);
+        assert_eq!(Plain::json_field_at_fault("[1]"), None);
         for line in [
             r#"{"b":1,"c":"x"} "#,
             r#" {"b":1,"c":"x"}"#,

@@ -13,6 +13,7 @@
 //!   serde_json and leaves every other line to it.
 //! * `scan`: the word-at-a-time byte scanning both fast paths are built on.
 //! * `macros`: [`csv_record!`](crate::csv_record), which writes both fast paths for a struct.
+//! * [`Rfc3339Millis`] (`rfc3339`): a field holding an event time written as RFC 3339 text.
 //! * [`DeadLetter`] (`dead_letter`): a record that could not be read.
 
 mod dead_letter;
@@ -21,12 +22,14 @@ mod fields;
 mod fixtures;
 mod json;
 mod macros;
+mod rfc3339;
 mod scan;
 mod split;
 
 pub use dead_letter::DeadLetter;
 pub use fields::{parse_column, CsvField};
 pub use json::{json_field, json_key, json_value, plain_json_string, PlainJsonValue};
+pub use rfc3339::Rfc3339Millis;
 pub use split::{from_csv_line_general, plain_field, push_csv_field, split_csv_line};
 
 /// A record that can be read from and written to a CSV line.
@@ -64,6 +67,15 @@ pub trait CsvRecord: Sized {
     /// override it (see [`json_field`]); the answer, when there is one, is the record
     /// serde_json would give.
     fn from_plain_json_line(_line: &str) -> Option<Self> {
+        None
+    }
+
+    /// The field at fault in a JSON line that serde_json refused, when one field's value is
+    /// what it could not read (a string where a number belongs, a malformed time), so that a
+    /// dead letter can name it; `None` otherwise (a missing field, a line that is not an
+    /// object) and by default. [`csv_record!`](crate::csv_record) records without serde
+    /// attributes answer it, reading each field's value again on its own: only bad lines pay.
+    fn json_field_at_fault(_line: &str) -> Option<&'static str> {
         None
     }
 
