@@ -40,6 +40,9 @@ pub struct Metrics {
     splits: Mutex<BTreeMap<(String, String), SplitLevel>>,
     /// A [`RunState`].
     run_state: std::sync::atomic::AtomicU8,
+    /// Per source, each local worker's watermark over its splits that are neither idle nor done
+    /// (`None` while it has none): see [`Metrics::follow_active`].
+    active_watermarks: Mutex<BTreeMap<String, Vec<Option<u64>>>>,
 }
 
 /// Why a job halted before the end of its input.
@@ -96,6 +99,7 @@ impl Metrics {
             registered: Mutex::default(),
             splits: Mutex::default(),
             run_state: std::sync::atomic::AtomicU8::new(RunState::Starting as u8),
+            active_watermarks: Mutex::default(),
         }
     }
     /// Paces the sources at `rate` events per second in all (when given) and measures latency;
@@ -144,6 +148,20 @@ impl Metrics {
         if let Some(w) = self.watermarks.get(local_worker) {
             w.store(watermark, Ordering::Relaxed);
         }
+    }
+    /// Records local worker `local_worker`'s watermark over the splits of `source` that are
+    /// neither idle nor done (`None`: it has none), and answers the least such watermark of the
+    /// process's other workers, if any has live splits: a worker whose splits are all idle
+    /// follows it instead of holding the job's watermark where its quiet splits left it.
+    /// (Workers of other processes are not seen: there, a worker whose splits are all idle
+    /// holds the watermark as [`crate::source`] explains.)
+    pub fn follow_active(&self, source: &str, local_worker: usize, active: Option<u64>) -> Option<u64> {
+        let mut all = self.active_watermarks.lock().unwrap_or_else(|e| e.into_inner());
+        let slots = all.entry(source.to_string()).or_insert_with(|| vec![None; self.watermarks.len().max(local_worker + 1)]);
+        if let Some(slot) = slots.get_mut(local_worker) {
+            *slot = active;
+        }
+        slots.iter().enumerate().filter(|(w, _)| *w != local_worker).filter_map(|(_, wm)| *wm).min()
     }
     /// The least source watermark over this process's workers.
     pub fn watermark(&self) -> u64 {

@@ -21,8 +21,9 @@
 //! At the end of a bounded partition its watermark becomes +infinity; when all of a worker's
 //! partitions end, it drops its capability, and every window downstream fires, as Flink does at the
 //! end of a bounded input. A partition that yields nothing for the idleness timeout stops holding
-//! the watermark back until it yields again (when all of a worker's partitions are quiet, the one
-//! that yielded last holds it). A partition that knows it has handed over everything
+//! the watermark back until it yields again (when all of a worker's partitions are quiet, it follows the
+//! watermark of the process's other workers that have active partitions; without any, the
+//! partition that yielded last holds it). A partition that knows it has handed over everything
 //! before some time (a polled table: `SplitReader::complete_before`) raises its watermark there
 //! without a record.
 
@@ -770,6 +771,7 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
             }
             if parts.iter().all(|p| p.done) {
                 caps = None;
+                metrics.follow_active(&source_name, local_worker, None);
                 metrics.set_watermark(local_worker, u64::MAX);
                 if let Some(clock) = metrics.latency() {
                     clock.advance(local_worker, source_number, u64::MAX, ingested(metrics.pacing(), next_index.checked_sub(1)));
@@ -781,7 +783,12 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
             since_advance += read as usize;
             if since_advance >= advance_every || caught_up || (read as usize) < asked {
                 since_advance = 0;
-                if let Some(watermark) = holding_watermark(&parts) {
+                // A worker whose live splits are all idle follows the process's other workers
+                // that have active splits, so that it does not hold the job's watermark back.
+                let active = parts.iter().filter(|p| !p.done && !p.idle).map(|p| p.watermark).min();
+                let others = metrics.follow_active(&source_name, local_worker, active);
+                let all_idle = active.is_none() && parts.iter().any(|p| !p.done);
+                if let Some(watermark) = others.filter(|_| all_idle).or_else(|| holding_watermark(&parts)) {
                     if watermark > held {
                         records_cap.downgrade(&Time::new(epoch, watermark));
                         dead_cap.downgrade(&Time::new(epoch, watermark));
@@ -804,6 +811,9 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
                 let mut due: Option<std::time::Duration> = next_tick.map(|t| t.saturating_duration_since(Instant::now()));
                 if let Some(timeout) = strategy.idle_timeout.filter(|_| parts.iter().any(|p| !p.done && !p.idle)) {
                     due = Some(due.map_or(timeout, |d| d.min(timeout)));
+                } else if strategy.idle_timeout.is_some() && parts.iter().any(|p| !p.done) {
+                    // All idle: follow the other workers' watermark every FOLLOW_IDLE.
+                    due = Some(due.map_or(FOLLOW_IDLE, |d| d.min(FOLLOW_IDLE)));
                 }
                 if commit.is_some() {
                     // Completed checkpoints are told to the splits within a second.
@@ -820,6 +830,10 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
     });
     Ok((records, dead))
 }
+
+/// How often a worker whose splits are all idle looks at the other workers' watermark (Flink
+/// emits periodic watermarks every 200 ms).
+const FOLLOW_IDLE: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// The watermark a worker's live splits allow: the least over those not idle. When every live
 /// split is idle, the one that yielded data last holds it, as if the others had gone quiet
