@@ -177,7 +177,8 @@ impl<K: Key, V: Data, A: Aggregate<V>> AlignedLogic<K, V, A> {
         // Keys that emitted early results: their on-time result is an update.
         let early: KeyMap<K, Progress> = self.early.close(end);
         let result = |key: K, acc: &A::Acc| {
-            let is_update = early.get(&key).is_some_and(|p| p.emitted);
+            // Without early firing the map is empty: no key is hashed.
+            let is_update = !early.is_empty() && early.get(&key).is_some_and(|p| p.emitted);
             (end - 1, WindowResult { start_ms: start, end_ms: end, key, value: self.aggregate.result(acc), is_update })
         };
         if self.pane == self.shape.size {
