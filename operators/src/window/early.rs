@@ -112,7 +112,12 @@ impl<K: Key> EarlyState<K> {
                 self.changed += 1;
                 self.arm();
             }
-            (false, true) => self.changed -= 1,
+            (false, true) => {
+                self.changed -= 1;
+                if self.changed == 0 {
+                    self.due_ms = None;
+                }
+            }
             _ => {}
         }
         fire.then_some(was_emitted)
@@ -214,6 +219,21 @@ mod tests {
         let closed = early.close(20);
         assert_eq!(closed.get(&7), Some(&Progress { since_emission: 1, emitted: true }));
         assert_eq!(early.due_ms(), None);
+    }
+
+    #[test]
+    fn both_triggers_count_from_the_last_row_whichever_fired_it() {
+        let mut early = EarlyState::new(EarlyFiring { every_ms: Some(1_000), every_records: Some(3) }).with_clock(|| 0);
+        assert_eq!(early.count(10, &1u64), None);
+        assert_eq!(early.count(10, &1), None);
+        assert_eq!(early.take_changed(), vec![(10, 1, false)]);
+        // Three more since that row, not one.
+        assert_eq!(early.count(10, &1), None);
+        assert_eq!(early.count(10, &1), None);
+        assert_eq!(early.due_ms(), Some(1_000));
+        assert_eq!(early.count(10, &1), Some(true));
+        assert_eq!(early.due_ms(), None, "nothing changed since that row: no tick");
+        assert_eq!(early.take_changed(), vec![]);
     }
 
     #[test]

@@ -25,7 +25,8 @@
 //!   Flink's `CountTrigger`); with [`WindowedStream::emit_every`] `N`, every `N` ms of wall-clock
 //!   time (at multiples of `N` from the epoch, as Flink's `ContinuousProcessingTimeTrigger`),
 //!   every key's window that counted records since its last emission emits its partial result.
-//!   Both fire without purging, and the window still fires when the watermark reaches its end,
+//!   Set together, each counts from the key and window's last row, whichever fired it. Both
+//!   fire without purging, and the window still fires when the watermark reaches its end,
 //!   always, even when nothing changed since its last early result: a consumer that keeps the
 //!   latest row per window and key ends with exactly the on-time result (then late updates, if
 //!   any). `is_update` is `false` on the first row of a key and window, early or on time, and
