@@ -736,7 +736,7 @@ mod tests {
         let path = epoch_dir(&dir, 1).join(who.file_name());
         let bytes = fs::read(&path).unwrap();
         assert_eq!(bytes.len(), HEADER_LEN + 9);
-        assert_eq!(&bytes[4..8], &3u32.to_le_bytes());
+        assert_eq!(&bytes[4..8], &FORMAT_VERSION.to_le_bytes());
         assert_eq!(&bytes[8..16], &9u64.to_le_bytes());
         // The CRC-32C check value (RFC 3720).
         assert_eq!(&bytes[16..20], &0xe306_9283u32.to_le_bytes());
