@@ -613,6 +613,8 @@ fn jobs_lists_every_job() {
                 ("--set", "window_ms=10000"),
                 ("--set", "out_of_orderness_ms=2000"),
                 ("--set", "allowed_lateness_ms=0"),
+                ("--set", "emit_every_records=0"),
+                ("--set", "emit_every_ms=0"),
             ],
         ),
         (

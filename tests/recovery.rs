@@ -954,6 +954,30 @@ fn restore_changes_parallelism() {
     }
 }
 
+/// Early results every 40 payments of a merchant and window depend on the input alone, so a run
+/// killed after a checkpoint and restored at another worker count writes what a run that never
+/// crashed does: the counts since each window's last partial row, and whether it had one, are in
+/// the checkpoint.
+#[test]
+fn early_results_restore_at_another_worker_count() {
+    let mut job = JobRun::throughput(THROUGHPUT_EVENTS);
+    job.params.push("emit_every_records=40".into());
+    let reference = job.reference();
+    let plain = JobRun::throughput(THROUGHPUT_EVENTS).reference();
+    assert!(reference["windows"].len() > plain["windows"].len() * 2, "the reference run wrote partial rows");
+    let dir = TempDir::new("early-parallelism");
+    for (before, after) in [(2, 1), (1, 2)] {
+        let case = dir.join(&format!("w{before}-to-w{after}"));
+        let (out, chk) = (case.join("out"), case.join("chk"));
+        std::fs::create_dir_all(&case).expect("case directory");
+        let label = format!("early results, workers {before} then {after}");
+        let workers = |n: usize| vec!["--workers".to_string(), n.to_string()];
+        kill_at_checkpoint(&label, &job.checkpointed(&out, &chk, &workers(before)), &case, &chk, 3);
+        run(&format!("{label}: restore"), &job.restoring(&out, &chk, &workers(after)), &case).assert_success();
+        assert_same_output(&label, &reference, &job.outputs(&out));
+    }
+}
+
 #[test]
 fn damaged_checkpoint_falls_back() {
     // Twice the usual input: a quiet machine ran the usual one in 0.6 s, before checkpoint 5.

@@ -11,6 +11,13 @@
 //! model itself; large partitions (several source reads each) and a case whose reads end one below
 //! a window end check that windows fire exactly when the watermark reaches their end; and the same
 //! partitions on 1, 2 and 4 workers must give identical output.
+//!
+//! Early results (`emit_every_records`, `emit_every` / `--set emit_every_records`, `emit_every_ms`)
+//! are checked against hand-computed rows, through the engine on several workers and through the
+//! real binary; processing-time ones, which depend on timing, against invariants.
+
+#[macro_use]
+mod common;
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -490,5 +497,188 @@ fn results_do_not_depend_on_worker_count() {
         }
         // And both agree with the model.
         check_case(&format!("worker-count seed {seed}"), &case, 1);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Early results.
+// ---------------------------------------------------------------------------------------------
+
+/// Two partitions, bound 0, windows of 10, a partial result every 2 records of a key and window.
+/// Records count in the order of `max(event time, the watermark they travelled at)`: key 1's
+/// records in [0, 10) count as 1 (amount 1), 2 (8), 4 (2), then at 7 both 5 (64, behind its
+/// partition's watermark 7, so it counts at 7) and 7 (32). The 2nd and 4th make early rows at the
+/// event time they counted at; the on-time rows follow, updates where early rows came before.
+#[test]
+fn hand_count_trigger_on_several_workers() {
+    let partitions: Vec<Vec<Rec>> = vec![vec![(1, 1, 1), (4, 1, 2), (12, 1, 4)], vec![(2, 1, 8), (3, 2, 16), (7, 1, 32), (5, 1, 64)]];
+    let early =
+        |ts: u64, count: u64, sum: i64| (ts, WindowResult { start_ms: 0, end_ms: 10, key: 1, value: (count, sum), is_update: ts != 2 });
+    let mut expected: Emitted = vec![
+        early(2, 2, 9),
+        early(7, 4, 75),
+        (9, WindowResult { is_update: true, ..result(0, 10, 1, 5, 107).1 }),
+        result(0, 10, 2, 1, 16),
+        result(10, 20, 1, 1, 4),
+    ];
+    expected.sort();
+    for workers in 1..=3 {
+        let (mut emitted, counters) = run_partitions(workers, partitions.clone(), event_time, OutOfOrder::millis(0), |s| {
+            s.key_by("by-key", |r: &Rec| r.1)
+                .window(STEP, Tumbling::of(millis(10)))
+                .emit_every_records(2)
+                .aggregate((Count, Sum::of(|r: &Rec| r.2)))
+        });
+        emitted.sort();
+        assert_eq!(emitted, expected, "{workers} worker(s)");
+        assert_eq!(counters.get(&format!("late_dropped:{STEP}")), Some(&0));
+        assert_eq!(counters.get(&format!("state:{STEP}")), Some(&0), "state is freed at the end");
+    }
+}
+
+const WINDOW_HEADER: &str =
+    "window_start_ms,window_end_ms,merchant_id,count,sum_amount_cents,approved_count,approval_rate,max_amount_cents,p99_amount_cents";
+
+/// Runs `throughput-windows` on `input` with `sets` (`--set` values) on `workers` workers; its
+/// windows and late payments, in file order.
+fn run_throughput(
+    dir: &common::TempDir,
+    label: &str,
+    input: &std::path::Path,
+    sets: &[&str],
+    workers: usize,
+) -> (Vec<String>, Vec<String>) {
+    let out = dir.join(label);
+    let (windows, late) = (out.join("windows.csv"), out.join("late_payments.csv"));
+    let mut a = args![
+        "run",
+        "throughput-windows",
+        "--source",
+        format!("payments={}", common::file_uri(input)),
+        "--sink",
+        format!("windows={}", common::file_uri(&windows)),
+        "--sink",
+        format!("late_payments={}", common::file_uri(&late)),
+        "--workers",
+        workers,
+        "-q"
+    ];
+    for set in sets {
+        a.extend(args!["--set", set]);
+    }
+    common::run(label, a, dir.path()).assert_success();
+    (common::data_lines(&windows, WINDOW_HEADER), common::data_lines(&late, common::PAYMENT_HEADER))
+}
+
+/// The last line per (window_start_ms, merchant_id) in file order, as an upsert keeps them.
+fn upserted(lines: &[String]) -> BTreeMap<(String, String), String> {
+    let mut latest = BTreeMap::new();
+    for line in lines {
+        let f: Vec<&str> = line.split(',').collect();
+        latest.insert((f[0].to_string(), f[2].to_string()), line.clone());
+    }
+    latest
+}
+
+/// `throughput-windows --set emit_every_records=2` on eleven hand-made payments (10 s windows,
+/// bound 2 s, one file), rows written by hand. p99 of a handful of amounts is the largest.
+#[test]
+fn throughput_windows_emits_every_two_payments() {
+    let dir = common::TempDir::new("early-count");
+    let input = dir.join("payments.csv");
+    // ts_ms, merchant, amount, status; card and txn ids do not matter here.
+    let payments = [
+        (1_000, 1, 100, "APPROVED"),
+        (2_000, 1, 200, "DECLINED"),
+        (3_000, 2, 50, "APPROVED"),
+        (4_000, 1, 300, "APPROVED"),
+        (5_000, 1, 400, "APPROVED"),
+        (12_000, 1, 1_000, "APPROVED"),
+        // Watermark 10 000: [0, 10 000) has closed, this one goes to late_payments.
+        (9_500, 1, 10, "APPROVED"),
+        (11_000, 2, 70, "DECLINED"),
+        (14_000, 1, 500, "APPROVED"),
+        // Behind the watermark (12 000) but in an open window: it counts at 12 000, before 12 000 itself.
+        (11_500, 1, 20, "DECLINED"),
+        (15_000, 2, 30, "APPROVED"),
+    ];
+    let lines: Vec<String> = payments
+        .iter()
+        .enumerate()
+        .map(|(i, (ts, merchant, amount, status))| format!("{ts},t{i},{},{merchant},{amount},EUR,DE,{status}", 100 + i))
+        .collect();
+    common::write_csv(&input, common::PAYMENT_HEADER, lines.clone());
+    let expected: Vec<String> = [
+        // Merchant 1 in [0, 10 000): partial rows after its 2nd and 4th payment.
+        "0,10000,1,2,300,1,0.500000,200,200",
+        "0,10000,1,4,1000,3,0.750000,400,400",
+        // The on-time rows, ordered by count: merchant 1's repeats its last partial row.
+        "0,10000,2,1,50,1,1.000000,50,50",
+        "0,10000,1,4,1000,3,0.750000,400,400",
+        // [10 000, 20 000): merchant 1's 11 500 and 12 000, then merchant 2's 11 000 and 15 000.
+        "10000,20000,1,2,1020,1,0.500000,1000,1000",
+        "10000,20000,2,2,100,1,0.500000,70,70",
+        "10000,20000,2,2,100,1,0.500000,70,70",
+        "10000,20000,1,3,1520,2,0.666667,1000,1000",
+    ]
+    .map(String::from)
+    .to_vec();
+    for workers in [1, 2] {
+        let (windows, late) = run_throughput(&dir, &format!("k2-w{workers}"), &input, &["emit_every_records=2"], workers);
+        assert_eq!(windows, expected, "{workers} worker(s): windows.csv in file order");
+        assert_eq!(late, vec![lines[6].clone()], "{workers} worker(s): late_payments.csv");
+    }
+    // Without the option: one row per window and merchant, the rows an upsert of the above keeps.
+    let (plain, _) = run_throughput(&dir, "off", &input, &[], 1);
+    assert_eq!(plain.len(), 4);
+    let plain_rows: Vec<String> = upserted(&plain).into_values().collect();
+    let kept: Vec<String> = upserted(&expected).into_values().collect();
+    assert_eq!(kept, plain_rows);
+}
+
+/// `--set emit_every_ms=20` on a paced generator: which partial rows come depends on the wall
+/// clock, so this checks what must hold whatever the timing: the latest row per window and
+/// merchant is the row of a run without early results, every earlier one counts at most as many
+/// payments and comes before rows that count more, and partial rows did come.
+#[test]
+fn throughput_windows_emits_every_n_ms_consistently() {
+    let dir = common::TempDir::new("early-time");
+    let source = "payments=gen:count=6000,merchants=4,partitions=2,events_per_sec=2000,disorder_ms=100";
+    let sets = ["window_ms=500", "out_of_orderness_ms=200"];
+    let run = |label: &str, extra_set: Option<&str>| -> Vec<String> {
+        let out = dir.join(label).join("windows.csv");
+        let mut a = args![
+            "run",
+            "throughput-windows",
+            "--source",
+            source,
+            "--sink",
+            format!("windows={}", common::file_uri(&out)),
+            "--workers",
+            2,
+            "-q"
+        ];
+        for set in sets.iter().copied().chain(extra_set) {
+            a.extend(args!["--set", set]);
+        }
+        // Paced: about 2 s of wall clock, so the 20 ms timer fires while windows are open.
+        a.extend(args!["--rate", 3000]);
+        common::run(label, a, dir.path()).assert_success();
+        common::data_lines(&out, WINDOW_HEADER)
+    };
+    let plain = run("off", None);
+    let timed = run("every-20ms", Some("emit_every_ms=20"));
+    let plain_rows = upserted(&plain);
+    assert_eq!(plain_rows.len(), plain.len(), "one row per window and merchant without the option");
+    assert_eq!(upserted(&timed), plain_rows, "the latest rows are the on-time rows");
+    assert!(timed.len() > plain.len(), "partial rows were written: {} rows against {}", timed.len(), plain.len());
+    let count = |line: &str| line.split(',').nth(3).and_then(|c| c.parse::<u64>().ok()).expect("a count");
+    let mut counts_so_far: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for line in &timed {
+        let f: Vec<&str> = line.split(',').collect();
+        let previous = counts_so_far.insert((f[0].to_string(), f[2].to_string()), count(line)).unwrap_or(0);
+        assert!(count(line) >= previous, "rows of a window come in order of count: {line} after a row counting {previous}");
+        let last = &plain_rows[&(f[0].to_string(), f[2].to_string())];
+        assert!(count(line) <= count(last), "a partial row counts at most what the window does: {line} against {last}");
     }
 }

@@ -48,7 +48,8 @@ const MAGIC: &[u8; 4] = b"PSCK";
 /// * 2: the joins of `auth-match` (`auth-window`) and `fraud-detection` (`unauthorized`) hold
 ///   only the fields they use of payments and authorizations.
 /// * 3: the checksum is CRC-32C (u32) instead of FNV-1a (u64), so the header is 20 bytes, not 24.
-pub const FORMAT_VERSION: u32 = 3;
+/// * 4: tumbling and sliding windows also save their early-firing progress per key and window.
+pub const FORMAT_VERSION: u32 = 4;
 /// The bytes before a part's payload: magic, version, payload length, checksum.
 const HEADER_LEN: usize = 20;
 const MANIFEST: &str = "MANIFEST";
@@ -713,12 +714,16 @@ mod tests {
         v2.extend_from_slice(payload);
         fs::write(&path, &v2).unwrap();
         let e = read_part(&path).unwrap_err().to_string();
-        assert!(e.contains("format version 2, written by an older paystream; this one reads version 3"), "{e}");
+        assert!(e.contains(&format!("format version 2, written by an older paystream; this one reads version {FORMAT_VERSION}")), "{e}");
         assert!(e.contains("restore it with the paystream that wrote it, or start the job afresh (without --restore"), "{e}");
         // A newer version, even one shorter than this version's header.
-        fs::write(&path, [&MAGIC[..], &4u32.to_le_bytes()].concat()).unwrap();
+        let newer = FORMAT_VERSION + 1;
+        fs::write(&path, [&MAGIC[..], &newer.to_le_bytes()].concat()).unwrap();
         let e = read_part(&path).unwrap_err().to_string();
-        assert!(e.contains("format version 4, written by a newer paystream") && e.contains("restore it with that paystream"), "{e}");
+        assert!(
+            e.contains(&format!("format version {newer}, written by a newer paystream")) && e.contains("restore it with that paystream"),
+            "{e}"
+        );
         fs::remove_dir_all(&dir).ok();
     }
 
@@ -731,7 +736,7 @@ mod tests {
         let path = epoch_dir(&dir, 1).join(who.file_name());
         let bytes = fs::read(&path).unwrap();
         assert_eq!(bytes.len(), HEADER_LEN + 9);
-        assert_eq!(&bytes[4..8], &3u32.to_le_bytes());
+        assert_eq!(&bytes[4..8], &FORMAT_VERSION.to_le_bytes());
         assert_eq!(&bytes[8..16], &9u64.to_le_bytes());
         // The CRC-32C check value (RFC 3720).
         assert_eq!(&bytes[16..20], &0xe306_9283u32.to_le_bytes());

@@ -4,6 +4,13 @@
 //! sum_amount_cents,approved_count,approval_rate,max_amount_cents,p99_amount_cents`), late records
 //! to `late_payments`. The p99 comes from an HdrHistogram at 2 significant digits (within 1%);
 //! negative amounts (refunds) count as 0 in it.
+//!
+//! For dashboards that cannot wait for a window to end, `--set emit_every_records=K` writes a
+//! merchant's partial row each time its window has counted `K` more payments, and `--set
+//! emit_every_ms=N` every `N` ms of wall-clock time for each merchant and window that counted
+//! payments since its last row. The on-time row always follows, so upserting by
+//! `window_start_ms,merchant_id` (as with `allowed_lateness_ms`) ends with it. Both are off by
+//! default, and then the output is as without them.
 
 use paystream_engine::{csv_record, millis, JobBuilder, JobSpec, OutOfOrder, ParamSpec, Params, Result, SinkSpec, SourceSpec};
 use paystream_operators::{Aggregate, Percentile, Tumbling, WindowExt};
@@ -18,7 +25,8 @@ pub const SPEC: JobSpec = JobSpec {
     sinks: &[
         SinkSpec {
             name: "windows",
-            about: "one row per merchant and window: window_start_ms,window_end_ms,merchant_id,count,sum_amount_cents,approved_count,approval_rate,max_amount_cents,p99_amount_cents",
+            about: "one row per merchant and window (more with allowed_lateness_ms or emit_every_*: the last one counts): \
+                    window_start_ms,window_end_ms,merchant_id,count,sum_amount_cents,approved_count,approval_rate,max_amount_cents,p99_amount_cents",
         },
         SinkSpec { name: "late_payments", about: "payments that arrived after their window had fired, as read" },
     ],
@@ -30,6 +38,18 @@ pub const SPEC: JobSpec = JobSpec {
             default: "0",
             about: "how long after a window fired a late payment still updates it, ms (a second row for the same window \
                     and merchant: upsert them by window_start_ms,merchant_id); later ones go to late_payments",
+        },
+        ParamSpec {
+            name: "emit_every_records",
+            default: "0",
+            about: "also write a merchant's partial row before its window ends, each time the window has counted this \
+                    many more payments (0: off; upsert rows by window_start_ms,merchant_id)",
+        },
+        ParamSpec {
+            name: "emit_every_ms",
+            default: "0",
+            about: "also write partial rows every this many ms of wall-clock time, for windows that counted payments \
+                    since their last row (0: off; which partial rows a run writes depends on timing)",
         },
     ],
     build,
@@ -88,6 +108,10 @@ fn build(job: &mut JobBuilder<'_>, params: &Params) -> Result<()> {
     let window_ms: u64 = params.get("window_ms")?;
     let bound_ms: u64 = params.get("out_of_orderness_ms")?;
     let lateness_ms: u64 = params.get("allowed_lateness_ms")?;
+    let every_records: u64 = params.get("emit_every_records")?;
+    let every_ms: u64 = params.get("emit_every_ms")?;
+    // Several rows for one window and merchant: partial ones, the on-time one, late updates.
+    let revised = lateness_ms > 0 || every_records > 0 || every_ms > 0;
     if window_ms == 0 {
         return Err(paystream_engine::Error::msg("parameter window_ms must be positive; set it with --set window_ms=10000"));
     }
@@ -96,6 +120,8 @@ fn build(job: &mut JobBuilder<'_>, params: &Params) -> Result<()> {
         .key_by("by-merchant", |p| p.merchant_id)
         .window("throughput", Tumbling::of(millis(window_ms)))
         .allowed_lateness(millis(lateness_ms))
+        .emit_every_records(every_records)
+        .emit_every(millis(every_ms))
         .late_records_to("late_payments")
         .aggregate((MerchantStats, Percentile::of(0.99, |p: &Payment| p.amount_cents.max(0) as u64)))
         .map("to-row", |w| {
@@ -113,8 +139,10 @@ fn build(job: &mut JobBuilder<'_>, params: &Params) -> Result<()> {
             }
         })
         // A window's update can come in the same watermark step as its first result (a payment
-        // late for a window that fires in that step), and a step's lines are ordered by line:
-        // with allowed lateness they are ordered by count first, so that an update, which counts
-        // at least one payment more, comes after the result it revises (an upsert keeps it).
-        .sink_ordered_by("windows", move |w| if lateness_ms > 0 { w.count } else { 0 })
+        // late for a window that fires in that step, or a partial row just before the window
+        // ends), and a step's lines are ordered by line: when a window may have several rows
+        // they are ordered by count first, so that an update, which counts at least as many
+        // payments, comes after the row it revises (an upsert keeps it). Rows with the same count
+        // hold the same payments: they are the same line.
+        .sink_ordered_by("windows", move |w| if revised { w.count } else { 0 })
 }

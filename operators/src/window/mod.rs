@@ -1,5 +1,5 @@
 //! Keyed event-time windows with Flink's semantics: tumbling, sliding and session windows,
-//! allowed lateness and late-record side outputs.
+//! allowed lateness, late-record side outputs and early results.
 //!
 //! * **Tumbling** windows of size `s` are `[start, start + s)` with `start` a multiple of `s` from the
 //!   Unix epoch. **Sliding** windows of size `s` every `d` are `[start, start + s)` with `start` a
@@ -20,17 +20,42 @@
 //!   whether that session is still open depends on timing; this rule does not).
 //! * Window state is freed when the watermark passes `end + L`. At the end of a bounded input the
 //!   watermark goes to +infinity and every open window fires.
+//! * **Early results** (tumbling and sliding windows): with [`WindowedStream::emit_every_records`]
+//!   `K`, a key's window emits its partial result each time it has counted `K` more records (as
+//!   Flink's `CountTrigger`); with [`WindowedStream::emit_every`] `N`, every `N` ms of wall-clock
+//!   time (at multiples of `N` from the epoch, as Flink's `ContinuousProcessingTimeTrigger`),
+//!   every key's window that counted records since its last emission emits its partial result.
+//!   Set together, each counts from the key and window's last row, whichever fired it. Both
+//!   fire without purging, and the window still fires when the watermark reaches its end,
+//!   always, even when nothing changed since its last early result: a consumer that keeps the
+//!   latest row per window and key ends with exactly the on-time result (then late updates, if
+//!   any). `is_update` is `false` on the first row of a key and window, early or on time, and
+//!   `true` on every later one, so the on-time result is an update exactly when early rows came
+//!   before it. A record counts once the watermark passes its event time (records behind their
+//!   partition's watermark: that watermark), in event-time order, so an early result holds
+//!   exactly the key's records in the window up to some event time. Early results carry the
+//!   event time they were emitted at, not `end - 1`: the event time of the record that completed
+//!   the count, or the watermark at a processing-time firing. (Sinks publish a timestamp's rows
+//!   once the watermark passes it; at `end - 1`, an early row would wait for the window to end.)
+//!   Count-triggered results depend on the input alone, like on-time ones; processing-time ones
+//!   on when the wall clock ticks, so a restored run may emit other early rows than an
+//!   uninterrupted one (never another on-time result). Cost: every record waits, as a late one
+//!   does, until the watermark passes its event time, instead of being added where it lies.
+//!   Session windows refuse early results: a session's bounds change as it grows, so an early
+//!   row would not be superseded by the session's on-time row.
 //!
 //! Sliding windows keep one accumulator per key and *pane* (`gcd(size, slide)` long) and merge the
 //! panes of a window when it fires, so a record is added once, not once per window that covers it.
 
 mod aligned;
+mod early;
 mod session;
 
 use paystream_engine::{CsvRecord, Data, Duration, Key, KeyedStream, Stream};
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::Aggregate;
+use early::EarlyFiring;
 
 /// Tumbling (fixed, non-overlapping) windows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -170,9 +195,10 @@ pub struct WindowResult<K, O> {
     pub key: K,
     /// The aggregate's result.
     pub value: O,
-    /// `true` when this result supersedes one emitted earlier for the same key and window: late
-    /// records (within the allowed lateness) changed it, or, for sessions, late records extended a
-    /// session whose result was already out. Consumers upsert by key and window start.
+    /// `true` when this result supersedes one emitted earlier for the same key and window: an
+    /// early result came before it (see [`WindowedStream::emit_every_records`]), late records
+    /// (within the allowed lateness) changed it, or, for sessions, late records extended a session
+    /// whose result was already out. Consumers upsert by key and window start.
     pub is_update: bool,
 }
 
@@ -184,7 +210,14 @@ pub trait WindowExt<'scope, K, V> {
 
 impl<'scope, K: Key, V: Data> WindowExt<'scope, K, V> for KeyedStream<'scope, K, V> {
     fn window(self, name: &str, windows: impl Into<Windows>) -> WindowedStream<'scope, K, V> {
-        WindowedStream { input: self, name: name.to_string(), windows: windows.into(), lateness_ms: 0, late_sink: None }
+        WindowedStream {
+            input: self,
+            name: name.to_string(),
+            windows: windows.into(),
+            lateness_ms: 0,
+            late_sink: None,
+            early: EarlyFiring::default(),
+        }
     }
 }
 
@@ -198,6 +231,19 @@ pub struct WindowedStream<'scope, K, V> {
     windows: Windows,
     lateness_ms: u64,
     late_sink: Option<LateSink<'scope, V>>,
+    early: EarlyFiring,
+}
+
+/// Why `windows` cannot emit early results as `early` asks, if they cannot.
+fn refuse_early_firing(name: &str, windows: Windows, early: EarlyFiring) -> Option<String> {
+    match windows {
+        Windows::Session { .. } if early.is_on() => Some(format!(
+            "window {name}: {} is not supported for session windows (a session's bounds change as it grows, so an \
+             early row would never be superseded by its on-time row); use tumbling or sliding windows, or drop the option",
+            early.options()
+        )),
+        _ => None,
+    }
 }
 
 impl<'scope, K: Key, V: Data> WindowedStream<'scope, K, V> {
@@ -205,6 +251,39 @@ impl<'scope, K: Key, V: Data> WindowedStream<'scope, K, V> {
     /// window again with an updated result (`is_update`). Default: zero, as in Flink.
     pub fn allowed_lateness(mut self, lateness: Duration) -> Self {
         self.lateness_ms = lateness.as_millis();
+        self
+    }
+
+    /// Emits each key's partial result every `interval` of processing time (wall clock) before the
+    /// window ends, when records counted since its last emission (Flink's
+    /// `ContinuousProcessingTimeTrigger`); the on-time result still comes, marked `is_update`.
+    /// Which early rows a run emits depends on timing. Zero turns it off (the default). Tumbling
+    /// and sliding windows only; see the module doc for the rules.
+    pub fn emit_every(mut self, interval: Duration) -> Self {
+        self.early.every_ms = Some(interval.as_millis()).filter(|ms| *ms > 0);
+        self
+    }
+
+    /// Emits a key's partial result each time its window has counted `records` more records
+    /// (Flink's `CountTrigger`, without purging); the on-time result still comes, marked
+    /// `is_update` after an early one. Records count in event-time order once the watermark
+    /// passes them, so the early rows depend on the input alone. Zero turns it off (the default).
+    /// Tumbling and sliding windows only; see the module doc for the rules.
+    ///
+    /// ```
+    /// use paystream_engine::{secs, testing::run_collect};
+    /// use paystream_operators::{Count, Tumbling, WindowExt};
+    /// // (event time, card) pairs; 10 s windows per card, a partial count every 2 payments.
+    /// let input = vec![(1_000, 7u64), (2_000, 7), (3_000, 7), (4_000, 7), (5_000, 7), (12_000, 7)];
+    /// let out = run_collect(input, |s| {
+    ///     s.key_by("by-card", |card| *card).window("count", Tumbling::of(secs(10))).emit_every_records(2).aggregate(Count)
+    /// });
+    /// let rows: Vec<_> = out.into_iter().map(|(ts, w)| (ts, w.start_ms, w.value, w.is_update)).collect();
+    /// // Early rows at the event time of the 2nd and 4th payment, then the on-time results.
+    /// assert_eq!(rows, vec![(2_000, 0, 2, false), (4_000, 0, 4, true), (9_999, 0, 5, true), (19_999, 10_000, 1, false)]);
+    /// ```
+    pub fn emit_every_records(mut self, records: u64) -> Self {
+        self.early.every_records = Some(records).filter(|k| *k > 0);
         self
     }
 
@@ -237,7 +316,7 @@ impl<'scope, K: Key, V: Data> WindowedStream<'scope, K, V> {
     where
         K: Key,
     {
-        let (windows, lateness, name) = (self.windows, self.lateness_ms, self.name);
+        let (windows, lateness, name, early) = (self.windows, self.lateness_ms, self.name, self.early);
         let (kept, late) = self.input.divert(&format!("{name}:lateness"), move |message_time, ts, _| {
             // Only a record behind its partition's watermark travels above its event time; an on-time
             // one travels at the worker's watermark, which depends on timing, and is never late.
@@ -254,11 +333,33 @@ impl<'scope, K: Key, V: Data> WindowedStream<'scope, K, V> {
                 let _ = late.count_as(&format!("{name}:late"), &format!("late_dropped:{name}"));
             }
         }
+        if let Some(refusal) = refuse_early_firing(&name, windows, early) {
+            kept.report_error(refusal);
+        }
         match windows {
-            Windows::Aligned { size_ms, slide_ms } => {
-                kept.keyed_logic(&name, aligned::AlignedLogic::new(aligned::Shape { size: size_ms, slide: slide_ms }, lateness, aggregate))
-            }
+            Windows::Aligned { size_ms, slide_ms } => kept.keyed_logic(
+                &name,
+                aligned::AlignedLogic::new(aligned::Shape { size: size_ms, slide: slide_ms }, lateness, aggregate).with_early_firing(early),
+            ),
             Windows::Session { gap_ms } => kept.keyed_logic(&name, session::SessionLogic::new(gap_ms, lateness, aggregate)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_windows_refuse_early_firing_by_the_option_named() {
+        let session = Windows::from(Session::with_gap(paystream_engine::secs(5)));
+        let counted = EarlyFiring { every_ms: None, every_records: Some(3) };
+        let refusal = refuse_early_firing("visits", session, counted).expect("refused");
+        assert!(refusal.starts_with("window visits: emit_every_records(3) is not supported for session windows"), "{refusal}");
+        let timed = EarlyFiring { every_ms: Some(500), every_records: None };
+        assert!(refuse_early_firing("visits", session, timed).expect("refused").contains("emit_every(500 ms)"));
+        assert_eq!(refuse_early_firing("visits", session, EarlyFiring::default()), None);
+        let tumbling = Windows::from(Tumbling::of(paystream_engine::secs(5)));
+        assert_eq!(refuse_early_firing("visits", tumbling, counted), None);
     }
 }
