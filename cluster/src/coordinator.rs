@@ -125,6 +125,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/api/agents/{name}/heartbeat", post(heartbeat))
         .route("/metrics", get(metrics))
         .route("/", get(dashboard))
+        .route("/login", get(login_form).post(login))
         .layer(axum::middleware::from_fn_with_state(shared.clone(), authenticate))
         .with_state(shared)
 }
@@ -652,12 +653,38 @@ fn unknown_job(id: &str) -> ApiFailure {
     ApiFailure(StatusCode::NOT_FOUND, format!("no job {id} (see `paystream list`)"))
 }
 
-/// Refuses, with 401, a request without the token (when one is configured).
+/// The dashboard's session cookie.
+const SESSION_COOKIE: &str = "paystream_session";
+
+/// The session cookie's value for `token`: derived from it, so the token itself never sits in a
+/// browser, and valid as long as the token is.
+fn session_value(token: &str) -> String {
+    crate::sha256_hex(format!("paystream dashboard session\0{token}").as_bytes())
+}
+
+/// Refuses, with 401, a request without the token (when one is configured): the CLI and agents
+/// send it as `Authorization: Bearer TOKEN`, a browser holds the session cookie `POST /login`
+/// gave it. A browser asking for a dashboard page without either is sent to `/login`.
 async fn authenticate(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
     if let Some(token) = &shared.token {
-        let given =
-            request.headers().get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
+        let path = request.uri().path();
+        if path == "/login" {
+            return next.run(request).await;
+        }
+        let headers = request.headers();
+        let given = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        let session = session_value(token);
+        let cookie = headers
+            .get_all(axum::http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|c| c.trim().strip_prefix(SESSION_COOKIE).and_then(|c| c.strip_prefix('=')))
+            .any(|c| constant_time_eq(c.as_bytes(), session.as_bytes()));
+        if !cookie && !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
+            if request.method() == axum::http::Method::GET && (path == "/" || path.starts_with("/jobs/")) {
+                return axum::response::Redirect::to("/login").into_response();
+            }
             return ApiFailure(
                 StatusCode::UNAUTHORIZED,
                 "missing or wrong token: give --token-file FILE with the coordinator's token".into(),
@@ -666,6 +693,59 @@ async fn authenticate(State(shared): State<Arc<Shared>>, request: Request, next:
         }
     }
     next.run(request).await
+}
+
+/// `GET /login`: a form asking for the coordinator's token (the dashboard of a coordinator
+/// with `--token-file`).
+async fn login_form() -> axum::response::Html<String> {
+    axum::response::Html(login_page(""))
+}
+
+fn login_page(message: &str) -> String {
+    format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>paystream - sign in</title><link rel=\"icon\" href=\"data:,\">\
+         </head><body style=\"font-family:sans-serif;margin:2em\"><h1>paystream</h1><p>This coordinator needs its token \
+         (the content of its <code>--token-file</code>).</p><p><b>{}</b></p><form method=\"post\" action=\"/login\">\
+         <input type=\"password\" name=\"token\" autofocus size=\"40\"> <button type=\"submit\">Sign in</button></form></body></html>",
+        html(message)
+    )
+}
+
+/// `POST /login` (a form with `token`): the right token gets the session cookie (`HttpOnly`,
+/// `SameSite=Strict`: another site's page cannot use it to press the dashboard's buttons) and
+/// is sent to the dashboard; a wrong one gets the form again with 401.
+async fn login(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
+    let Some(token) = &shared.token else {
+        return axum::response::Redirect::to("/").into_response();
+    };
+    let given = form_field(&body, "token").unwrap_or_default();
+    if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
+        return (StatusCode::UNAUTHORIZED, axum::response::Html(login_page("That is not the coordinator's token."))).into_response();
+    }
+    let cookie = format!("{SESSION_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/", session_value(token));
+    ([(axum::http::header::SET_COOKIE, cookie)], axum::response::Redirect::to("/")).into_response()
+}
+
+/// Field `name` of an `application/x-www-form-urlencoded` body, decoded (`+` is a space, `%XX`
+/// a byte).
+fn form_field(body: &[u8], name: &str) -> Option<String> {
+    let text = std::str::from_utf8(body).ok()?;
+    let value = text.split('&').find_map(|pair| pair.strip_prefix(name).and_then(|v| v.strip_prefix('=')))?;
+    let (bytes, mut out) = (value.as_bytes(), Vec::with_capacity(value.len()));
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if bytes.len() >= i + 3 => {
+                let byte = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok())?;
+                out.push(byte);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Compares without stopping at the first difference (the time taken says nothing of the token).
@@ -906,6 +986,17 @@ async fn heartbeat(State(shared): State<Arc<Shared>>, Path(name): Path<String>, 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn form_fields_are_decoded() {
+        use super::form_field;
+        assert_eq!(form_field(b"token=a-token-of-at-least-16-bytes", "token").as_deref(), Some("a-token-of-at-least-16-bytes"));
+        assert_eq!(form_field(b"x=1&token=a+b%2Bc%26d%3D", "token").as_deref(), Some("a b+c&d="));
+        assert_eq!(form_field(b"tokens=1", "token"), None);
+        assert_eq!(form_field(b"token=%zz", "token"), None);
+        assert_eq!(form_field(b"token=%C3%A9", "token").as_deref(), Some("\u{e9}"));
+        assert_eq!(form_field(b"token=", "token").as_deref(), Some(""));
+    }
+
     #[test]
     fn tokens_compare_whole() {
         assert!(super::constant_time_eq(b"abcdefghijklmnop", b"abcdefghijklmnop"));

@@ -5,8 +5,8 @@
 //! the same API the CLI uses.
 //!
 //! Where it is weak: the steps are drawn in the order the job builds them, as a chain (the
-//! metrics carry no edges), and with a `--token-file` the browser cannot send the token, so the
-//! page is for a coordinator on loopback or behind a proxy that adds it.
+//! metrics carry no edges). With a `--token-file` the browser signs in at `/login` and holds a
+//! session cookie (see `authenticate` in the coordinator).
 
 /// The page of job `id`, with `view` (its `GET /api/jobs/{id}` JSON) and `history` (its
 /// `/history` JSON) embedded.
