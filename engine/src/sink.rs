@@ -164,7 +164,12 @@ pub(crate) fn build_sink<T: Data + CsvRecord>(
     // included, which is what flow control watches.
     let (_output, landed) = builder.new_output::<Vec<()>>();
     let flow = ctx.flow.clone();
-    landed.probe_with(&ctx.flow.probe).sink(Pipeline, "flow-wake", move |(input, _frontier)| {
+    let mut landed = landed.probe_with(&ctx.flow.probe);
+    if name == DEAD_LETTERS {
+        // Dead letters land by this sink's frontier alone (see `FlowControl`).
+        landed = landed.probe_with(&ctx.flow.dead_letters_probe);
+    }
+    landed.sink(Pipeline, "flow-wake", move |(input, _frontier)| {
         // Scheduled whenever the sink's frontier moves (after the probe, which comes first).
         input.for_each(|_, _| {});
         flow.wake();

@@ -48,7 +48,7 @@ use crate::context::BuildContext;
 use crate::context::TStream;
 use crate::decode::LineDecoder;
 use crate::record::{CsvRecord, DeadLetter};
-use crate::time::{refused_event_time, OutOfOrder, Time};
+use crate::time::{refused_event_time, OutOfOrder, Time, END_OF_TIME};
 use crate::{Data, Result};
 
 pub use crate::flow::FlowControl;
@@ -446,7 +446,9 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
     let mut reported_wm = 0u64;
     let mut part_failures = 0u32;
     let mut rotate = 0usize;
-    let mut in_flight: std::collections::VecDeque<(Time, usize)> = Default::default();
+    let mut in_flight = crate::flow::InFlight::default();
+    // Dead letters sent at the dead-letter output's current time (see `DeadLetterTime`).
+    let mut dead_letter_time = DeadLetterTime { per_time: advance_every, sent: 0 };
     // Records read since the watermark last moved, and the index of the latest that raised a
     // partition's watermark since then (for latency).
     let mut since_advance = 0usize;
@@ -522,7 +524,7 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
                 // Restored: start in the epoch after the checkpoint, at the restored watermark.
                 let wm = parts.iter().filter(|p| !p.done).map(|p| p.watermark).min().unwrap_or(u64::MAX).min(u64::MAX - 1);
                 records_cap.downgrade(&Time::new(epoch, wm));
-                dead_cap.downgrade(&Time::new(epoch, wm));
+                dead_letter_time.move_to(dead_cap, Time::new(epoch, wm));
             }
             if let (Some(c), Some(tick)) = (&checkpoints, next_tick) {
                 if Instant::now() >= tick {
@@ -536,7 +538,7 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
                             epoch += 1;
                             let wm = records_cap.time().wm;
                             records_cap.downgrade(&Time::new(epoch, wm));
-                            dead_cap.downgrade(&Time::new(epoch, wm));
+                            dead_letter_time.move_to(dead_cap, Time::new(epoch, dead_cap.time().wm));
                         }
                         Err(e) => {
                             // Retried at the next tick; the checkpoint waits for it. A part that
@@ -563,7 +565,7 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
             // read (at most a batch), as Flink's watermark alignment reads the sources behind.
             let slowest = parts.iter().filter(|p| !p.done && !p.idle).map(|p| p.watermark).min();
             let mut laggards_only = false;
-            let waiting = flow.waiting(&mut in_flight, records_cap.time());
+            let waiting = flow.waiting(&mut in_flight, records_cap.time(), dead_cap.time());
             if let Some(waiting) = waiting.filter(|w| *w >= flow.max_in_flight * BATCH) {
                 let now = Instant::now();
                 let activity = metrics.sink_activity_count();
@@ -745,29 +747,30 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
             source_records.output.add(read);
             {
                 let mut handle = records_out.activate();
-                let mut sent = |t: Time, n: usize| match in_flight.back_mut() {
-                    Some((last, count)) if *last == t => *count += n,
-                    _ => in_flight.push_back((t, n)),
-                };
                 if !on_time.is_empty() {
-                    sent(*records_cap.time(), on_time.len());
+                    in_flight.records(*records_cap.time(), on_time.len());
                     handle.session(&*records_cap).give_container(&mut on_time);
                     on_time.clear();
                 }
                 for (wm, mut records) in std::mem::take(&mut behind) {
                     let c = records_cap.delayed(&Time::new(epoch, wm));
-                    sent(*c.time(), records.len());
+                    in_flight.records(*c.time(), records.len());
                     handle.session(&c).give_container(&mut records);
                 }
             }
             let had_dead_letters = !dead_letters.is_empty();
             if !dead_letters.is_empty() {
-                metrics.add("dead_lettered", dead_letters.len() as u64);
-                let mut handle = dead_out.activate();
-                let mut session = handle.session(&*dead_cap);
-                for d in dead_letters.drain(..) {
-                    session.give((held, d));
+                let n = dead_letters.len();
+                metrics.add("dead_lettered", n as u64);
+                in_flight.dead_letters(*dead_cap.time(), n);
+                {
+                    let mut handle = dead_out.activate();
+                    let mut session = handle.session(&*dead_cap);
+                    for d in dead_letters.drain(..) {
+                        session.give((held, d));
+                    }
                 }
+                dead_letter_time.sent(dead_cap, n);
             }
             if parts.iter().all(|p| p.done) {
                 caps = None;
@@ -791,7 +794,7 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
                 if let Some(watermark) = others.filter(|_| all_idle).or_else(|| holding_watermark(&parts)) {
                     if watermark > held {
                         records_cap.downgrade(&Time::new(epoch, watermark));
-                        dead_cap.downgrade(&Time::new(epoch, watermark));
+                        dead_letter_time.move_to(dead_cap, Time::new(epoch, watermark.max(dead_cap.time().wm)));
                     }
                 }
                 metrics.set_watermark(local_worker, records_cap.time().wm);
@@ -829,6 +832,39 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
         }
     });
     Ok((records, dead))
+}
+
+/// The time of a source worker's dead letters: its records' time (the epoch and the watermark),
+/// or after many dead letters at one time, one millisecond later than the last. Only the
+/// dead-letter sink reads them, and it holds each time's lines until its input frontier passes
+/// the time (to write them sorted): a file whose every line is bad moves no watermark, so at the
+/// watermark alone its dead letters would wait there until the end of the input (an 86 MB file
+/// peaked at 548 MB) and flow control could not count them. Where the watermark moves as usual,
+/// fewer than `per_time` dead letters share a time and they travel at the watermark, as before.
+struct DeadLetterTime {
+    /// Dead letters sent at one time before the next go at a later one.
+    per_time: usize,
+    /// Dead letters sent at the current time.
+    sent: usize,
+}
+
+impl DeadLetterTime {
+    /// Moves the dead letters' capability to `time` (the epoch or the watermark moved).
+    fn move_to(&mut self, cap: &mut timely::dataflow::operators::Capability<Time>, time: Time) {
+        if *cap.time() != time {
+            cap.downgrade(&time);
+            self.sent = 0;
+        }
+    }
+
+    /// Dead letters were sent at `cap`'s time: after `per_time` of them, later ones go 1 ms later.
+    fn sent(&mut self, cap: &mut timely::dataflow::operators::Capability<Time>, n: usize) {
+        self.sent += n;
+        let Time { epoch, wm } = *cap.time();
+        if self.sent >= self.per_time && wm < END_OF_TIME - 1 {
+            self.move_to(cap, Time::new(epoch, wm + 1));
+        }
+    }
 }
 
 /// How often a worker whose splits are all idle looks at the other workers' watermark (Flink
