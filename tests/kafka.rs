@@ -488,7 +488,7 @@ fn idle_after_lets_a_quiet_partition_stop_holding_the_watermark() {
     // in a window with the others: the payments go after it, into its partition, so that the
     // other one is empty. (Were it the other's only message, read after the payments, that
     // partition would rightly hold the watermark once both went quiet: see
-    // `holding_watermark` in engine/src/source.rs.)
+    // `last_active_watermark` in engine/src/source.rs.)
     let created = read_partitions(&broker, &input, "read_uncommitted");
     assert_eq!(created.len(), 1, "the topic was created with one message: {created:?}");
     produce(&broker, &input, created[0].0, &lines.lines().collect::<Vec<_>>());

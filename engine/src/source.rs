@@ -786,12 +786,13 @@ pub(crate) fn build_partitioned_source<'scope, T: Data>(
             since_advance += read as usize;
             if since_advance >= advance_every || caught_up || (read as usize) < asked {
                 since_advance = 0;
-                // A worker whose live splits are all idle follows the process's other workers
-                // that have active splits, so that it does not hold the job's watermark back.
+                // The least over the live splits that are not idle. When all are idle (some are
+                // live: a worker whose splits are all done returned above), the worker follows
+                // the process's other workers that have active splits, so that it does not hold
+                // the job's watermark back; without any, the split active last holds it.
                 let active = parts.iter().filter(|p| !p.done && !p.idle).map(|p| p.watermark).min();
                 let others = metrics.follow_active(&source_name, local_worker, active);
-                let all_idle = active.is_none() && parts.iter().any(|p| !p.done);
-                if let Some(watermark) = others.filter(|_| all_idle).or_else(|| holding_watermark(&parts)) {
+                if let Some(watermark) = active.or(others).or_else(|| last_active_watermark(&parts)) {
                     if watermark > held {
                         records_cap.downgrade(&Time::new(epoch, watermark));
                         dead_letter_time.move_to(dead_cap, Time::new(epoch, watermark.max(dead_cap.time().wm)));
@@ -871,16 +872,15 @@ impl DeadLetterTime {
 /// emits periodic watermarks every 200 ms).
 const FOLLOW_IDLE: std::time::Duration = std::time::Duration::from_millis(200);
 
-/// The watermark a worker's live splits allow: the least over those not idle. When every live
-/// split is idle, the one that yielded data last holds it, as if the others had gone quiet
-/// first (which they did): the split quiet longest must not hold the watermark back, and the
+/// The watermark of the live split that yielded data last: when every live split is idle (and
+/// no other worker of the process has an active one), it holds the watermark, as if the others
+/// had gone quiet first (which they did): the split quiet longest must not hold the watermark back, and the
 /// one that just went quiet must not be skipped past, or its next records would be late. (Had
 /// the idleness checks run at each instant, as Flink's do every 200 ms, the same split would be
 /// the last one active; checked in the same activation, they would all go idle at once and the
 /// watermark would stay where the quietest split held it.)
-fn holding_watermark<T>(parts: &[PartitionState<T>]) -> Option<u64> {
-    let live = parts.iter().filter(|p| !p.done);
-    live.clone().filter(|p| !p.idle).map(|p| p.watermark).min().or_else(|| live.max_by_key(|p| p.last_data).map(|p| p.watermark))
+fn last_active_watermark<T>(parts: &[PartitionState<T>]) -> Option<u64> {
+    parts.iter().filter(|p| !p.done).max_by_key(|p| p.last_data).map(|p| p.watermark)
 }
 
 /// A finished source's last part: it stands for every later epoch (the coordinator links it).
